@@ -1,0 +1,296 @@
+"""The public face of the model server: SageMaker's MME calls in front of Multi Model Server.
+
+Why a gateway (the role nginx plays in classic bring-your-own containers):
+- MMS leaves a model registered after a failed load (retry -> 409, invoke -> 503),
+  which breaks SageMaker's unload-LRU-and-retry loop; we verify and admit *before*
+  MMS registers anything and unregister whatever a failed load left behind.
+- Memory admission needs the manifest's estimate and the container's real free memory.
+- MMS error bodies carry Java exception class names; ours are ``{"error", "message"}``.
+Invocations are forwarded byte for byte over a keep-alive pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from genesig.artifact import Manifest, load_model_dir, read_manifest
+from genesig.container.memory import MemoryStatus
+from genesig.container.settings import ServingSettings
+from genesig.errors import (
+    BadRequest,
+    Conflict,
+    GenesigError,
+    InsufficientMemory,
+    ModelNotFound,
+    ModelServerError,
+    PayloadTooLarge,
+)
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# SageMaker caps invocation payloads at 6 MB; a little slack for headers and CSV framing.
+MAX_REQUEST_BYTES = 6 * MIB + 512 * 1024
+INVOKE_TIMEOUT_S = 60
+
+MemoryProbe = Callable[[], MemoryStatus]
+
+_MMS_ERROR_CODES = {
+    404: "model_not_found",
+    409: "conflict",
+    413: "payload_too_large",
+    503: "model_unavailable",
+    507: "insufficient_memory",
+}
+
+
+class LoadRequest(msgspec.Struct, forbid_unknown_fields=False):
+    model_name: str
+    url: str
+
+
+def _json(status: int, body: dict[str, Any]) -> web.Response:
+    return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json")
+
+
+def _rewrite_mms_error(status: int, payload: bytes) -> bytes:
+    """MMS's own errors say ``{"code", "type", "message"}`` with a Java class name; keep only the message."""
+    try:
+        doc = msgspec.json.decode(payload)
+    except msgspec.DecodeError:
+        return payload
+    if isinstance(doc, dict) and "type" in doc and "message" in doc and "error" not in doc:
+        code = _MMS_ERROR_CODES.get(status, "model_server_error")
+        return msgspec.json.encode({"error": code, "message": str(doc["message"])})
+    return payload
+
+
+def manifest_summary(manifest: Manifest) -> dict[str, Any]:
+    """What a client needs to call the model: genes in order, target, output meaning, version."""
+    return {
+        "name": manifest.name,
+        "version": manifest.version,
+        "artifact": manifest.artifact_name,
+        "schema_version": manifest.schema_version,
+        "signature": manifest.signature.name,
+        "genes": manifest.genes,
+        "id_column": manifest.id_column,
+        "target": manifest.target,
+        "output": msgspec.to_builtins(manifest.output),
+        "metrics": manifest.metrics,
+        "memory_estimate_bytes": manifest.memory_estimate_bytes,
+    }
+
+
+class Gateway:
+    """Owns the connection to MMS and the memory admission; the aiohttp routes are thin methods on it."""
+
+    def __init__(self, settings: ServingSettings, mms_url: str, memory_probe: MemoryProbe) -> None:
+        self.settings = settings
+        self.mms_url = mms_url.rstrip("/")
+        self.memory_probe = memory_probe
+        self._session: aiohttp.ClientSession | None = None
+        self._reserved_bytes = 0
+        self._name_locks: dict[str, asyncio.Lock] = {}
+        self._manifests: dict[str, Manifest] = {}
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    async def start(self, _app: web.Application | None = None) -> None:
+        connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+    async def close(self, _app: web.Application | None = None) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        assert self._session is not None, "gateway not started"
+        return self._session
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._errors])
+        app.on_startup.append(self.start)
+        app.on_cleanup.append(self.close)
+        app.router.add_get("/ping", self.ping)
+        app.router.add_get("/models", self.list_models)
+        app.router.add_post("/models", self.load_model)
+        app.router.add_get("/models/{name}", self.describe_model)
+        app.router.add_delete("/models/{name}", self.unload_model)
+        app.router.add_post("/models/{name}/invoke", self.invoke)
+        return app
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except GenesigError as exc:
+            if exc.status >= 500:
+                logger.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
+            return _json(exc.status, exc.to_body())
+        except web.HTTPRequestEntityTooLarge:
+            err = PayloadTooLarge(f"request body is over the {MAX_REQUEST_BYTES}-byte limit")
+            return _json(err.status, err.to_body())
+        except web.HTTPException as exc:
+            return _json(exc.status, {"error": exc.reason.lower().replace(" ", "_"), "message": exc.reason})
+        except Exception:
+            logger.exception("%s %s failed", request.method, request.path)
+            return _json(500, {"error": "internal_error", "message": "the request failed; see the server log"})
+
+    # --- talking to MMS --------------------------------------------------------------------------------
+    async def _mms(
+        self, method: str, path: str, *, timeout: float, **kwargs: Any
+    ) -> tuple[int, bytes, str]:
+        try:
+            async with self.session.request(
+                method, self.mms_url + path, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs
+            ) as resp:
+                return resp.status, await resp.read(), resp.headers.get("Content-Type", "application/json")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ModelServerError(f"model server did not answer {method} {path}: {type(exc).__name__}") from None
+
+    def _relay(self, status: int, payload: bytes, content_type: str) -> web.Response:
+        if status != 200:
+            payload, content_type = _rewrite_mms_error(status, payload), "application/json"
+        return web.Response(status=status, body=payload, headers={"Content-Type": content_type})
+
+    # --- routes ----------------------------------------------------------------------------------------
+    async def ping(self, _request: web.Request) -> web.Response:
+        try:
+            status, _, _ = await self._mms("GET", "/ping", timeout=5)
+        except ModelServerError:
+            status = 503
+        if status == 200:
+            return _json(200, {"status": "Healthy"})
+        return _json(503, {"status": "Unhealthy"})
+
+    async def list_models(self, request: web.Request) -> web.Response:
+        params = {k: v for k, v in request.query.items() if k in ("limit", "next_page_token")}
+        if "limit" in params and not (params["limit"].isdigit() and int(params["limit"]) > 0):
+            raise BadRequest(f"limit must be a positive integer, got {params['limit']!r}")
+        return self._relay(*await self._mms("GET", "/models", params=params, timeout=30))
+
+    async def describe_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        status, payload, content_type = await self._mms("GET", f"/models/{quote(name, safe='')}", timeout=30)
+        if status != 200:
+            return self._relay(status, payload, content_type)
+        doc = msgspec.json.decode(payload)
+        described = doc[0] if isinstance(doc, list) and doc else doc
+        manifest = self._manifests.get(name)
+        if manifest is None and isinstance(described, dict) and described.get("modelUrl"):
+            manifest = await asyncio.to_thread(read_manifest, Path(described["modelUrl"]))
+            self._manifests[name] = manifest
+        if isinstance(described, dict) and manifest is not None:
+            described["genesig"] = manifest_summary(manifest)
+        return _json(200, described)
+
+    async def unload_model(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        result = await self._mms("DELETE", f"/models/{quote(name, safe='')}", timeout=self.settings.load_timeout_s)
+        if result[0] == 200:
+            self._manifests.pop(name, None)
+            logger.info("unloaded %s", name)
+        return self._relay(*result)
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.read()
+        headers = {k: request.headers[k] for k in ("Content-Type", "Accept") if k in request.headers}
+        skip = () if "Content-Type" in headers else ("Content-Type",)
+        result = await self._mms(
+            "POST",
+            f"/models/{quote(name, safe='')}/invoke",
+            data=body,
+            headers=headers,
+            skip_auto_headers=skip,
+            timeout=INVOKE_TIMEOUT_S,
+        )
+        return self._relay(*result)
+
+    async def load_model(self, request: web.Request) -> web.Response:
+        try:
+            spec = msgspec.json.decode(await request.read(), type=LoadRequest)
+        except msgspec.DecodeError as exc:
+            raise BadRequest(f'load body must be JSON {{"model_name": str, "url": str}}: {exc}') from None
+        if not spec.model_name or "/" in spec.model_name:
+            raise BadRequest("model_name must be a non-empty name without '/'")
+        lock = self._name_locks.setdefault(spec.model_name, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._load_locked(spec)
+        finally:
+            if not lock.locked():
+                self._name_locks.pop(spec.model_name, None)
+
+    async def _load_locked(self, spec: LoadRequest) -> web.Response:
+        name = spec.model_name
+        path = f"/models/{quote(name, safe='')}"
+        status, _, _ = await self._mms("GET", path, timeout=30)
+        if status == 200:
+            raise Conflict(f"model {name} is already loaded")
+        started = time.perf_counter()
+        model_dir = Path(spec.url)
+        if not model_dir.is_dir():
+            raise ModelNotFound(f"model folder {spec.url} does not exist")
+        # Full verification (schema, checksums, shapes) before MMS registers anything.
+        manifest = (await asyncio.to_thread(load_model_dir, model_dir)).manifest
+        need = manifest.memory_estimate_bytes
+        self._admit(manifest, need)
+        self._reserved_bytes += need
+        try:
+            status, payload, _ = await self._mms(
+                "POST", "/models", json={"model_name": name, "url": spec.url}, timeout=self.settings.load_timeout_s
+            )
+        finally:
+            self._reserved_bytes -= need
+        if status == 200:
+            self._manifests[name] = manifest
+            logger.info(
+                "loaded %s as %s version=%d seconds=%.3f",
+                manifest.name,
+                name,
+                manifest.version,
+                time.perf_counter() - started,
+            )
+            return _json(200, {"status": f"model {name} loaded", "model": manifest_summary(manifest)})
+        if status == 409:
+            raise Conflict(f"model {name} is already loaded")
+        # MMS keeps a model registered after a failed load; remove it so the caller's retry can succeed.
+        cleanup, _, _ = await self._mms("DELETE", path, timeout=self.settings.load_timeout_s)
+        logger.warning("load of %s failed with %d; unregistered (status %d)", name, status, cleanup)
+        message = _rewrite_mms_error(status, payload).decode(errors="replace")
+        if status == 507:
+            raise InsufficientMemory(f"model server ran out of memory loading {manifest.name}")
+        raise ModelServerError(f"model server failed to load {manifest.name} ({status}): {message}")
+
+    def _admit(self, manifest: Manifest, need: int) -> None:
+        memory = self.memory_probe()
+        reserve = self.settings.memory_reserve_mb * MIB
+        free = memory.available_bytes - reserve - self._reserved_bytes
+        if need > free:
+            logger.info(
+                "refused %s: needs %d MiB, %d MiB free above the %d MiB reserve (%s)",
+                manifest.name,
+                need // MIB,
+                max(free, 0) // MIB,
+                reserve // MIB,
+                memory.source,
+            )
+            raise InsufficientMemory(
+                f"loading {manifest.name} needs about {need // MIB} MiB; {max(free, 0) // MIB} MiB are free "
+                f"above the {reserve // MIB} MiB reserve. Unload models and retry.",
+                detail={"needed_bytes": need, "free_bytes": max(free, 0), "source": memory.source},
+            )

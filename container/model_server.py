@@ -1,0 +1,58 @@
+"""Start Multi Model Server in MME mode through the SageMaker Inference Toolkit, with nothing under /etc or /tmp.
+
+Run as ``python -m genesig.container.model_server`` by ``genesig serve`` with the
+environment from :func:`model_server_environ`; it blocks until MMS exits.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from genesig.container.settings import ServingSettings, settings_environ
+
+# Backends evaluate tiny matrices: one BLAS thread each keeps hundreds of them cheap.
+_SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def state_paths(settings: ServingSettings) -> dict[str, Path]:
+    root = Path(settings.state_dir).resolve()
+    return {"root": root, "config": root / "mms.properties", "logs": root / "logs", "tmp": root / "tmp"}
+
+
+def model_server_environ(settings: ServingSettings, mms_port: int, base: dict[str, str]) -> dict[str, str]:
+    """Environment for the toolkit and MMS: MME mode, our handler, a loopback-only port, private state folders."""
+    paths = state_paths(settings)
+    env = dict(base)
+    env.update(_SINGLE_THREADED)
+    env.update(settings_environ(settings))
+    env.update(
+        {
+            "SAGEMAKER_MULTI_MODEL": "true",
+            "SAGEMAKER_HANDLER": settings.handler,
+            "SAGEMAKER_BIND_TO_PORT": str(mms_port),
+            # MMS reads these over its config file (enable_envvars_config=true): loopback only, the gateway is public.
+            "MMS_INFERENCE_ADDRESS": f"http://127.0.0.1:{mms_port}",
+            "MMS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mms_port}",
+            "MMS_MAX_REQUEST_SIZE": str(7 * 1024 * 1024),
+            # MMS's pid file and the backends' unix sockets live in the temp folder: keep them per server.
+            "TMPDIR": str(paths["tmp"]),
+            "TEMP": str(paths["tmp"]),
+            "LOG_LOCATION": str(paths["logs"]),
+            "GENESIG_MMS_CONFIG_FILE": str(paths["config"]),
+        }
+    )
+    return env
+
+
+def main() -> None:
+    # The toolkit reads SAGEMAKER_MULTI_MODEL at import time, so import only once the environment is set.
+    from sagemaker_inference import model_server
+
+    # The toolkit hard-codes /etc/sagemaker-mms.properties; outside a container that path is not ours.
+    model_server.MMS_CONFIG_FILE = os.environ["GENESIG_MMS_CONFIG_FILE"]
+    model_server.start_model_server(handler_service=os.environ["SAGEMAKER_HANDLER"])
+
+
+if __name__ == "__main__":
+    main()

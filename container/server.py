@@ -1,0 +1,168 @@
+"""``genesig serve``: the image's entry point. Starts MMS (through the toolkit) and the gateway, supervises both.
+
+The MMS launcher detaches the JVM, and the JVM leaves its model backends behind
+when it gets SIGTERM. We make this process a child subreaper, so every descendant
+is re-parented to us, and on SIGTERM/SIGINT (or when MMS dies) we stop them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import logging
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import aiohttp
+import psutil
+from aiohttp import web
+
+from genesig.container.gateway import Gateway
+from genesig.container.memory import MemoryStatus, budget_memory, container_memory
+from genesig.container.model_server import model_server_environ, state_paths
+from genesig.container.settings import ServingSettings
+
+logger = logging.getLogger(__name__)
+
+_PR_SET_CHILD_SUBREAPER = 36
+STOP_GRACE_S = 10.0
+MMS_MAX_PORT = 32766
+
+
+def become_subreaper() -> bool:
+    """Linux only: orphaned descendants are re-parented to us instead of init."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_internal_port(safe_range: str | None) -> int:
+    """A free loopback port for MMS, from SageMaker's SAGEMAKER_SAFE_PORT_RANGE ("low-high") when it is set.
+
+    MMS refuses ports above 32766, so the kernel's ephemeral ports (32768+) cannot be used.
+    """
+    if safe_range:
+        low, _, high = safe_range.partition("-")
+        candidates = list(range(int(low), min(int(high or low), MMS_MAX_PORT) + 1))
+    else:
+        candidates = random.sample(range(20000, MMS_MAX_PORT + 1), 200)
+    for port in candidates:
+        if _port_free(port):
+            return port
+    raise RuntimeError(f"no free port for the model server (SAGEMAKER_SAFE_PORT_RANGE={safe_range})")
+
+
+def stop_descendants(grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM every descendant, SIGKILL those still alive after ``grace_s``; returns how many were stopped.
+
+    Repeats because processes re-parented to us while we stop their parents show up late.
+    """
+    stopped = 0
+    for _ in range(5):
+        procs = psutil.Process().children(recursive=True)
+        if not procs:
+            break
+        for proc in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.terminate()
+        _, alive = psutil.wait_procs(procs, timeout=grace_s)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=grace_s)
+        stopped += len(procs)
+    return stopped
+
+
+def memory_probe(settings: ServingSettings) -> MemoryStatus:
+    if settings.memory_limit_mb:
+        pids = [os.getpid()] + [p.pid for p in psutil.Process().children(recursive=True)]
+        return budget_memory(settings.memory_limit_mb * 1024 * 1024, pids)
+    return container_memory()
+
+
+async def _wait_healthy(mms_url: str, launcher: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if launcher.poll() is not None:
+                raise RuntimeError(f"model server exited during start-up with status {launcher.returncode}")
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(mms_url + "/ping", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"model server not healthy after {timeout_s:.0f} s")
+
+
+async def _run(settings: ServingSettings, mms_port: int, launcher: subprocess.Popen[bytes]) -> int:
+    mms_url = f"http://127.0.0.1:{mms_port}"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    gateway = Gateway(settings, mms_url, lambda: memory_probe(settings))
+    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host=settings.host, port=settings.port, reuse_address=True)
+    await site.start()
+    try:
+        starting = asyncio.create_task(_wait_healthy(mms_url, launcher, settings.startup_timeout_s))
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.done():
+            starting.cancel()
+            return 0
+        stopping.cancel()
+        starting.result()
+        logger.info("serving on %s:%d (model server on 127.0.0.1:%d)", settings.host, settings.port, mms_port)
+        while not stop.is_set():
+            if launcher.poll() is not None:
+                logger.error("model server exited with status %s; stopping", launcher.returncode)
+                return 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+        logger.info("stopping on signal")
+        return 0
+    finally:
+        await runner.cleanup()
+
+
+def serve(settings: ServingSettings) -> int:
+    """Run until SIGTERM/SIGINT or until the model server dies; always stop every child process."""
+    if not become_subreaper():
+        logger.warning("could not become a child subreaper; orphaned model backends may survive shutdown")
+    paths = state_paths(settings)
+    for key in ("logs", "tmp"):
+        paths[key].mkdir(parents=True, exist_ok=True)
+    mms_port = settings.model_server_port or pick_internal_port(os.environ.get("SAGEMAKER_SAFE_PORT_RANGE"))
+    env = model_server_environ(settings, mms_port, dict(os.environ))
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "genesig.container.model_server"], env=env, cwd=paths["root"]
+    )
+    try:
+        return asyncio.run(_run(settings, mms_port, launcher))
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        return 1
+    finally:
+        count = stop_descendants()
+        logger.info("stopped %d child processes", count)

@@ -1,0 +1,72 @@
+"""Typed serving settings, read once from the environment (``GENESIG_*`` plus SageMaker's own variables).
+
+msgspec rather than pydantic-settings: the same settings are read in every model
+backend process, where each imported megabyte is paid once per loaded model.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Annotated
+
+import msgspec
+
+from genesig.errors import BadRequest
+
+PREFIX = "GENESIG_"
+DEFAULT_HANDLER = "genesig.container.handler:handle"
+
+
+def _doc(text: str, **constraints: int) -> msgspec.Meta:
+    return msgspec.Meta(description=text, **constraints)
+
+
+class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of the model server; each field is ``GENESIG_<FIELD>`` in the environment unless noted."""
+
+    host: Annotated[str, _doc("Address the public port binds to.")] = "0.0.0.0"
+    port: Annotated[int, _doc("Public port (SAGEMAKER_BIND_TO_PORT, as SageMaker sets it).", ge=1, le=65535)] = 8080
+    model_server_port: Annotated[
+        int, _doc("Internal Multi Model Server port; 0 picks a free one (SAGEMAKER_SAFE_PORT_RANGE first).", ge=0)
+    ] = 0
+    state_dir: Annotated[str, _doc("Folder for the model server's config, logs, sockets and pid file.")] = (
+        "/tmp/genesig-serve"
+    )
+    max_rows: Annotated[int, _doc("Most rows accepted in one invocation; more answers 413.", ge=1)] = 10_000
+    max_response_bytes: Annotated[
+        int, _doc("Largest response body; MMS kills the worker above ~6.5 MB, so we answer 413 first.", ge=1024)
+    ] = 6_000_000
+    memory_reserve_mb: Annotated[
+        int, _doc("Memory kept free for the JVM, the gateway and the OS; loads that would cut into it get 507.", ge=0)
+    ] = 512
+    memory_limit_mb: Annotated[
+        int,
+        _doc("Memory budget for the whole server; 0 means detect it (cgroup limit, else host memory).", ge=0),
+    ] = 0
+    load_timeout_s: Annotated[int, _doc("Longest wait for the model server to answer a load.", ge=1)] = 120
+    startup_timeout_s: Annotated[int, _doc("Longest wait for the model server to become healthy.", ge=1)] = 120
+    log_level: Annotated[str, _doc("Python log level of the gateway and model backends.")] = "INFO"
+    handler: Annotated[str, _doc("Model backend entry point, module:function.")] = DEFAULT_HANDLER
+
+
+def read_settings(environ: Mapping[str, str] | None = None, **overrides: object) -> ServingSettings:
+    """Build settings from ``environ`` (default: the process environment) and explicit overrides."""
+    env = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for field in msgspec.structs.fields(ServingSettings):
+        key = PREFIX + field.name.upper()
+        if key in env:
+            values[field.name] = env[key]
+    if "SAGEMAKER_BIND_TO_PORT" in env:
+        values["port"] = env["SAGEMAKER_BIND_TO_PORT"]
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(values, type=ServingSettings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise BadRequest(f"invalid serving setting: {exc} (environment variables {PREFIX}*)") from None
+
+
+def settings_environ(settings: ServingSettings) -> dict[str, str]:
+    """The same settings as environment variables, for the model backend processes to read back."""
+    return {PREFIX + k.upper(): str(v) for k, v in msgspec.structs.asdict(settings).items()}

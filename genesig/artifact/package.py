@@ -1,0 +1,179 @@
+"""Write, extract and verify model artifacts (``<name>-v<N>.tar.gz`` = manifest + safetensors weights).
+
+Weights are safetensors: a JSON header plus raw little-endian arrays, so loading
+never unpickles anything and the same file opens in numpy and torch.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import safetensors.numpy
+
+from genesig.artifact.manifest import (
+    MANIFEST_FILENAME,
+    WEIGHTS_FILENAME,
+    FileEntry,
+    Manifest,
+    decode_manifest,
+    encode_manifest,
+)
+from genesig.artifact.model import SignatureModel, check_tensors
+from genesig.errors import ArtifactError
+
+# Generous for kilobyte-sized signature models; a tar bomb stops here.
+MAX_EXTRACTED_BYTES = 256 * 1024 * 1024
+MAX_MEMBERS = 64
+# A loaded model's process costs ~25-35 MB (Python + numpy, measured); the rest scales with the weights.
+BACKEND_BASELINE_BYTES = 48 * 1024 * 1024
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def estimate_memory_bytes(weights_bytes: int) -> int:
+    """Memory the loaded model needs: one backend process plus float64 copies of its weights."""
+    return BACKEND_BASELINE_BYTES + 4 * weights_bytes
+
+
+def build_manifest(manifest: Manifest, tensors: Mapping[str, np.ndarray]) -> tuple[Manifest, bytes]:
+    """Check ``tensors`` against ``manifest`` and return the manifest completed with file checksums and memory
+    estimate, plus the serialised weights."""
+    check_tensors(manifest, tensors)
+    weights = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())})
+    complete = msgspec.structs.replace(
+        manifest,
+        files={WEIGHTS_FILENAME: FileEntry(sha256=sha256_bytes(weights), bytes=len(weights))},
+        memory_estimate_bytes=estimate_memory_bytes(len(weights)),
+    )
+    return complete, weights
+
+
+def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = 0o644
+    info.mtime = 0  # reproducible bytes: the same model always packs to the same sha256
+    info.uname = info.gname = ""
+    return info, io.BytesIO(data)
+
+
+def write_artifact(manifest: Manifest, tensors: Mapping[str, np.ndarray], out_dir: Path) -> Path:
+    """Write ``<out_dir>/<name>-v<version>.tar.gz`` atomically and never over an existing file."""
+    complete, weights = build_manifest(manifest, tensors)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / complete.artifact_name
+    if target.exists():
+        raise FileExistsError(f"{target} already exists; artifact names are immutable, bump the version")
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, data in ((MANIFEST_FILENAME, encode_manifest(complete)), (WEIGHTS_FILENAME, weights)):
+            tar.addfile(*_tar_member(name, data))
+    publish_bytes(buffer.getvalue(), target)
+    return target
+
+
+def publish_bytes(data: bytes, target: Path) -> None:
+    """Create ``target`` with ``data`` all at once: a reader sees nothing or the whole file; existing files stay."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.link(tmp, target)  # fails if target exists: no overwrite, even under a race
+    finally:
+        os.unlink(tmp)
+
+
+def _check_member(member: tarfile.TarInfo) -> None:
+    name = member.name
+    parts = Path(name).parts
+    if name.startswith("/") or ".." in parts or not parts:
+        raise ArtifactError(f"unsafe path in artifact: {name!r} (absolute or escaping the model folder)")
+    if member.issym() or member.islnk():
+        raise ArtifactError(f"artifact member {name!r} is a link; links are not allowed")
+    if not (member.isfile() or member.isdir()):
+        raise ArtifactError(f"artifact member {name!r} is not a regular file or folder")
+
+
+def extract_artifact(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACTED_BYTES) -> Path:
+    """Extract a ``.tar.gz`` into ``dest`` (which must not exist), refusing unsafe members and tar bombs.
+
+    Extraction goes to a sibling temporary folder renamed into place, so ``dest``
+    either holds the complete artifact or does not exist.
+    """
+    if dest.exists():
+        raise FileExistsError(f"{dest} already exists")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        try:
+            with tarfile.open(archive, mode="r:gz") as tar:
+                members = []
+                total = 0
+                for member in tar:
+                    _check_member(member)
+                    members.append(member)
+                    total += member.size
+                    if len(members) > MAX_MEMBERS:
+                        raise ArtifactError(f"artifact has more than {MAX_MEMBERS} members")
+                    if total > max_bytes:
+                        raise ArtifactError(f"artifact extracts to more than {max_bytes} bytes")
+                # The "data" filter re-checks paths and strips modes as a second line of defence.
+                tar.extractall(staging, members=members, filter="data")
+        except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+            raise ArtifactError(f"cannot read artifact {archive.name}: {exc}") from None
+        staging.rename(dest)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return dest
+
+
+def read_manifest(model_dir: Path) -> Manifest:
+    path = model_dir / MANIFEST_FILENAME
+    if not path.is_file():
+        raise ArtifactError(f"model folder has no {MANIFEST_FILENAME}")
+    return decode_manifest(path.read_bytes())
+
+
+def load_model_dir(model_dir: Path) -> SignatureModel:
+    """Verify an extracted artifact (schema, sha256 of every file, tensor shapes and values) and load it."""
+    manifest = read_manifest(model_dir)
+    for fname, entry in manifest.files.items():
+        path = model_dir / fname
+        if not path.is_file() or path.is_symlink():
+            raise ArtifactError(f"model folder lacks {fname}, which the manifest lists")
+        if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
+            raise ArtifactError(f"{fname} does not match the sha256 recorded in the manifest")
+    try:
+        tensors = safetensors.numpy.load((model_dir / WEIGHTS_FILENAME).read_bytes())
+    except Exception as exc:  # safetensors raises its own error types for malformed headers
+        raise ArtifactError(f"{WEIGHTS_FILENAME} is not a valid safetensors file: {exc}") from None
+    return SignatureModel(manifest, tensors)
+
+
+def read_artifact(archive: Path) -> SignatureModel:
+    """Extract to a temporary folder, verify and load; nothing is left on disk."""
+    with tempfile.TemporaryDirectory(prefix="genesig-artifact-") as tmp:
+        return load_model_dir(extract_artifact(archive, Path(tmp) / "model"))

@@ -97,13 +97,13 @@ def _check_rows(n_rows: int, max_rows: int) -> None:
 
 
 def _check_finite(matrix: np.ndarray, genes: Sequence[str]) -> None:
-    bad = np.argwhere(~np.isfinite(matrix))
-    if bad.size:
-        row, col = (int(v) for v in bad[0])
-        raise BadRequest(
-            f"row {row}, gene {genes[col]}: value is NaN or infinite; send finite numbers",
-            detail={"row": row, "gene": genes[col]},
-        )
+    if np.isfinite(matrix).all():
+        return
+    row, col = (int(v) for v in np.argwhere(~np.isfinite(matrix))[0])
+    raise BadRequest(
+        f"row {row}, gene {genes[col]}: value is NaN or infinite; send finite numbers",
+        detail={"row": row, "gene": genes[col]},
+    )
 
 
 def _bad_value(row: int, gene: str, value: object) -> BadRequest:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Annotated
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -47,6 +47,10 @@ class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
     load_timeout_s: Annotated[int, _doc("Longest wait for the model server to answer a load.", ge=1)] = 120
     startup_timeout_s: Annotated[int, _doc("Longest wait for the model server to become healthy.", ge=1)] = 120
     log_level: Annotated[str, _doc("Python log level of the gateway and model backends.")] = "INFO"
+    front: Annotated[
+        Literal["auto", "nginx", "gateway"],
+        _doc("What owns the public port: nginx (invocations bypass Python), the Python gateway, or auto (nginx if installed)."),
+    ] = "auto"
     handler: Annotated[str, _doc("Model backend entry point, module:function.")] = DEFAULT_HANDLER
 
 

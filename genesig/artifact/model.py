@@ -51,13 +51,8 @@ def check_tensors(manifest: Manifest, tensors: Mapping[str, np.ndarray]) -> dict
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    # Split by sign so that large |x| neither overflows nor loses precision.
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    ex = np.exp(x[~pos])
-    out[~pos] = ex / (1.0 + ex)
-    return out
+    # The tanh form never overflows, whatever the magnitude of x.
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
 @dataclass(frozen=True)
@@ -90,9 +85,8 @@ class SignatureModel:
         if x.ndim != 2 or x.shape[1] != len(self.genes):
             raise BadRequest(f"expected rows of {len(self.genes)} gene values, got an array of shape {list(x.shape)}")
         if self.manifest.preprocessing.log1p:
-            negative = np.argwhere(x < 0)
-            if negative.size:
-                row, col = (int(v) for v in negative[0])
+            if x.min(initial=0.0) < 0:
+                row, col = (int(v) for v in np.argwhere(x < 0)[0])
                 raise BadRequest(
                     f"row {row}, gene {self.genes[col]}: expression values must be >= 0 "
                     "(this model log-transforms raw values)",

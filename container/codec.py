@@ -82,8 +82,10 @@ def decode_request(
         )
     if not body or not body.strip():
         raise BadRequest("request body is empty")
-    batch = _decode_csv(body, genes, id_columns, max_rows) if kind == CSV else _decode_json(
-        body, genes, id_columns, max_rows
+    batch = (
+        _decode_csv(body, genes, id_columns, max_rows)
+        if kind == CSV
+        else _decode_json(body, genes, id_columns, max_rows)
     )
     _check_finite(batch.matrix, genes)
     return batch
@@ -108,9 +110,7 @@ def _check_finite(matrix: np.ndarray, genes: Sequence[str]) -> None:
 
 def _bad_value(row: int, gene: str, value: object) -> BadRequest:
     what = "null" if value is None else type(value).__name__
-    return BadRequest(
-        f"row {row}, gene {gene}: expected a number, got {what}", detail={"row": row, "gene": gene}
-    )
+    return BadRequest(f"row {row}, gene {gene}: expected a number, got {what}", detail={"row": row, "gene": gene})
 
 
 def _number(value: object, row: int, gene: str) -> float:
@@ -130,7 +130,9 @@ def _to_matrix(rows: list[list[Any]], genes: Sequence[str]) -> np.ndarray:
         return np.array([[_number(v, r, genes[c]) for c, v in enumerate(row)] for r, row in enumerate(rows)])
 
 
-def _column_index(header: Sequence[Any], genes: Sequence[str], id_columns: Sequence[str]) -> tuple[list[int], int | None]:
+def _column_index(
+    header: Sequence[Any], genes: Sequence[str], id_columns: Sequence[str]
+) -> tuple[list[int], int | None]:
     names = [str(h).strip() for h in header]
     wanted = set(genes) | set(id_columns)
     duplicated_genes = sorted(n for n, k in Counter(names).items() if k > 1 and n in wanted)
@@ -174,8 +176,7 @@ def _decode_positional(doc: dict[str, Any], genes: Sequence[str], max_rows: int)
     for r, row in enumerate(rows):
         if len(row) != len(genes):
             raise BadRequest(
-                f"row {r} has {len(row)} values; this model takes {len(genes)} genes in this order: "
-                f"{', '.join(genes)}",
+                f"row {r} has {len(row)} values; this model takes {len(genes)} genes in this order: {', '.join(genes)}",
                 detail={"row": r, "expected_genes": list(genes)},
             )
     ids = doc.get("ids")
@@ -198,7 +199,9 @@ def _decode_split(doc: dict[str, Any], genes: Sequence[str], id_columns: Sequenc
     return Batch(matrix=_to_matrix(rows, genes), ids=ids)
 
 
-def _decode_records(records: list[dict[str, Any]], genes: Sequence[str], id_columns: Sequence[str], max_rows: int) -> Batch:
+def _decode_records(
+    records: list[dict[str, Any]], genes: Sequence[str], id_columns: Sequence[str], max_rows: int
+) -> Batch:
     _check_rows(len(records), max_rows)
     missing = [g for g in genes if any(g not in rec for rec in records)]
     if missing:
@@ -253,7 +256,9 @@ def encode_response(manifest: Manifest, predictions: Predictions, ids: list[Any]
         writer = csv.writer(buffer, lineterminator="\n")
         writer.writerow((["id"] if ids is not None else []) + [output, "risk_group", "model", "version"])
         for r, (value, group) in enumerate(zip(values, predictions.groups, strict=True)):
-            writer.writerow(([ids[r]] if ids is not None else []) + [repr(value), group, manifest.name, manifest.version])
+            writer.writerow(
+                ([ids[r]] if ids is not None else []) + [repr(value), group, manifest.name, manifest.version]
+            )
         return buffer.getvalue().encode()
     rows = [{output: v, "risk_group": g} for v, g in zip(values, predictions.groups, strict=True)]
     if ids is not None:

@@ -150,9 +150,7 @@ class Gateway:
             return _json(500, {"error": "internal_error", "message": "the request failed; see the server log"})
 
     # --- talking to MMS --------------------------------------------------------------------------------
-    async def _mms(
-        self, method: str, path: str, *, timeout: float, **kwargs: Any
-    ) -> tuple[int, bytes, str]:
+    async def _mms(self, method: str, path: str, *, timeout: float, **kwargs: Any) -> tuple[int, bytes, str]:
         try:
             async with self.session.request(
                 method, self.mms_url + path, timeout=aiohttp.ClientTimeout(total=timeout), **kwargs

@@ -1,4 +1,4 @@
-"""Model backend entry point for Multi Model Server: ``handle(data, context)``; the only module that knows MMS's context.
+"""The Multi Model Server backend entry point ``handle(data, context)``; the only module that knows MMS's context.
 
 A module-level function, not a handler class: MMS swallows errors raised in a
 class's ``initialize`` (the load answers 200 and every invoke 500), while errors
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from genesig.artifact import SignatureModel, load_model_dir
 from genesig.container import codec
 from genesig.container.settings import ServingSettings, read_settings
-from genesig.artifact import SignatureModel, load_model_dir
 from genesig.errors import BadRequest, GenesigError, PayloadTooLarge, UnsupportedMediaType
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ _loaded: LoadedModel | None = None
 def load(model_dir: Path, settings: ServingSettings) -> LoadedModel:
     """Verify and load the artifact, then run a warm-up prediction so the first invoke pays nothing extra."""
     started = time.perf_counter()
+    logging.getLogger("genesig").setLevel(settings.log_level.upper())
     model = load_model_dir(model_dir)
     manifest = model.manifest
     log = ModelLogger(logger, {"model": f"{manifest.name}-v{manifest.version}"})

@@ -6,11 +6,16 @@ environment from :func:`model_server_environ`; it blocks until MMS exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
+
+import psutil
 
 from genesig.container.settings import ServingSettings, settings_environ
 
+MMS_MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"
 # Backends evaluate tiny matrices: one BLAS thread each keeps hundreds of them cheap.
 _SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
@@ -45,13 +50,34 @@ def model_server_environ(settings: ServingSettings, mms_port: int, base: dict[st
     return env
 
 
+def _reap_children(_signo: int, _frame: object) -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+
+
 def main() -> None:
+    # The toolkit starts the MMS launcher script without waiting for it and installs its own SIGCHLD reaper only
+    # after that script has exited, which leaves a zombie for the server's lifetime; reap from the start.
+    signal.signal(signal.SIGCHLD, _reap_children)
     # The toolkit reads SAGEMAKER_MULTI_MODEL at import time, so import only once the environment is set.
     from sagemaker_inference import model_server
 
+    config_file = os.environ["GENESIG_MMS_CONFIG_FILE"]
     # The toolkit hard-codes /etc/sagemaker-mms.properties; outside a container that path is not ours.
-    model_server.MMS_CONFIG_FILE = os.environ["GENESIG_MMS_CONFIG_FILE"]
+    model_server.MMS_CONFIG_FILE = config_file
+    # The toolkit finds "the" MMS JVM among all processes on the machine and refuses to run when there are two;
+    # ours is the one started with our config file, so several servers can share a machine (tests, benchmarks).
+    model_server._retrieve_mms_server_process = lambda: _our_jvm(config_file)
     model_server.start_model_server(handler_service=os.environ["SAGEMAKER_HANDLER"])
+
+
+def _our_jvm(config_file: str) -> psutil.Process:
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and MMS_MAIN_CLASS in cmdline and config_file in cmdline:
+            return proc
+    raise RuntimeError(f"no Multi Model Server process started with {config_file} (yet)")
 
 
 if __name__ == "__main__":

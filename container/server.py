@@ -114,9 +114,23 @@ async def _wait_healthy(mms_url: str, launcher: subprocess.Popen[bytes], timeout
     raise RuntimeError(f"model server not healthy after {timeout_s:.0f} s")
 
 
+def reap_adopted(own: set[int]) -> int:
+    """Reap exited processes that were re-parented to us (we are their subreaper), leaving our own children alone."""
+    reaped = 0
+    for proc in psutil.Process().children():
+        if proc.pid in own:
+            continue
+        with contextlib.suppress(psutil.Error, ChildProcessError):
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(proc.pid, os.WNOHANG)
+                reaped += 1
+    return reaped
+
+
 async def _supervise(children: dict[str, subprocess.Popen[bytes]], stop: asyncio.Event) -> int:
-    """Wait for a signal (exit 0) or for any child to die (exit 1)."""
+    """Wait for a signal (exit 0) or for any child to die (exit 1); reap adopted orphans meanwhile."""
     while not stop.is_set():
+        reap_adopted({child.pid for child in children.values()})
         for name, child in children.items():
             if child.poll() is not None:
                 logger.error("%s exited with status %s; stopping", name, child.returncode)
@@ -140,9 +154,7 @@ async def _run(settings: ServingSettings, mms_port: int, launcher: subprocess.Po
     gateway = Gateway(settings, mms_url, lambda: memory_probe(settings))
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    gateway_host, gateway_port = (
-        ("127.0.0.1", pick_internal_port(None)) if nginx else (settings.host, settings.port)
-    )
+    gateway_host, gateway_port = ("127.0.0.1", pick_internal_port(None)) if nginx else (settings.host, settings.port)
     await web.TCPSite(runner, host=gateway_host, port=gateway_port, reuse_address=True).start()
     children = {"model server": launcher}
     try:
@@ -179,9 +191,7 @@ def serve(settings: ServingSettings) -> int:
         paths[key].mkdir(parents=True, exist_ok=True)
     mms_port = settings.model_server_port or pick_internal_port(os.environ.get("SAGEMAKER_SAFE_PORT_RANGE"))
     env = model_server_environ(settings, mms_port, dict(os.environ))
-    launcher = subprocess.Popen(
-        [sys.executable, "-m", "genesig.container.model_server"], env=env, cwd=paths["root"]
-    )
+    launcher = subprocess.Popen([sys.executable, "-m", "genesig.container.model_server"], env=env, cwd=paths["root"])
     try:
         # uvloop roughly halves the gateway's per-request cost compared with the default asyncio loop.
         return uvloop.run(_run(settings, mms_port, launcher))

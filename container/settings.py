@@ -19,7 +19,7 @@ DEFAULT_HANDLER = "genesig.container.handler:handle"
 
 
 def _doc(text: str, **constraints: int) -> msgspec.Meta:
-    return msgspec.Meta(description=text, **constraints)
+    return msgspec.Meta(description=text, **constraints)  # type: ignore[call-overload]
 
 
 class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -49,7 +49,10 @@ class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
     log_level: Annotated[str, _doc("Python log level of the gateway and model backends.")] = "INFO"
     front: Annotated[
         Literal["auto", "nginx", "gateway"],
-        _doc("What owns the public port: nginx (invocations bypass Python), the Python gateway, or auto (nginx if installed)."),
+        _doc(
+            "What owns the public port: nginx (invocations bypass Python), the Python gateway,"
+            " or auto (nginx if installed)."
+        ),
     ] = "auto"
     handler: Annotated[str, _doc("Model backend entry point, module:function.")] = DEFAULT_HANDLER
 

@@ -28,7 +28,13 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     checks = selfcheck(args.url)
     for check in checks:
         level = logging.INFO if check.passed else logging.ERROR
-        logger.log(level, "%s  %s%s", "PASS" if check.passed else "FAIL", check.name, "" if check.passed else f": {check.detail}")
+        logger.log(
+            level,
+            "%s  %s%s",
+            "PASS" if check.passed else "FAIL",
+            check.name,
+            "" if check.passed else f": {check.detail}",
+        )
     failed = sum(not c.passed for c in checks)
     logger.info("self-check: %d passed, %d failed", len(checks) - failed, failed)
     return 1 if failed else 0

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from genesig.artifact import extract_artifact
+from genesig.artifact.manifest import TargetKind
 from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient, Response
 from genesig.server_process import ServerProcess
@@ -46,7 +47,8 @@ def run_checks(client: ModelServerClient, work_dir: Path) -> list[Check]:
         checks.append(Check(name, ok, f"{response.status} {response.body[:160].decode(errors='replace')}"))
 
     models = {}
-    for target, seed in (("binary", 1), ("time_to_event", 2)):
+    targets: tuple[tuple[TargetKind, int], ...] = (("binary", 1), ("time_to_event", 2))
+    for target, seed in targets:
         name = f"selfcheck_{target}"
         archive = write_synthetic_artifact(work_dir / "prefix", name, GENES, target=target, seed=seed)
         models[name] = (_opaque_name(archive.name), extract_artifact(archive, work_dir / "models" / name / "model"))
@@ -84,7 +86,9 @@ def run_checks(client: ModelServerClient, work_dir: Path) -> list[Check]:
         lambda r: r.json()["detail"]["missing_genes"] == ["HPGD", "GDF15"],
     )
     check("unsupported content type answers 415", client.invoke(opaque, b"x", "application/xml"), 415)
-    check("the server still serves after bad input", client.invoke(opaque, b"LRIG1,HPGD,GDF15\n1,2,3\n", "text/csv"), 200)
+    check(
+        "the server still serves after bad input", client.invoke(opaque, b"LRIG1,HPGD,GDF15\n1,2,3\n", "text/csv"), 200
+    )
     for name, (opaque_name, _) in models.items():
         check(f"unload {name}", client.unload(opaque_name), 200)
     check("invoke after unload answers 404", client.invoke(opaque, b'{"inputs": [[1,2,3]]}'), 404)

@@ -27,8 +27,15 @@ def free_port() -> int:
 class ServerProcess:
     """``genesig serve`` bound to 127.0.0.1; ``stop`` sends SIGTERM and reports any process left behind."""
 
-    def __init__(self, state_dir: Path, env: dict[str, str] | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.state_dir = state_dir
+        self.command = command or [sys.executable, "-m", "genesig.cli", "serve"]
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_env = env or {}
@@ -48,9 +55,7 @@ class ServerProcess:
         )
         env.update(self.extra_env)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "genesig.cli", "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+            self.process = subprocess.Popen(self.command, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         with ModelServerClient(self.url, timeout=5) as client:
             while time.monotonic() < deadline:

@@ -78,8 +78,7 @@ def synthetic_manifest(
 def synthetic_tensors(manifest: Manifest, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed + 1)
     return {
-        name: rng.normal(0.0, 0.5, shape).astype(np.float32)
-        for name, shape in expected_tensor_shapes(manifest).items()
+        name: rng.normal(0.0, 0.5, shape).astype(np.float32) for name, shape in expected_tensor_shapes(manifest).items()
     }
 
 

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian/Ubuntu machine for genesig-mme: system packages, a virtualenv, the project.
+#
+# Usage: scripts/bootstrap.sh [serve|dev]
+#   serve  what `genesig serve` / `genesig selfcheck` need (default)
+#   dev    serve plus tests, linters and benchmarks
+# System packages (installed only when missing): a Java 17 runtime for Multi Model Server, nginx.
+# Python: $PYTHON (default python3, 3.11 or 3.12); the venv is .venv in the repository.
+set -euo pipefail
+
+extra="${1:-serve}"
+case "$extra" in
+  serve | dev) ;;
+  *) echo "usage: $0 [serve|dev]" >&2; exit 2 ;;
+esac
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+missing=()
+command -v java > /dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v nginx > /dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+if ((${#missing[@]})); then
+  sudo=()
+  [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)
+  echo "installing ${missing[*]}" >&2
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" > /dev/null
+fi
+
+python="${PYTHON:-python3}"
+[[ -x .venv/bin/python ]] || "$python" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet --editable ".[$extra]"
+echo "ready: .venv/bin/genesig" >&2

@@ -1,0 +1,59 @@
+"""Shared fixtures: seeded artifacts written through the real writer, extracted as SageMaker would."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from genesig.artifact import extract_artifact
+from genesig.artifact.manifest import TargetKind
+from genesig.artifact.synthetic import write_synthetic_artifact
+
+GENES = ["LRIG1", "HPGD", "GDF15"]
+REPO = Path(__file__).resolve().parents[1]
+
+ModelFactory = Callable[..., Path]
+
+
+@pytest.fixture
+def genes() -> list[str]:
+    return list(GENES)
+
+
+@pytest.fixture
+def make_archive(tmp_path: Path) -> Callable[..., Path]:
+    """Write a synthetic ``<name>-v<N>.tar.gz`` and return its path."""
+
+    def make(
+        name: str = "metagene_19",
+        genes: list[str] | None = None,
+        *,
+        version: int = 1,
+        target: TargetKind = "binary",
+        hidden_units: int = 0,
+        seed: int = 0,
+    ) -> Path:
+        return write_synthetic_artifact(
+            tmp_path / "prefix",
+            name,
+            genes or list(GENES),
+            version=version,
+            target=target,
+            hidden_units=hidden_units,
+            seed=seed,
+        )
+
+    return make
+
+
+@pytest.fixture
+def make_model_dir(make_archive: Callable[..., Path], tmp_path: Path) -> ModelFactory:
+    """Write and extract an artifact into ``<tmp>/models/<name>-v<N>/model`` like SageMaker's model cache."""
+
+    def make(name: str = "metagene_19", **kwargs: object) -> Path:
+        archive = make_archive(name, **kwargs)
+        return extract_artifact(archive, tmp_path / "models" / archive.name.removesuffix(".tar.gz") / "model")
+
+    return make

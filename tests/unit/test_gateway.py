@@ -1,0 +1,277 @@
+"""The gateway against a fake Multi Model Server that reproduces MMS's load/unload behaviour and its 507 defect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from genesig.container.gateway import Gateway
+from genesig.container.memory import MemoryStatus
+from genesig.container.settings import read_settings
+
+MIB = 1024 * 1024
+
+
+class FakeMms:
+    """Registers models like MMS 1.1.11: a failed load (507 or 500) stays registered until DELETE."""
+
+    def __init__(self) -> None:
+        self.registered: dict[str, str] = {}
+        self.next_load_status = 200
+        self.calls: list[tuple[str, str]] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ping", self.ping)
+        app.router.add_post("/models", self.load)
+        app.router.add_get("/models", self.list)
+        app.router.add_get("/models/{name}", self.describe)
+        app.router.add_delete("/models/{name}", self.delete)
+        app.router.add_post("/models/{name}/invoke", self.invoke)
+        return app
+
+    async def ping(self, _request: web.Request) -> web.Response:
+        return web.json_response({"status": "Healthy"})
+
+    def _missing(self, name: str) -> web.Response:
+        body = {"code": 404, "type": "ModelNotFoundException", "message": f"Model not found: {name}"}
+        return web.json_response(body, status=404)
+
+    async def load(self, request: web.Request) -> web.Response:
+        spec = await request.json()
+        self.calls.append(("load", spec["model_name"]))
+        if spec["model_name"] in self.registered:
+            return web.json_response({"code": 409, "type": "ConflictStatusException", "message": "exists"}, status=409)
+        self.registered[spec["model_name"]] = spec["url"]
+        status = self.next_load_status
+        if status != 200:
+            return web.json_response(
+                {"code": status, "type": "InternalServerException", "message": "Failed to start workers"}, status=status
+            )
+        return web.json_response({"status": "Workers scaled"})
+
+    async def list(self, request: web.Request) -> web.Response:
+        return web.json_response({"models": [{"modelName": n, "modelUrl": u} for n, u in self.registered.items()]})
+
+    async def describe(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.registered:
+            return self._missing(name)
+        return web.json_response([{"modelName": name, "modelUrl": self.registered[name], "workers": []}])
+
+    async def delete(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.calls.append(("delete", name))
+        if self.registered.pop(name, None) is None:
+            return self._missing(name)
+        return web.json_response({"status": "unregistered"})
+
+    async def invoke(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if name not in self.registered:
+            return self._missing(name)
+        return web.Response(body=await request.read(), content_type=request.content_type)
+
+
+Scenario = Callable[..., Any]
+
+
+@pytest.fixture
+def scenario() -> Scenario:
+    """Run ``body(client, fake_mms, memory)`` against a gateway in front of a fake MMS."""
+
+    def run(body: Callable[[TestClient, FakeMms, dict[str, int]], Any], **settings: Any) -> None:
+        async def main() -> None:
+            fake = FakeMms()
+            async with TestServer(fake.app()) as mms:
+                memory = {"free": 4096 * MIB}
+                probe = lambda: MemoryStatus(limit_bytes=memory["free"], used_bytes=0, source="test")  # noqa: E731
+                gateway = Gateway(
+                    read_settings({}, **{"memory_reserve_mb": 0, **settings}), str(mms.make_url("")), probe
+                )
+                async with TestClient(TestServer(gateway.app())) as client:
+                    await body(client, fake, memory)
+
+        asyncio.run(main())
+
+    return run
+
+
+async def load(client: TestClient, name: str, url: Path | str) -> tuple[int, dict[str, Any]]:
+    resp = await client.post("/models", json={"model_name": name, "url": str(url)})
+    return resp.status, await resp.json()
+
+
+def test_load_describe_unload(scenario: Scenario, make_model_dir: Callable[..., Path], genes: list[str]) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        status, doc = await load(client, "h1", model_dir)
+        assert status == 200 and doc["model"]["genes"] == genes
+        described = await (await client.get("/models/h1")).json()
+        assert described["genesig"]["genes"] == genes and described["genesig"]["artifact"] == "metagene_19-v1.tar.gz"
+        assert (await client.delete("/models/h1")).status == 200
+        assert fake.registered == {}
+
+    scenario(body)
+
+
+def test_second_load_is_409_without_touching_mms(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        assert (await load(client, "h1", model_dir))[0] == 200
+        status, doc = await load(client, "h1", model_dir)
+        assert (status, doc["error"]) == (409, "conflict")
+        assert fake.calls.count(("load", "h1")) == 1
+
+    scenario(body)
+
+
+def test_mms_507_is_cleaned_up_so_the_retry_loads(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        fake.next_load_status = 507
+        status, doc = await load(client, "h1", model_dir)
+        assert (status, doc["error"]) == (507, "insufficient_memory")
+        assert "h1" not in fake.registered, "a failed load must not stay registered"
+        fake.next_load_status = 200
+        assert (await load(client, "h1", model_dir))[0] == 200
+
+    scenario(body)
+
+
+def test_mms_500_at_load_leaves_no_registration(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        fake.next_load_status = 500
+        status, doc = await load(client, "h1", model_dir)
+        assert status == 502 and "InternalServerException" not in json.dumps(doc)
+        assert fake.registered == {}
+
+    scenario(body)
+
+
+def test_admission_answers_507_before_mms_sees_the_load(
+    scenario: Scenario, make_model_dir: Callable[..., Path]
+) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, memory: dict[str, int]) -> None:
+        memory["free"] = 10 * MIB
+        status, doc = await load(client, "h1", model_dir)
+        assert (status, doc["error"]) == (507, "insufficient_memory")
+        assert doc["detail"]["needed_bytes"] > doc["detail"]["free_bytes"]
+        assert fake.calls == [], "MMS never registered the refused model"
+        memory["free"] = 4096 * MIB  # SageMaker unloaded LRU models
+        assert (await load(client, "h1", model_dir))[0] == 200
+
+    scenario(body)
+
+
+def test_the_reserve_is_honoured(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, _fake: FakeMms, memory: dict[str, int]) -> None:
+        memory["free"] = 100 * MIB
+        status, doc = await load(client, "h1", model_dir)
+        assert status == 507 and "above the 80 MiB reserve" in doc["message"]
+
+    scenario(body, memory_reserve_mb=80)
+
+
+def test_concurrent_loads_cannot_overcommit(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    dirs = [make_model_dir(f"sig{i}") for i in range(4)]
+
+    async def body(client: TestClient, _fake: FakeMms, memory: dict[str, int]) -> None:
+        memory["free"] = 110 * MIB  # room for two 48 MiB estimates, not four
+        results = await asyncio.gather(*(load(client, f"h{i}", d) for i, d in enumerate(dirs)))
+        statuses = sorted(status for status, _ in results)
+        assert statuses[0] == 200 and 507 in statuses
+
+    scenario(body)
+
+
+def test_invalid_artifact_is_422_and_never_registered(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+    (model_dir / "weights.safetensors").write_bytes(b"tampered")
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        status, doc = await load(client, "h1", model_dir)
+        assert (status, doc["error"]) == (422, "invalid_artifact") and "sha256" in doc["message"]
+        assert fake.calls == []
+
+    scenario(body)
+
+
+@pytest.mark.parametrize(
+    ("payload", "status"),
+    [(b"not json", 400), (b'{"model_name": "x"}', 400), (b'{"model_name": "a/b", "url": "/x"}', 400)],
+)
+def test_malformed_load_requests(scenario: Scenario, payload: bytes, status: int) -> None:
+    async def body(client: TestClient, _fake: FakeMms, _: dict[str, int]) -> None:
+        resp = await client.post("/models", data=payload, headers={"Content-Type": "application/json"})
+        assert resp.status == status and (await resp.json())["error"] == "bad_request"
+
+    scenario(body)
+
+
+def test_missing_model_folder_is_404(scenario: Scenario, tmp_path: Path) -> None:
+    async def body(client: TestClient, _fake: FakeMms, _: dict[str, int]) -> None:
+        status, doc = await load(client, "h1", tmp_path / "nowhere")
+        assert (status, doc["error"]) == (404, "model_not_found")
+
+    scenario(body)
+
+
+def test_mms_error_bodies_lose_their_java_class_names(scenario: Scenario) -> None:
+    async def body(client: TestClient, _fake: FakeMms, _: dict[str, int]) -> None:
+        for resp in (
+            await client.get("/models/nope"),
+            await client.delete("/models/nope"),
+            await client.post("/models/nope/invoke", data=b"{}"),
+        ):
+            doc = await resp.json()
+            assert resp.status == 404 and doc == {"error": "model_not_found", "message": "Model not found: nope"}
+
+    scenario(body)
+
+
+def test_invoke_is_forwarded_byte_for_byte(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, _fake: FakeMms, _: dict[str, int]) -> None:
+        await load(client, "h1", model_dir)
+        resp = await client.post("/models/h1/invoke", data=b"a,b\n1,2\n", headers={"Content-Type": "text/csv"})
+        assert resp.status == 200 and await resp.read() == b"a,b\n1,2\n" and resp.content_type == "text/csv"
+
+    scenario(body)
+
+
+def test_list_limit_is_validated(scenario: Scenario) -> None:
+    async def body(client: TestClient, _fake: FakeMms, _: dict[str, int]) -> None:
+        assert (await client.get("/models?limit=0")).status == 400
+        assert (await client.get("/models?limit=2")).status == 200
+
+    scenario(body)
+
+
+def test_unreachable_model_server_is_502(make_model_dir: Callable[..., Path]) -> None:
+    async def main() -> None:
+        probe = lambda: MemoryStatus(limit_bytes=1 << 40, used_bytes=0, source="test")  # noqa: E731
+        gateway = Gateway(read_settings({}), "http://127.0.0.1:9", probe)
+        async with TestClient(TestServer(gateway.app())) as client:
+            resp = await client.get("/models")
+            assert resp.status == 502 and (await resp.json())["error"] == "model_server_error"
+            assert (await client.get("/ping")).status == 503
+
+    asyncio.run(main())

@@ -1,0 +1,37 @@
+"""Typed settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from genesig.container.settings import read_settings, settings_environ
+from genesig.errors import BadRequest
+
+
+def test_defaults_and_sagemaker_port() -> None:
+    settings = read_settings({"SAGEMAKER_BIND_TO_PORT": "9090", "GENESIG_MAX_ROWS": "50"})
+    assert (settings.port, settings.max_rows, settings.front) == (9090, 50, "auto")
+
+
+def test_overrides_win_and_none_is_ignored() -> None:
+    settings = read_settings({"GENESIG_STATE_DIR": "/a"}, state_dir="/b", port=None)
+    assert (settings.state_dir, settings.port) == ("/b", 8080)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("GENESIG_MAX_ROWS", "lots"),
+        ("GENESIG_MAX_ROWS", "0"),
+        ("SAGEMAKER_BIND_TO_PORT", "70000"),
+        ("GENESIG_FRONT", "apache"),
+    ],
+)
+def test_invalid_values_name_the_setting(key: str, value: str) -> None:
+    with pytest.raises(BadRequest, match="invalid serving setting"):
+        read_settings({key: value})
+
+
+def test_round_trip_through_the_environment() -> None:
+    settings = read_settings({"GENESIG_MEMORY_RESERVE_MB": "64"})
+    assert read_settings(settings_environ(settings)) == settings

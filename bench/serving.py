@@ -138,7 +138,7 @@ WRK_SCRIPT = """
 local n = 0
 local names = {%s}
 wrk.method = "POST"
-wrk.body = [[%s]]
+wrk.body = [==[%s]==]
 wrk.headers["Content-Type"] = "application/json"
 request = function()
   n = n + 1

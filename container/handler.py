@@ -78,7 +78,7 @@ def invoke(loaded: LoadedModel, body: bytes, content_type: str | None, accept: s
             f"the response would be {len(payload)} bytes, over the {loaded.settings.max_response_bytes}-byte limit;"
             " send fewer rows per request"
         )
-    loaded.log.debug("invoked rows=%d ms=%.2f", batch.matrix.shape[0], (time.perf_counter() - started) * 1000)
+    loaded.log.info("invoked rows=%d ms=%.2f", batch.matrix.shape[0], (time.perf_counter() - started) * 1000)
     return payload, response_type
 
 

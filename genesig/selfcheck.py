@@ -20,6 +20,7 @@ from genesig.artifact import extract_artifact
 from genesig.artifact.manifest import TargetKind
 from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient, Response
+from genesig.errors import ModelServerError
 from genesig.server_process import ServerProcess
 
 logger = logging.getLogger(__name__)
@@ -99,7 +100,9 @@ def selfcheck(url: str | None = None) -> list[Check]:
     with tempfile.TemporaryDirectory(prefix="genesig-selfcheck-") as tmp:
         work = Path(tmp)
         if url:
-            with ModelServerClient(url) as client:
+            with ModelServerClient(url, timeout=30) as client:
+                if not client.ping():
+                    raise ModelServerError(f"no healthy model server answers at {url} (GET /ping)")
                 return run_checks(client, work)
         server = ServerProcess(work / "state")
         server.start()

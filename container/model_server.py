@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from pathlib import Path
 
 import psutil
@@ -29,6 +30,8 @@ def model_server_environ(settings: ServingSettings, mms_port: int, base: dict[st
     """Environment for the toolkit and MMS: MME mode, our handler, a loopback-only port, private state folders."""
     paths = state_paths(settings)
     env = dict(base)
+    # The toolkit runs `multi-model-server` by name: find it beside this interpreter even when no venv is active.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", os.defpath)])
     env.update(_SINGLE_THREADED)
     env.update(settings_environ(settings))
     env.update(

@@ -35,3 +35,14 @@ def test_invalid_values_name_the_setting(key: str, value: str) -> None:
 def test_round_trip_through_the_environment() -> None:
     settings = read_settings({"GENESIG_MEMORY_RESERVE_MB": "64"})
     assert read_settings(settings_environ(settings)) == settings
+
+
+def test_model_server_finds_its_tools_without_an_activated_venv() -> None:
+    import sys
+    from pathlib import Path
+
+    from genesig.container.model_server import model_server_environ
+
+    env = model_server_environ(read_settings({}), 20000, {"PATH": "/usr/bin"})
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert env["MMS_INFERENCE_ADDRESS"] == "http://127.0.0.1:20000" and env["SAGEMAKER_MULTI_MODEL"] == "true"

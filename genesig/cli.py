@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from genesig.errors import GenesigError
 from genesig.logs import configure_logging
@@ -40,6 +42,111 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _run_options(args: argparse.Namespace) -> Any:
+    from genesig.pipeline.cohort import CohortColumns
+    from genesig.pipeline.model import TrainConfig
+    from genesig.pipeline.run import RunOptions
+
+    return RunOptions(
+        data=args.data,
+        workdir=args.workdir,
+        signatures_file=args.signatures,
+        signature=args.signature,
+        columns=CohortColumns(id=args.id_column, event=args.event_column, time=args.time_column),
+        target=args.target,
+        train=TrainConfig(model=args.model, hidden_units=args.hidden_units, l2=args.l2, seed=args.seed),
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        min_genes=args.min_genes,
+        min_events=args.min_events,
+        threshold=args.threshold,
+        gate_on=args.gate_on,
+        approve=args.approve,
+        cv_folds=args.cv_folds,
+        cv_repeats=args.cv_repeats,
+    )
+
+
+def _cmd_run_local(args: argparse.Namespace) -> int:
+    from genesig.pipeline.run import run_local
+    from genesig.presentation import RunProgress, render_summary
+
+    options = _run_options(args)
+    with RunProgress() as progress:
+        summary = run_local(options, on_result=progress.advance, on_start=progress.start)
+    render_summary(summary)
+    failed = [r for r in summary.results if r.status == "failed"]
+    return 1 if failed and len(failed) == len(summary.results) else 0
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from genesig.pipeline.deploy import sync
+    from genesig.pipeline.registry import LocalRegistry
+
+    for deployment in sync(LocalRegistry(args.workdir / "registry"), args.workdir / "mme-prefix"):
+        logger.info("%s v%d: %s (%s)", deployment.group, deployment.version, deployment.name, deployment.action)
+    return 0
+
+
+def _cmd_registry(args: argparse.Namespace) -> int:
+    from genesig.pipeline.registry import LocalRegistry
+    from genesig.presentation import render_packages
+
+    registry = LocalRegistry(args.workdir / "registry")
+    if args.registry_command == "list":
+        groups = [args.group] if args.group else registry.list_model_package_groups()
+        render_packages([p for g in groups for p in registry.list_model_packages(g)])
+    elif args.registry_command == "describe":
+        render_packages([registry.describe_model_package(args.group, args.version)], detailed=True)
+    else:
+        status = "Rejected" if args.registry_command == "reject" else "Approved"
+        package = registry.update_approval_status(args.group, args.version, status, args.reason)  # type: ignore[arg-type]
+        logger.info("%s v%d is now %s", package.group, package.version, package.approval_status)
+    return 0
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from genesig.pipeline.run import load_signatures
+    from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+    planted: dict[str, float] = {}
+    for item in args.plant:
+        name, _, beta = item.rpartition("=")
+        try:
+            planted[name] = float(beta)
+        except ValueError:
+            raise GenesigError(f"--plant takes NAME=EFFECT (a number), got {item!r}") from None
+    spec = SyntheticSpec(
+        n_patients=args.patients, seed=args.seed, planted=planted, with_time=args.with_time, event_rate=args.event_rate
+    )
+    path = write_synthetic_cohort(args.out, load_signatures(args.signatures), spec)
+    logger.info("wrote %s (%d patients)", path, args.patients)
+    return 0
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, required=True, help="cohort CSV/TSV/Parquet: id, genes, event [, time]")
+    parser.add_argument("--signatures", type=Path, help="gene sets (.gmt or .json); default: the built-in metagenes")
+    parser.add_argument("--signature", help="one signature's name, or ALL (default) for every signature")
+    parser.add_argument("--workdir", type=Path, default=Path("genesig-work"), help="outputs (default ./genesig-work)")
+    parser.add_argument("--id-column", default="Case_ID")
+    parser.add_argument("--event-column", default="SurvivalStatus", help="1 = event (death), 0 = no event")
+    parser.add_argument("--time-column", help="follow-up time; with it the target is time-to-event (Cox)")
+    parser.add_argument("--target", choices=["binary", "time_to_event"], help="default: chosen by the data")
+    parser.add_argument("--model", choices=["linear", "mlp"], default="linear")
+    parser.add_argument("--hidden-units", type=int, default=16, help="mlp hidden layer size (8-32 is sensible)")
+    parser.add_argument("--l2", type=float, default=0.1, help="ridge penalty on the weights (default 0.1)")
+    parser.add_argument("--threshold", type=float, default=0.6, help="gate threshold on the metric (default 0.6)")
+    parser.add_argument("--gate-on", choices=["cv_mean", "cv_lower", "test"], default="cv_mean")
+    parser.add_argument("--approve", action="store_true", help="register passing models as Approved (and deploy)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--min-genes", type=int, default=2, help="skip signatures with fewer genes in the data")
+    parser.add_argument("--min-events", type=int, default=10, help="refuse data with fewer events or non-events")
+    parser.add_argument("--cv-folds", type=int, default=5)
+    parser.add_argument("--cv-repeats", type=int, default=5)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="genesig", description=__doc__)
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
@@ -54,6 +161,44 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("selfcheck", help="check a model server end to end (starts one unless --url is given)")
     check.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
     check.set_defaults(func=_cmd_selfcheck)
+
+    run = sub.add_parser("run-local", help="preprocess, train, evaluate, gate, register and deploy on this machine")
+    _add_run_arguments(run)
+    run.set_defaults(func=_cmd_run_local)
+
+    sync_cmd = sub.add_parser("sync", help="deploy the latest Approved package of every signature (idempotent)")
+    sync_cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"))
+    sync_cmd.set_defaults(func=_cmd_sync)
+
+    registry = sub.add_parser("registry", help="the local model registry: list, describe, approve, reject")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
+    listing = registry_sub.add_parser("list")
+    listing.add_argument("--group", help="one signature's package group")
+    for verb in ("describe", "approve", "reject"):
+        cmd = registry_sub.add_parser(verb)
+        cmd.add_argument("group")
+        cmd.add_argument("version", type=int)
+        if verb != "describe":
+            cmd.add_argument("--reason", default="", help="recorded in the package's status history")
+    for cmd in (listing, *(registry_sub.choices[v] for v in ("describe", "approve", "reject"))):
+        cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"))
+    registry.set_defaults(func=_cmd_registry)
+
+    synth = sub.add_parser("synth", help="write a seeded synthetic cohort with planted effects")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--patients", type=int, default=120)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument(
+        "--plant",
+        action="append",
+        default=[],
+        metavar="NAME=EFFECT",
+        help="signature with a true effect (log-odds or log-hazard per SD), repeatable",
+    )
+    synth.add_argument("--with-time", action="store_true", help="add censored survival times")
+    synth.add_argument("--event-rate", type=float, default=0.35)
+    synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
+    synth.set_defaults(func=_cmd_synth)
     return parser
 
 

@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for genesig-mme: system packages, a virtualenv, the project.
 #
-# Usage: scripts/bootstrap.sh [serve|dev]
+# Usage: scripts/bootstrap.sh [serve|train|dev]
 #   serve  what `genesig serve` / `genesig selfcheck` need (default)
-#   dev    serve plus tests, linters and benchmarks
+#   train  serve plus the pipeline (genesig run-local: torch, pandas, scikit-learn, matplotlib)
+#   dev    serve, train, tests, linters and benchmarks
 # System packages (installed only when missing): a Java 17 runtime for Multi Model Server, nginx.
 # Python: $PYTHON (default python3, 3.11 or 3.12); the venv is .venv in the repository.
 set -euo pipefail
 
 extra="${1:-serve}"
 case "$extra" in
-  serve | dev) ;;
-  *) echo "usage: $0 [serve|dev]" >&2; exit 2 ;;
+  serve | train | dev) ;;
+  *) echo "usage: $0 [serve|train|dev]" >&2; exit 2 ;;
 esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -29,5 +30,7 @@ fi
 python="${PYTHON:-python3}"
 [[ -x .venv/bin/python ]] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet --editable ".[$extra]"
+extras="$extra"
+[[ "$extra" == train ]] && extras="serve,train"
+.venv/bin/python -m pip install --quiet --editable ".[$extras]"
 echo "ready: .venv/bin/genesig" >&2

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from genesig.artifact.manifest import Manifest
+from genesig.artifact.manifest import Manifest, Preprocessing
 from genesig.errors import ArtifactError, BadRequest
 
 
@@ -55,6 +55,27 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+def apply_preprocessing(preprocessing: Preprocessing, genes: list[str], raw: np.ndarray) -> np.ndarray:
+    """The manifest's preprocessing on raw expression values (rows x genes): log1p if set, then centre and scale.
+
+    Training and serving both call this, so what the server computes is what training computed.
+    """
+    x = np.asarray(raw, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != len(genes):
+        raise BadRequest(f"expected rows of {len(genes)} gene values, got an array of shape {list(x.shape)}")
+    if preprocessing.log1p:
+        if x.min(initial=0.0) < 0:
+            row, col = (int(v) for v in np.argwhere(x < 0)[0])
+            raise BadRequest(
+                f"row {row}, gene {genes[col]}: expression values must be >= 0 (this model log-transforms raw values)",
+                detail={"row": row, "gene": genes[col]},
+            )
+        x = np.log1p(x)
+    center = np.asarray(preprocessing.center, dtype=np.float64)
+    scale = np.asarray(preprocessing.scale, dtype=np.float64)
+    return (x - center) / scale
+
+
 @dataclass(frozen=True)
 class Predictions:
     """One output per row (probability of the event, or a risk score where higher is worse) and its risk group."""
@@ -69,9 +90,6 @@ class SignatureModel:
     def __init__(self, manifest: Manifest, tensors: Mapping[str, np.ndarray]) -> None:
         self.manifest = manifest
         self._tensors = check_tensors(manifest, tensors)
-        p = manifest.preprocessing
-        self._center = np.asarray(p.center, dtype=np.float64)
-        self._scale = np.asarray(p.scale, dtype=np.float64)
         self._cutpoints = np.asarray(manifest.output.risk_groups.cutpoints, dtype=np.float64)
         self._labels = np.asarray(manifest.output.risk_groups.labels, dtype=object)
 
@@ -81,19 +99,7 @@ class SignatureModel:
 
     def transform(self, raw: np.ndarray) -> np.ndarray:
         """Apply the manifest's preprocessing to raw expression values (rows x genes)."""
-        x = np.asarray(raw, dtype=np.float64)
-        if x.ndim != 2 or x.shape[1] != len(self.genes):
-            raise BadRequest(f"expected rows of {len(self.genes)} gene values, got an array of shape {list(x.shape)}")
-        if self.manifest.preprocessing.log1p:
-            if x.min(initial=0.0) < 0:
-                row, col = (int(v) for v in np.argwhere(x < 0)[0])
-                raise BadRequest(
-                    f"row {row}, gene {self.genes[col]}: expression values must be >= 0 "
-                    "(this model log-transforms raw values)",
-                    detail={"row": row, "gene": self.genes[col]},
-                )
-            x = np.log1p(x)
-        return (x - self._center) / self._scale
+        return apply_preprocessing(self.manifest.preprocessing, self.genes, raw)
 
     def linear_predictor(self, raw: np.ndarray) -> np.ndarray:
         z = self.transform(raw)

@@ -1,0 +1,107 @@
+"""Terminal output of the command line (tables, progress); the logic it shows lives elsewhere."""
+
+from __future__ import annotations
+
+import shutil
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from genesig.pipeline.registry import ModelPackage
+    from genesig.pipeline.run import RunSummary, SignatureResult
+
+# rich assumes 80 columns when not writing to a terminal; the run table needs more.
+console = Console(width=shutil.get_terminal_size((150, 24)).columns)
+# Below this many signatures a progress bar is noise.
+PROGRESS_FROM = 8
+
+
+class RunProgress:
+    def __init__(self) -> None:
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> RunProgress:
+        return self
+
+    def start(self, total: int) -> None:
+        if total >= PROGRESS_FROM:
+            self._progress = Progress(
+                TextColumn("signatures"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("run", total=total)
+
+    def advance(self, _result: SignatureResult) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *exc: tuple[type[BaseException], BaseException, TracebackType] | None) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def render_summary(summary: RunSummary) -> None:
+    table = Table(title=f"genesig run-local: gate {summary.gate_on} >= {summary.threshold}", title_justify="left")
+    for column in (
+        "signature",
+        "genes",
+        "train/test",
+        "metric",
+        "CV mean [95% interval]",
+        "test",
+        "gate",
+        "package",
+        "deployed as",
+    ):
+        table.add_column(column, overflow="fold")
+    notes = []
+    for r in summary.results:
+        genes = f"{len(r.genes)}" + (f" ({len(r.missing_genes)} missing)" if r.missing_genes else "")
+        if r.status != "done":
+            table.add_row(r.signature, genes, "-", "-", "-", "-", f"[yellow]{r.status}[/]", "-", "-")
+            notes.append(f"{r.signature}: {r.reason}")
+            continue
+        interval = f"{_fmt(r.cv_mean)} [{_fmt(r.cv_interval[0])}, {_fmt(r.cv_interval[1])}]" if r.cv_interval else "-"
+        verdict = "[green]passed[/]" if r.passed else "[red]failed[/]"
+        package = f"v{r.version} {r.approval_status}" if r.version else "-"
+        table.add_row(
+            r.signature,
+            genes,
+            f"{r.n_train}/{r.n_test}",
+            r.metric,
+            interval,
+            _fmt(r.test_value),
+            verdict,
+            package,
+            r.deployed or "-",
+        )
+    console.print(table)
+    for note in notes:
+        console.print(f"  {note}", highlight=False)
+    passed = sum(r.passed for r in summary.results)
+    console.print(
+        f"{passed} of {len(summary.results)} signatures passed the gate; reasons and reports in "
+        f"{summary.workdir}/summary.json",
+        highlight=False,
+    )
+
+
+def render_packages(packages: list[ModelPackage], detailed: bool = False) -> None:
+    table = Table(title="model packages", title_justify="left")
+    for column in ("group", "version", "status", "artifact", "created"):
+        table.add_column(column)
+    for p in packages:
+        table.add_row(p.group, str(p.version), p.approval_status, p.artifact_name, p.created_at)
+    console.print(table)
+    if detailed:
+        for p in packages:
+            console.print_json(data={"metrics": p.metrics, "status_history": p.status_history, "sha256": p.sha256})

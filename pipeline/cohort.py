@@ -1,0 +1,188 @@
+"""Cohort data: read a CSV or Parquet file of patients and validate it at the boundary, naming rows and columns.
+
+One row per patient: an id column, gene expression columns (raw, non-negative), an event
+column (1 = event/deceased) and optionally a time column. Which columns are genes is decided
+by the signatures: only the genes a signature uses are read as numbers and validated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from genesig.errors import DataError
+
+# Lines in messages are file lines: the header is line 1, the first patient line 2.
+_FIRST_DATA_LINE = 2
+_SHOW = 5
+
+
+@dataclass(frozen=True)
+class CohortColumns:
+    """Column names; the defaults read the seed NSCLC cohort unchanged."""
+
+    id: str = "Case_ID"
+    event: str = "SurvivalStatus"
+    time: str | None = None
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """Validated patients: ids, events (bool), optional times, and the raw table for gene columns."""
+
+    source: str
+    columns: CohortColumns
+    ids: np.ndarray
+    event: np.ndarray
+    time: np.ndarray | None
+    table: pd.DataFrame
+
+    @property
+    def n(self) -> int:
+        return len(self.ids)
+
+    @property
+    def has_time(self) -> bool:
+        return self.time is not None
+
+    def candidate_genes(self) -> list[str]:
+        reserved = {self.columns.id, self.columns.event, self.columns.time}
+        return [c for c in self.table.columns if c not in reserved]
+
+    def expression(self, genes: list[str]) -> np.ndarray:
+        """Raw values of ``genes`` (rows x genes) as float64, refusing missing, non-numeric and negative values."""
+        absent = [g for g in genes if g not in self.table.columns]
+        if absent:
+            raise DataError(f"{self.source}: no column for genes {', '.join(absent)}")
+        values = np.empty((self.n, len(genes)), dtype=np.float64)
+        for j, gene in enumerate(genes):
+            values[:, j] = self._numeric_column(gene)
+        return values
+
+    def _numeric_column(self, gene: str) -> np.ndarray:
+        raw = self.table[gene]
+        numbers = pd.to_numeric(raw, errors="coerce")
+        missing = raw.isna() | (raw.astype(str).str.strip() == "")
+        if missing.any():
+            raise DataError(f"{self.source}: column {gene} has missing values in {self._rows(missing)}")
+        bad = numbers.isna()
+        if bad.any():
+            raise DataError(f"{self.source}: column {gene} has non-numeric values in {self._rows(bad)}")
+        array = numbers.to_numpy(dtype=np.float64)
+        not_finite = ~np.isfinite(array)
+        if not_finite.any():
+            raise DataError(f"{self.source}: column {gene} has NaN or infinite values in {self._rows(not_finite)}")
+        negative = array < 0
+        if negative.any():
+            raise DataError(
+                f"{self.source}: column {gene} has negative expression in {self._rows(negative)}; "
+                "expected raw non-negative values (counts, FPKM, TPM)"
+            )
+        return array
+
+    def _rows(self, mask: pd.Series | np.ndarray) -> str:
+        return describe_rows(np.flatnonzero(np.asarray(mask)), self.table[self.columns.id].astype(str).to_numpy())
+
+    def fingerprint(self, genes: list[str]) -> str:
+        """sha256 of what a model trained on ``genes`` saw: ids, outcome and those gene columns, in file order."""
+        digest = hashlib.sha256()
+        digest.update("\x1f".join(map(str, self.ids)).encode())
+        digest.update(self.event.astype(np.uint8).tobytes())
+        if self.time is not None:
+            digest.update(self.time.astype(np.float64).tobytes())
+        digest.update("\x1f".join(genes).encode())
+        digest.update(np.ascontiguousarray(self.expression(genes)).tobytes())
+        return digest.hexdigest()
+
+    def subset(self, rows: np.ndarray) -> Cohort:
+        return Cohort(
+            source=self.source,
+            columns=self.columns,
+            ids=self.ids[rows],
+            event=self.event[rows],
+            time=None if self.time is None else self.time[rows],
+            table=self.table.iloc[rows].reset_index(drop=True),
+        )
+
+
+def describe_rows(positions: np.ndarray, ids: np.ndarray) -> str:
+    shown = ", ".join(f"line {p + _FIRST_DATA_LINE} ({ids[p]})" for p in positions[:_SHOW])
+    more = f" and {len(positions) - _SHOW} more" if len(positions) > _SHOW else ""
+    return f"{len(positions)} row(s): {shown}{more}"
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            # Validation works on text for both formats: missing values become "", numbers their repr.
+            frame = pd.read_parquet(path)
+            return frame.astype(object).where(frame.notna(), "").astype(str)
+        if suffix in (".csv", ".txt", ".tsv"):
+            return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"cannot read {path.name}: {exc}") from None
+    raise DataError(f"{path.name}: unsupported data file type {suffix!r}; use .csv, .tsv or .parquet")
+
+
+def read_cohort(path: Path, columns: CohortColumns | None = None, *, min_events: int = 10) -> Cohort:
+    """Read and validate a cohort file; every problem is reported with the file line and patient id."""
+    columns = columns or CohortColumns()
+    table = _read_table(path)
+    table.columns = [str(c).strip() for c in table.columns]
+    source = path.name
+    duplicated_columns = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
+    if duplicated_columns:
+        raise DataError(f"{source}: columns appear more than once: {', '.join(duplicated_columns)}")
+    needed = [columns.id, columns.event] + ([columns.time] if columns.time else [])
+    absent = [c for c in needed if c not in table.columns]
+    if absent:
+        raise DataError(
+            f"{source}: missing column(s) {', '.join(absent)}; the file has {', '.join(table.columns[:8])}"
+            f"{'...' if len(table.columns) > 8 else ''} (set the column names with --id-column, --event-column,"
+            " --time-column)"
+        )
+    if table.empty:
+        raise DataError(f"{source}: no patient rows")
+    ids = table[columns.id].astype(str).str.strip().to_numpy()
+    empty_ids = ids == ""
+    if empty_ids.any():
+        raise DataError(f"{source}: column {columns.id} is empty in {describe_rows(np.flatnonzero(empty_ids), ids)}")
+    duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
+    if duplicated.any():
+        raise DataError(f"{source}: duplicate patient ids in {describe_rows(np.flatnonzero(duplicated), ids)}")
+
+    event_text = table[columns.event].astype(str).str.strip()
+    valid_event = event_text.isin(["0", "1", "0.0", "1.0"]).to_numpy()
+    if not valid_event.all():
+        raise DataError(
+            f"{source}: column {columns.event} must be 0 or 1 (1 = event); "
+            f"other values in {describe_rows(np.flatnonzero(~valid_event), ids)}"
+        )
+    event = event_text.astype(float).to_numpy() == 1.0
+
+    time = None
+    if columns.time:
+        numbers = pd.to_numeric(table[columns.time], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(numbers) | (numbers <= 0)
+        if bad.any():
+            raise DataError(
+                f"{source}: column {columns.time} must hold positive times; "
+                f"missing, non-numeric or non-positive in {describe_rows(np.flatnonzero(bad), ids)}"
+            )
+        time = numbers
+
+    n_events = int(event.sum())
+    for label, count in (("events", n_events), ("non-events", len(event) - n_events)):
+        if count < min_events:
+            raise DataError(
+                f"{source}: only {count} {label} in column {columns.event}; at least {min_events} are needed "
+                "to train and evaluate a model (all samples censored or all events?)"
+            )
+    return Cohort(source=source, columns=columns, ids=ids, event=event, time=time, table=table)

@@ -1,0 +1,126 @@
+"""Preprocessing fitted on the training split, and the penalised models trained with PyTorch.
+
+Targets: binary status (logistic loss) or time-to-event (Cox partial likelihood, Breslow
+ties). Models: a ridge-penalised linear model (default) or one hidden layer. Full-batch
+L-BFGS in float64 on the CPU with a fixed seed, so the same data gives the same weights.
+Serving evaluates the exported weights with numpy (``genesig.artifact.model``); the
+predictions used for evaluation come from that same code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from genesig.artifact import Architecture, Preprocessing
+from genesig.artifact.manifest import TargetKind
+from genesig.errors import DataError
+
+ModelKind = Literal["linear", "mlp"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelKind = "linear"
+    hidden_units: int = 16
+    activation: Literal["relu", "tanh"] = "tanh"
+    # Ridge penalty on the weights (not the bias), per patient: loss + l2 * ||w||^2 / 2.
+    l2: float = 0.1
+    max_iter: int = 200
+    seed: int = 0
+
+    def architecture(self) -> Architecture:
+        if self.model == "linear":
+            return Architecture(kind="linear")
+        return Architecture(kind="mlp", hidden_units=self.hidden_units, activation=self.activation)
+
+
+def fit_preprocessing(raw: np.ndarray) -> Preprocessing:
+    """log1p, then centre and scale each gene with the training split's mean and standard deviation."""
+    logged = np.log1p(raw)
+    center = logged.mean(axis=0)
+    scale = logged.std(axis=0)
+    scale = np.where(scale > 1e-8, scale, 1.0)  # a constant gene carries no signal; keep it finite
+    return Preprocessing(log1p=True, center=center.round(12).tolist(), scale=scale.round(12).tolist())
+
+
+def _breslow_risk_index(time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order by time descending, and for each position the last position of its tie group (its risk set end)."""
+    order = np.argsort(-time, kind="stable")
+    sorted_time = time[order]
+    last = np.empty(len(time), dtype=np.int64)
+    end = len(time) - 1
+    for i in range(len(time) - 1, -1, -1):
+        if i < len(time) - 1 and sorted_time[i] != sorted_time[i + 1]:
+            end = i
+        last[i] = end
+    return order, last
+
+
+def cox_loss(eta: torch.Tensor, time: np.ndarray, event: np.ndarray) -> torch.Tensor:
+    """Negative Cox log partial likelihood per event (Breslow ties)."""
+    order, last = _breslow_risk_index(time)
+    eta_sorted = eta[torch.as_tensor(order)]
+    log_risk = torch.logcumsumexp(eta_sorted, dim=0)[torch.as_tensor(last)]
+    events = torch.as_tensor(event[order], dtype=torch.bool)
+    return -(eta_sorted[events] - log_risk[events]).sum() / max(int(events.sum()), 1)
+
+
+class _Network(torch.nn.Module):
+    def __init__(self, n_genes: int, config: TrainConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.model == "linear":
+            self.linear = torch.nn.Linear(n_genes, 1)
+        else:
+            self.hidden = torch.nn.Linear(n_genes, config.hidden_units)
+            self.output = torch.nn.Linear(config.hidden_units, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.model == "linear":
+            return self.linear(x).squeeze(1)
+        h = self.hidden(x)
+        h = torch.relu(h) if self.config.activation == "relu" else torch.tanh(h)
+        return self.output(h).squeeze(1)
+
+    def penalty(self) -> torch.Tensor:
+        return sum((p**2).sum() for name, p in self.named_parameters() if name.endswith("weight"))  # type: ignore[return-value]
+
+
+def train(
+    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainConfig
+) -> dict[str, np.ndarray]:
+    """Fit on preprocessed values ``z``; returns the weights named like the artifact expects."""
+    if target == "time_to_event" and time is None:
+        raise DataError("a time-to-event model needs a time column")
+    torch.manual_seed(config.seed)
+    x = torch.as_tensor(z, dtype=torch.float64)
+    y = torch.as_tensor(event, dtype=torch.float64)
+    net = _Network(z.shape[1], config).double()
+    if config.model == "linear":
+        torch.nn.init.zeros_(net.linear.weight)
+        torch.nn.init.zeros_(net.linear.bias)
+    optimizer = torch.optim.LBFGS(
+        net.parameters(), lr=1.0, max_iter=config.max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        eta = net(x)
+        if target == "binary":
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(eta, y)
+        else:
+            assert time is not None
+            loss = cox_loss(eta, time, event)
+        loss = loss + config.l2 * net.penalty() / 2
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    optimizer.step(closure)  # type: ignore[no-untyped-call]
+    state = {k: v.detach().numpy().astype(np.float64) for k, v in net.state_dict().items()}
+    if not all(np.isfinite(v).all() for v in state.values()):
+        raise DataError("training diverged (non-finite weights); try a larger --l2")
+    return state

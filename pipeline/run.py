@@ -1,0 +1,206 @@
+"""``genesig run-local``: preprocess → train → evaluate → gate → register → deploy for each selected signature.
+
+Outputs under the work folder: ``signatures/<name>/{prepared,model,evaluation}``, the local
+registry (``registry/``), the local MME prefix (``mme-prefix/``) and ``summary.json``. A
+re-run on the same data and settings trains the same weights and registers nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genesig.artifact import Manifest, read_artifact
+from genesig.artifact.manifest import TargetKind
+from genesig.errors import DataError, GenesigError
+from genesig.pipeline.cohort import Cohort, CohortColumns, read_cohort
+from genesig.pipeline.deploy import deploy_package
+from genesig.pipeline.model import TrainConfig
+from genesig.pipeline.registry import LocalRegistry, ModelPackage
+from genesig.pipeline.signatures import (
+    GeneSignature,
+    MatchedSignature,
+    check_unique,
+    default_signatures,
+    match,
+    read_signatures,
+    select,
+)
+from genesig.pipeline.steps import GateMetric, cross_validate, evaluate, gate, preprocess, save_prepared, train_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    data: Path
+    workdir: Path = Path("genesig-work")
+    signatures_file: Path | None = None
+    signature: str | None = None
+    columns: CohortColumns = field(default_factory=CohortColumns)
+    target: TargetKind | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test_fraction: float = 0.2
+    seed: int = 0
+    min_genes: int = 2
+    min_events: int = 10
+    threshold: float = 0.6
+    gate_on: GateMetric = "cv_mean"
+    approve: bool = False
+    cv_folds: int = 5
+    cv_repeats: int = 5
+
+
+@dataclass
+class SignatureResult:
+    signature: str
+    name: str
+    genes: list[str]
+    missing_genes: list[str]
+    status: str
+    reason: str = ""
+    metric: str = ""
+    n_train: int = 0
+    n_test: int = 0
+    cv_mean: float | None = None
+    cv_interval: list[float] | None = None
+    test_value: float | None = None
+    passed: bool = False
+    version: int | None = None
+    approval_status: str | None = None
+    deployed: str | None = None
+    report: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass
+class RunSummary:
+    data: str
+    workdir: str
+    threshold: float
+    gate_on: str
+    results: list[SignatureResult]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def load_signatures(path: Path | None) -> list[GeneSignature]:
+    signatures = read_signatures(path) if path else default_signatures()
+    check_unique(signatures, path.name if path else "built-in signatures")
+    return signatures
+
+
+def same_model(a: Manifest, b: Manifest) -> bool:
+    """Same weights, genes, preprocessing, target and training data: registering again would duplicate it."""
+    keys = ("genes", "target", "model", "preprocessing", "output", "training_data")
+    return a.files == b.files and all(getattr(a, k) == getattr(b, k) for k in keys)
+
+
+def _register_and_deploy(
+    options: RunOptions, registry: LocalRegistry, artifact: Path, evaluation: dict[str, Any], result: SignatureResult
+) -> None:
+    group = result.name
+    latest = (registry.list_model_packages(group) or [None])[-1]
+    new = read_artifact(artifact).manifest
+    package: ModelPackage
+    if latest is not None and same_model(read_artifact(Path(latest.artifact)).manifest, new):
+        package = latest
+        result.reason += f"; unchanged since version {latest.version}, not registered again"
+    else:
+        package = registry.create_model_package(
+            group,
+            artifact,
+            metrics={k: evaluation[k] for k in ("metric", "cross_validation", "test", "risk_groups")},
+            approval_status="Approved" if options.approve else "PendingManualApproval",
+            description=f"signature {result.signature}; {result.reason}",
+        )
+    result.version = package.version
+    result.approval_status = package.approval_status
+    if package.approval_status == "Approved":
+        result.deployed = deploy_package(package, options.workdir / "mme-prefix").name
+
+
+def run_signature(
+    options: RunOptions, cohort: Cohort, matched: MatchedSignature, registry: LocalRegistry
+) -> SignatureResult:
+    started = time.perf_counter()
+    result = SignatureResult(
+        signature=matched.signature.name,
+        name=matched.artifact_name,
+        genes=matched.present,
+        missing_genes=matched.missing,
+        status="skipped",
+    )
+    if matched.skip_reason:
+        result.reason = matched.skip_reason
+        return result
+    folder = options.workdir / "signatures" / matched.artifact_name
+    try:
+        prepared = preprocess(
+            cohort, matched, target=options.target, test_fraction=options.test_fraction, seed=options.seed
+        )
+        save_prepared(prepared, folder / "prepared")
+        result.n_train, result.n_test = len(prepared.train.ids), len(prepared.test.ids)
+        cv = cross_validate(prepared, options.train, folds=options.cv_folds, repeats=options.cv_repeats)
+        version = registry.next_version(matched.artifact_name)
+        model_dir = folder / "model"
+        stale = model_dir / f"{matched.artifact_name}-v{version}.tar.gz"
+        stale.unlink(missing_ok=True)  # left by an earlier run that was not registered
+        artifact = train_model(prepared, options.train, version, model_dir, cv=cv)
+        evaluation = evaluate(prepared, artifact, folder / "evaluation")
+        verdict = gate(evaluation, threshold=options.threshold, on=options.gate_on)
+        result.metric = evaluation["metric"]
+        result.cv_mean = evaluation["cross_validation"]["mean"]
+        result.cv_interval = evaluation["cross_validation"]["interval"]
+        result.test_value = evaluation["test"]["value"]
+        result.report = str(folder / "evaluation" / evaluation["report"])
+        result.passed = verdict.passed
+        result.reason = verdict.reason
+        (folder / "evaluation" / "gate.json").write_text(json.dumps(asdict(verdict), indent=2) + "\n")
+        if verdict.passed:
+            _register_and_deploy(options, registry, artifact, evaluation, result)
+        result.status = "done"
+    except GenesigError as exc:
+        result.status = "failed"
+        result.reason = exc.message
+        logger.warning("signature %s failed: %s", matched.signature.name, exc.message)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_local(
+    options: RunOptions,
+    on_result: Callable[[SignatureResult], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
+) -> RunSummary:
+    """Run every selected signature; one signature's failure is recorded and never stops the others."""
+    cohort = read_cohort(options.data, options.columns, min_events=options.min_events)
+    signatures = select(load_signatures(options.signatures_file), options.signature)
+    if options.min_genes < 1:
+        raise DataError("--min-genes must be at least 1")
+    registry = LocalRegistry(options.workdir / "registry")
+    available = cohort.candidate_genes()
+    results = []
+    if on_start:
+        on_start(len(signatures))
+    for signature in signatures:
+        result = run_signature(options, cohort, match(signature, available, options.min_genes), registry)
+        results.append(result)
+        if on_result:
+            on_result(result)
+    summary = RunSummary(
+        data=str(options.data),
+        workdir=str(options.workdir),
+        threshold=options.threshold,
+        gate_on=options.gate_on,
+        results=results,
+    )
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    (options.workdir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    return summary

@@ -1,0 +1,421 @@
+"""The pipeline steps as plain functions on plain data: preprocess, train, evaluate, gate.
+
+Each step also reads and writes a folder (``save_*``/``load_*``) so that the same code runs as
+a local step, as ``genesig step ...`` and inside a SageMaker job.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
+
+import genesig
+from genesig.artifact import (
+    SCHEMA_VERSION,
+    Manifest,
+    Output,
+    Preprocessing,
+    RiskGroups,
+    Signature,
+    SignatureModel,
+    TrainingData,
+    read_artifact,
+    write_artifact,
+)
+from genesig.artifact.manifest import TargetKind
+from genesig.artifact.model import apply_preprocessing
+from genesig.errors import DataError
+from genesig.pipeline.cohort import Cohort
+from genesig.pipeline.metrics import discrimination
+from genesig.pipeline.model import TrainConfig, fit_preprocessing, train
+from genesig.pipeline.signatures import MatchedSignature
+
+logger = logging.getLogger(__name__)
+
+GateMetric = Literal["cv_mean", "cv_lower", "test"]
+PREPARED_FILE = "prepared.json"
+EVALUATION_FILE = "evaluation.json"
+
+
+@dataclass(frozen=True)
+class Split:
+    """One side of the split: raw values of the signature's genes and the outcome."""
+
+    ids: list[str]
+    raw: np.ndarray
+    event: np.ndarray
+    time: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Output of preprocessing: the signature's genes, a stratified split and the preprocessing fitted on train."""
+
+    name: str
+    signature: str
+    source: str
+    genes: list[str]
+    genes_requested: list[str]
+    genes_missing: list[str]
+    target: TargetKind
+    id_column: str
+    event_column: str
+    time_column: str | None
+    fingerprint: str
+    seed: int
+    train: Split
+    test: Split
+    preprocessing: Preprocessing
+
+
+def metric_name(target: TargetKind) -> str:
+    return "auc" if target == "binary" else "c_index"
+
+
+def choose_target(cohort: Cohort, requested: TargetKind | None) -> TargetKind:
+    if requested == "time_to_event" and not cohort.has_time:
+        raise DataError("--target time_to_event needs a time column (--time-column)")
+    return requested or ("time_to_event" if cohort.has_time else "binary")
+
+
+def preprocess(
+    cohort: Cohort,
+    matched: MatchedSignature,
+    *,
+    target: TargetKind | None = None,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Prepared:
+    """Select the signature's genes, split stratified by event (seeded), fit preprocessing on the train side."""
+    if matched.skip_reason:
+        raise DataError(f"signature {matched.signature.name!r} is skipped: {matched.skip_reason}")
+    if not 0.05 <= test_fraction <= 0.5:
+        raise DataError(f"test fraction must be between 0.05 and 0.5, got {test_fraction}")
+    genes = matched.present
+    raw = cohort.expression(genes)
+    rows = np.arange(cohort.n)
+    train_rows, test_rows = train_test_split(
+        rows, test_size=test_fraction, stratify=cohort.event, random_state=seed, shuffle=True
+    )
+    train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
+
+    def side(r: np.ndarray) -> Split:
+        return Split(
+            ids=cohort.ids[r].tolist(),
+            raw=raw[r],
+            event=cohort.event[r],
+            time=None if cohort.time is None else cohort.time[r],
+        )
+
+    return Prepared(
+        name=matched.artifact_name,
+        signature=matched.signature.name,
+        source=matched.signature.source,
+        genes=genes,
+        genes_requested=list(matched.signature.genes),
+        genes_missing=matched.missing,
+        target=choose_target(cohort, target),
+        id_column=cohort.columns.id,
+        event_column=cohort.columns.event,
+        time_column=cohort.columns.time,
+        fingerprint=cohort.fingerprint(genes),
+        seed=seed,
+        train=side(train_rows),
+        test=side(test_rows),
+        preprocessing=fit_preprocessing(raw[train_rows]),
+    )
+
+
+# --- train -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CrossValidation:
+    metric: str
+    folds: int
+    repeats: int
+    values: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values))
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 2.5th and 97.5th percentiles of the per-fold metric."""
+        low, high = np.percentile(self.values, [2.5, 97.5])
+        return float(low), float(high)
+
+
+def _fit_predict(
+    raw_fit: np.ndarray,
+    event: np.ndarray,
+    time: np.ndarray | None,
+    raw_score: np.ndarray,
+    target: TargetKind,
+    genes: list[str],
+    config: TrainConfig,
+) -> np.ndarray:
+    """Preprocessing and model fitted on one side, linear predictor on the other (no information leaks)."""
+    preprocessing = fit_preprocessing(raw_fit)
+    weights = train(apply_preprocessing(preprocessing, genes, raw_fit), event, time, target, config)
+    manifest = _manifest_stub(genes, target, preprocessing, config)
+    return SignatureModel(manifest, weights).linear_predictor(raw_score)
+
+
+def cross_validate(prepared: Prepared, config: TrainConfig, *, folds: int = 5, repeats: int = 5) -> CrossValidation:
+    """Repeated stratified k-fold on the training split; the held-out split is never touched."""
+    train_side = prepared.train
+    n_minority = int(min(train_side.event.sum(), len(train_side.event) - train_side.event.sum()))
+    folds = max(2, min(folds, n_minority))
+    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=prepared.seed)
+    values = []
+    for fit_rows, score_rows in splitter.split(train_side.raw, train_side.event):
+        time = train_side.time
+        scores = _fit_predict(
+            train_side.raw[fit_rows],
+            train_side.event[fit_rows],
+            None if time is None else time[fit_rows],
+            train_side.raw[score_rows],
+            prepared.target,
+            prepared.genes,
+            config,
+        )
+        values.append(
+            discrimination(
+                event=train_side.event[score_rows],
+                time=None if time is None else time[score_rows],
+                risk_score=scores,
+            )
+        )
+    return CrossValidation(metric_name(prepared.target), folds, repeats, values)
+
+
+def _manifest_stub(genes: list[str], target: TargetKind, preprocessing: Preprocessing, config: TrainConfig) -> Manifest:
+    """Enough of a manifest to evaluate weights with the serving code during cross-validation."""
+    return Manifest(
+        schema_version=SCHEMA_VERSION,
+        name="cv",
+        version=1,
+        signature=Signature(name="cv", genes_requested=genes),
+        genes=genes,
+        id_column="id",
+        target=target,
+        model=config.architecture(),
+        preprocessing=preprocessing,
+        output=_output(target, [0.0] if target == "time_to_event" else [0.5]),
+        metrics={},
+        training_data=TrainingData(fingerprint="", n_rows=1, n_events=0, event_column="event"),
+        created_at="",
+        versions={},
+    )
+
+
+def _output(target: TargetKind, cutpoints: list[float]) -> Output:
+    if target == "binary":
+        return Output(
+            name="probability",
+            description="probability of the event (death); the model is a logistic model on the signature's genes",
+            risk_groups=RiskGroups(cutpoints=cutpoints, labels=["low", "high"]),
+        )
+    return Output(
+        name="risk_score",
+        description="Cox linear predictor (log relative hazard); higher means higher risk",
+        risk_groups=RiskGroups(cutpoints=cutpoints, labels=["low", "high"]),
+    )
+
+
+def train_model(prepared: Prepared, config: TrainConfig, version: int, out_dir: Path, *, cv: CrossValidation) -> Path:
+    """Fit on the whole training split and write the artifact (with the CV metrics) through the contract's writer."""
+    train_side = prepared.train
+    z = apply_preprocessing(prepared.preprocessing, prepared.genes, train_side.raw)
+    weights = train(z, train_side.event, train_side.time, prepared.target, config)
+    provisional = SignatureModel(
+        _manifest_stub(prepared.genes, prepared.target, prepared.preprocessing, config), weights
+    )
+    # Risk groups split at the training split's median output.
+    cutpoint = float(np.median(provisional.predict(train_side.raw).values))
+    metric = cv.metric
+    low, high = cv.interval
+    train_metric = discrimination(
+        event=train_side.event, time=train_side.time, risk_score=provisional.linear_predictor(train_side.raw)
+    )
+    manifest = Manifest(
+        schema_version=SCHEMA_VERSION,
+        name=prepared.name,
+        version=version,
+        signature=Signature(
+            name=prepared.signature,
+            source=prepared.source,
+            genes_requested=prepared.genes_requested,
+            genes_missing=prepared.genes_missing,
+        ),
+        genes=prepared.genes,
+        id_column=prepared.id_column,
+        target=prepared.target,
+        model=config.architecture(),
+        preprocessing=prepared.preprocessing,
+        output=_output(prepared.target, [round(cutpoint, 12)]),
+        metrics={
+            f"cv_{metric}_mean": cv.mean,
+            f"cv_{metric}_lower": low,
+            f"cv_{metric}_upper": high,
+            f"train_{metric}": train_metric,
+        },
+        training_data=TrainingData(
+            fingerprint=prepared.fingerprint,
+            n_rows=len(train_side.ids),
+            n_events=int(train_side.event.sum()),
+            event_column=prepared.event_column,
+            time_column=prepared.time_column,
+        ),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        versions={
+            "genesig": genesig.__version__,
+            "numpy": np.__version__,
+            "torch": str(__import__("torch").__version__),
+            "python": platform.python_version(),
+        },
+    )
+    return write_artifact(manifest, weights, out_dir)
+
+
+# --- evaluate -----------------------------------------------------------------------------------------
+
+
+def risk_group_summary(
+    groups: list[str], event: np.ndarray, time: np.ndarray | None, values: np.ndarray
+) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for label in dict.fromkeys(groups):
+        mask = np.array([g == label for g in groups])
+        entry: dict[str, Any] = {
+            "patients": int(mask.sum()),
+            "events": int(event[mask].sum()),
+            "observed_event_rate": float(event[mask].mean()),
+            "mean_output": float(values[mask].mean()),
+        }
+        if time is not None:
+            entry["median_time"] = float(np.median(time[mask]))
+        summary[label] = entry
+    return summary
+
+
+def evaluate(prepared: Prepared, artifact: Path, out_dir: Path) -> dict[str, Any]:
+    """Score the held-out split through the serving code path and write ``evaluation.json`` and the report."""
+    from genesig.pipeline.report import write_report
+
+    model = read_artifact(artifact)
+    if model.genes != prepared.genes:
+        raise DataError(f"artifact {artifact.name} uses genes {model.genes}, the data split {prepared.genes}")
+    test = prepared.test
+    predictions = model.predict(test.raw)
+    risk = model.linear_predictor(test.raw)
+    metric = metric_name(prepared.target)
+    test_value = discrimination(event=test.event, time=test.time, risk_score=risk)
+    m = model.manifest.metrics
+    evaluation: dict[str, Any] = {
+        "signature": prepared.signature,
+        "name": prepared.name,
+        "version": model.manifest.version,
+        "target": prepared.target,
+        "metric": metric,
+        "genes": prepared.genes,
+        "cross_validation": {
+            "mean": m[f"cv_{metric}_mean"],
+            "interval": [m[f"cv_{metric}_lower"], m[f"cv_{metric}_upper"]],
+        },
+        "test": {"value": test_value, "patients": len(test.ids), "events": int(test.event.sum())},
+        "train": {"value": m[f"train_{metric}"]},
+        "risk_groups": risk_group_summary(predictions.groups, test.event, test.time, predictions.values),
+        # The shape SageMaker's model registry reads as model-quality statistics.
+        ("binary_classification_metrics" if prepared.target == "binary" else "survival_metrics"): {
+            metric: {"value": test_value},
+            f"cv_{metric}_mean": {"value": m[f"cv_{metric}_mean"]},
+        },
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    evaluation["report"] = write_report(prepared, predictions.values, predictions.groups, risk, out_dir).name
+    (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+    return evaluation
+
+
+# --- gate ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GateResult:
+    passed: bool
+    metric: str
+    value: float
+    threshold: float
+    reason: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def gate(evaluation: dict[str, Any], *, threshold: float, on: GateMetric = "cv_mean") -> GateResult:
+    """Pass when the chosen metric clears the threshold; the reason says why either way."""
+    metric = evaluation["metric"]
+    values = {
+        "cv_mean": evaluation["cross_validation"]["mean"],
+        "cv_lower": evaluation["cross_validation"]["interval"][0],
+        "test": evaluation["test"]["value"],
+    }
+    value = float(values[on])
+    label = {
+        "cv_mean": f"cross-validated mean {metric}",
+        "cv_lower": f"lower CV bound of {metric}",
+        "test": f"held-out {metric}",
+    }[on]
+    passed = value >= threshold
+    reason = f"{label} {value:.3f} {'>=' if passed else '<'} threshold {threshold:.3f}"
+    return GateResult(passed, f"{on}:{metric}", value, threshold, reason, details={"all": values})
+
+
+# --- folders ------------------------------------------------------------------------------------------
+
+
+def save_prepared(prepared: Prepared, out_dir: Path) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for label, side in (("train", prepared.train), ("test", prepared.test)):
+        frame = pd.DataFrame(side.raw, columns=prepared.genes)
+        frame.insert(0, prepared.id_column, side.ids)
+        frame[prepared.event_column] = side.event.astype(int)
+        if side.time is not None and prepared.time_column:
+            frame[prepared.time_column] = side.time
+        frame.to_csv(out_dir / f"{label}.csv", index=False, float_format="%.17g")
+    meta = {k: v for k, v in asdict(prepared).items() if k not in ("train", "test", "preprocessing")}
+    meta["preprocessing"] = {
+        "log1p": prepared.preprocessing.log1p,
+        "center": prepared.preprocessing.center,
+        "scale": prepared.preprocessing.scale,
+    }
+    (out_dir / PREPARED_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
+def load_prepared(in_dir: Path) -> Prepared:
+    path = in_dir / PREPARED_FILE
+    if not path.is_file():
+        raise DataError(f"{in_dir} has no {PREPARED_FILE}: run the preprocess step first")
+    meta = json.loads(path.read_text())
+    sides = {}
+    for label in ("train", "test"):
+        frame = pd.read_csv(in_dir / f"{label}.csv", dtype={meta["id_column"]: str})
+        sides[label] = Split(
+            ids=frame[meta["id_column"]].tolist(),
+            raw=frame[meta["genes"]].to_numpy(dtype=np.float64),
+            event=frame[meta["event_column"]].to_numpy() == 1,
+            time=frame[meta["time_column"]].to_numpy(dtype=np.float64) if meta["time_column"] else None,
+        )
+    meta["preprocessing"] = Preprocessing(**meta["preprocessing"])
+    return Prepared(**meta, train=sides["train"], test=sides["test"])

@@ -62,7 +62,7 @@ def render_summary(summary: RunSummary) -> None:
         "package",
         "deployed as",
     ):
-        table.add_column(column, overflow="fold")
+        table.add_column(column, overflow="fold", no_wrap=column in ("signature", "deployed as"))
     notes = []
     for r in summary.results:
         genes = f"{len(r.genes)}" + (f" ({len(r.missing_genes)} missing)" if r.missing_genes else "")

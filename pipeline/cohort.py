@@ -72,7 +72,9 @@ class Cohort:
         bad = numbers.isna()
         if bad.any():
             raise DataError(f"{self.source}: column {gene} has non-numeric values in {self._rows(bad)}")
-        array = numbers.to_numpy(dtype=np.float64)
+        # pandas' own number parser is off by one ulp on many values; numpy's is correctly rounded, like the
+        # server's, so a client sending the same text gets exactly the training-time predictions.
+        array = raw.astype(str).str.strip().to_numpy().astype(np.float64)
         not_finite = ~np.isfinite(array)
         if not_finite.any():
             raise DataError(f"{self.source}: column {gene} has NaN or infinite values in {self._rows(not_finite)}")

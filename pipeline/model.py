@@ -44,7 +44,7 @@ def fit_preprocessing(raw: np.ndarray) -> Preprocessing:
     center = logged.mean(axis=0)
     scale = logged.std(axis=0)
     scale = np.where(scale > 1e-8, scale, 1.0)  # a constant gene carries no signal; keep it finite
-    return Preprocessing(log1p=True, center=center.round(12).tolist(), scale=scale.round(12).tolist())
+    return Preprocessing(log1p=True, center=center.tolist(), scale=scale.tolist())
 
 
 def _breslow_risk_index(time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -44,6 +44,7 @@ logger = logging.getLogger(__name__)
 GateMetric = Literal["cv_mean", "cv_lower", "test"]
 PREPARED_FILE = "prepared.json"
 EVALUATION_FILE = "evaluation.json"
+PREDICTIONS_FILE = "predictions.csv"
 
 
 @dataclass(frozen=True)
@@ -264,7 +265,7 @@ def train_model(prepared: Prepared, config: TrainConfig, version: int, out_dir: 
         target=prepared.target,
         model=config.architecture(),
         preprocessing=prepared.preprocessing,
-        output=_output(prepared.target, [round(cutpoint, 12)]),
+        output=_output(prepared.target, [cutpoint]),
         metrics={
             f"cv_{metric}_mean": cv.mean,
             f"cv_{metric}_lower": low,
@@ -344,6 +345,16 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path) -> dict[str, Any
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(
+        {
+            prepared.id_column: test.ids,
+            model.manifest.output.name: predictions.values,
+            "risk_group": predictions.groups,
+            prepared.event_column: test.event.astype(int),
+        }
+    )
+    table.to_csv(out_dir / PREDICTIONS_FILE, index=False, float_format="%.17g")
+    evaluation["predictions"] = PREDICTIONS_FILE
     evaluation["report"] = write_report(prepared, predictions.values, predictions.groups, risk, out_dir).name
     (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
     return evaluation
@@ -410,7 +421,7 @@ def load_prepared(in_dir: Path) -> Prepared:
     meta = json.loads(path.read_text())
     sides = {}
     for label in ("train", "test"):
-        frame = pd.read_csv(in_dir / f"{label}.csv", dtype={meta["id_column"]: str})
+        frame = pd.read_csv(in_dir / f"{label}.csv", dtype={meta["id_column"]: str}, float_precision="round_trip")
         sides[label] = Split(
             ids=frame[meta["id_column"]].tolist(),
             raw=frame[meta["genes"]].to_numpy(dtype=np.float64),

@@ -1,0 +1,116 @@
+"""The local registry and deploy: versions, approval, only Approved deployed, never overwritten, idempotent sync."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from genesig.errors import Conflict, ModelNotFound
+from genesig.pipeline.deploy import DeployRefused, deploy_package, sync
+from genesig.pipeline.registry import LocalRegistry
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> LocalRegistry:
+    return LocalRegistry(tmp_path / "registry")
+
+
+def register(registry: LocalRegistry, make_archive: Callable[..., Path], group: str = "metagene_19", **kw: object):  # type: ignore[no-untyped-def]
+    version = registry.next_version(group)
+    archive = make_archive(group, version=version, seed=version)
+    return registry.create_model_package(group, archive, metrics={"auc": 0.7}, **kw)  # type: ignore[arg-type]
+
+
+def test_versions_approval_and_history(registry: LocalRegistry, make_archive: Callable[..., Path]) -> None:
+    first = register(registry, make_archive)
+    second = register(registry, make_archive, approval_status="Approved")
+    assert (first.version, first.approval_status, second.version) == (1, "PendingManualApproval", 2)
+    assert registry.latest_approved("metagene_19") == second
+    approved = registry.update_approval_status("metagene_19", 1, "Approved", "reviewed by A")
+    assert [h["status"] for h in approved.status_history] == ["PendingManualApproval", "Approved"]
+    assert registry.latest_approved("metagene_19").version == 2  # type: ignore[union-attr]
+    assert [p.version for p in registry.list_model_packages("metagene_19", "Approved")] == [1, 2]
+    assert registry.list_model_package_groups() == ["metagene_19"]
+    with pytest.raises(ModelNotFound):
+        registry.describe_model_package("metagene_19", 9)
+
+
+def test_version_must_match_the_artifact(registry: LocalRegistry, make_archive: Callable[..., Path]) -> None:
+    with pytest.raises(Conflict, match="is version 3 but group metagene_19 is at version 1"):
+        registry.create_model_package("metagene_19", make_archive(version=3), metrics={})
+
+
+def test_concurrent_registration_gets_distinct_versions(
+    registry: LocalRegistry, make_archive: Callable[..., Path]
+) -> None:
+    archives = {v: make_archive(version=v, seed=v) for v in (1, 2, 3, 4)}
+    outcomes: list[object] = []
+
+    def worker() -> None:
+        for _ in range(20):
+            version = registry.next_version("metagene_19")
+            if version > 4:
+                return
+            try:
+                outcomes.append(registry.create_model_package("metagene_19", archives[version], metrics={}).version)
+            except Conflict:
+                continue
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == [1, 2, 3, 4]  # type: ignore[type-var]
+
+
+def test_only_approved_packages_are_deployed(
+    registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    package = register(registry, make_archive)
+    with pytest.raises(DeployRefused, match="is PendingManualApproval; only Approved"):
+        deploy_package(package, tmp_path / "mme")
+    rejected = registry.update_approval_status("metagene_19", 1, "Rejected")
+    with pytest.raises(DeployRefused):
+        deploy_package(rejected, tmp_path / "mme")
+    assert not (tmp_path / "mme").exists() or not list((tmp_path / "mme").iterdir())
+
+
+def test_deploy_is_idempotent_and_never_overwrites(
+    registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    package = register(registry, make_archive, approval_status="Approved")
+    prefix = tmp_path / "mme"
+    assert deploy_package(package, prefix).action == "copied"
+    assert deploy_package(package, prefix).action == "already deployed"
+    (prefix / package.artifact_name).write_bytes(b"someone else's bytes")
+    with pytest.raises(Conflict, match="never overwritten"):
+        deploy_package(package, prefix)
+    assert (prefix / package.artifact_name).read_bytes() == b"someone else's bytes"
+
+
+def test_tampered_registry_artifact_is_not_deployed(
+    registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    package = register(registry, make_archive, approval_status="Approved")
+    Path(package.artifact).write_bytes(b"tampered")
+    with pytest.raises(DeployRefused, match="no longer matches"):
+        deploy_package(package, tmp_path / "mme")
+    assert not (tmp_path / "mme" / package.artifact_name).exists()
+
+
+def test_sync_deploys_the_latest_approved_of_each_group(
+    registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    register(registry, make_archive, "metagene_19", approval_status="Approved")
+    register(registry, make_archive, "metagene_19", approval_status="Approved")
+    register(registry, make_archive, "metagene_19")  # pending: not deployed
+    register(registry, make_archive, "metagene_3")  # no approved version
+    prefix = tmp_path / "mme"
+    first = sync(registry, prefix)
+    assert [(d.name, d.action) for d in first] == [("metagene_19-v2.tar.gz", "copied")]
+    assert [d.action for d in sync(registry, prefix)] == ["already deployed"]
+    assert sorted(p.name for p in prefix.iterdir()) == ["metagene_19-v2.tar.gz"]

@@ -1,0 +1,168 @@
+"""run-local end to end on synthetic cohorts: planted effects pass the gate, noise fails, re-runs change nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genesig.pipeline.run import RunOptions, run_local
+from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+from .conftest import noise_and_planted
+
+SEEDS = range(6)
+
+
+def write_signatures(path: Path) -> Path:
+    path.write_text(json.dumps({s.name: list(s.genes) for s in noise_and_planted(4)}))
+    return path
+
+
+def test_planted_signatures_pass_and_noise_fails_over_seeds(
+    tmp_path: Path, record_property: pytest.RecordProperty
+) -> None:
+    signatures_file = write_signatures(tmp_path / "sigs.json")
+    verdicts: dict[str, list[bool]] = {}
+    for seed in SEEDS:
+        # n=200: at n=120 the gate's power for these effects is ~0.7 (small-cohort variance, see README).
+        spec = SyntheticSpec(n_patients=200, seed=seed, planted={"planted_a": 2.0, "planted_b": 1.5})
+        data = write_synthetic_cohort(tmp_path / f"c{seed}.csv", noise_and_planted(4), spec)
+        summary = run_local(
+            RunOptions(
+                data=data, workdir=tmp_path / f"w{seed}", signatures_file=signatures_file, seed=seed, cv_repeats=3
+            )
+        )
+        for result in summary.results:
+            verdicts.setdefault(result.signature.split("_")[0], []).append(result.passed)
+    planted_rate = sum(verdicts["planted"]) / len(verdicts["planted"])
+    noise_rate = sum(verdicts["noise"]) / len(verdicts["noise"])
+    record_property("planted_pass_rate", planted_rate)
+    record_property("noise_pass_rate", noise_rate)
+    assert planted_rate >= 0.8, verdicts
+    assert noise_rate <= 0.15, verdicts
+
+
+def test_rerun_registers_and_deploys_nothing_new(synthetic_csv: Path, tmp_path: Path) -> None:
+    options = RunOptions(data=synthetic_csv, workdir=tmp_path / "w", approve=True, cv_repeats=2)
+    first = run_local(options)
+    deployed = sorted(p.name for p in (tmp_path / "w" / "mme-prefix").iterdir())
+    assert "metagene_19-v1.tar.gz" in deployed
+    second = run_local(options)
+    assert sorted(p.name for p in (tmp_path / "w" / "mme-prefix").iterdir()) == deployed
+    for a, b in zip(first.results, second.results, strict=True):
+        assert (a.version, a.deployed) == (b.version, b.deployed)
+        if b.passed:
+            assert "unchanged since version 1" in b.reason
+
+
+def test_without_approval_nothing_is_deployed(synthetic_csv: Path, tmp_path: Path) -> None:
+    summary = run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", cv_repeats=2, signature="metagene_19"))
+    [result] = summary.results
+    assert (result.passed, result.approval_status, result.deployed) == (True, "PendingManualApproval", None)
+    assert not (tmp_path / "w" / "mme-prefix").exists()
+
+
+def test_summary_json_has_each_signatures_verdict_and_reason(synthetic_csv: Path, tmp_path: Path) -> None:
+    run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", cv_repeats=2))
+    doc = json.loads((tmp_path / "w" / "summary.json").read_text())
+    assert len(doc["results"]) == 7
+    for row in doc["results"]:
+        assert {"signature", "genes", "metric", "cv_mean", "cv_interval", "passed", "reason"} <= set(row)
+        assert isinstance(row["passed"], bool) and row["reason"]
+
+
+def test_small_signatures_are_skipped_with_a_reason_and_failures_stay_isolated(tmp_path: Path) -> None:
+    sigs = tmp_path / "s.json"
+    sigs.write_text(json.dumps({"tiny": ["LRIG1", "NOPE1", "NOPE2"], "fine": ["LRIG1", "HPGD", "GDF15"]}))
+    data = tmp_path / "c.csv"
+    from genesig.pipeline.signatures import default_signatures
+
+    frame = write_synthetic_cohort(data, default_signatures(), SyntheticSpec(seed=2, planted={"metagene_19": 1.5}))
+    text = frame.read_text().splitlines()
+    summary = run_local(RunOptions(data=data, workdir=tmp_path / "w", signatures_file=sigs, cv_repeats=2))
+    tiny, fine = summary.results
+    assert (
+        tiny.status == "skipped"
+        and tiny.reason.startswith("only 1 of 3 genes")
+        and tiny.missing_genes == ["NOPE1", "NOPE2"]
+    )
+    assert fine.status == "done"
+    assert len(text) == 121
+
+
+def test_cli_run_local_and_registry(synthetic_csv: Path, tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genesig.cli",
+            "run-local",
+            "--data",
+            str(synthetic_csv),
+            "--workdir",
+            str(work),
+            "--signature",
+            "metagene_19",
+            "--cv-repeats",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert run.returncode == 0, run.stderr
+    assert "metagene_19" in run.stdout and "PendingManualApproval" in run.stdout
+    approve = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "genesig.cli",
+            "registry",
+            "approve",
+            "metagene_19",
+            "1",
+            "--workdir",
+            str(work),
+            "--reason",
+            "reviewed",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert approve.returncode == 0, approve.stderr
+    sync = subprocess.run(
+        [sys.executable, "-m", "genesig.cli", "sync", "--workdir", str(work)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert sync.returncode == 0 and "metagene_19-v1.tar.gz (copied)" in sync.stderr
+    assert (work / "mme-prefix" / "metagene_19-v1.tar.gz").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", "nowhere.csv"], "data file nowhere.csv does not exist"),
+        (["--signature", "nope"], "no signature named 'nope'"),
+        (["--event-column", "Dead"], "missing column(s) Dead"),
+    ],
+)
+def test_cli_bad_input_gives_a_clear_error(synthetic_csv: Path, tmp_path: Path, args: list[str], message: str) -> None:
+    base = ["--data", str(synthetic_csv)] if "--data" not in args else []
+    result = subprocess.run(
+        [sys.executable, "-m", "genesig.cli", "run-local", "--workdir", str(tmp_path / "w"), *base, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

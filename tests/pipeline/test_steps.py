@@ -1,0 +1,135 @@
+"""Steps on the seed cohort and synthetic cohorts: splits, train-only preprocessing, own-gene evaluation, gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from genesig.artifact import read_artifact
+from genesig.errors import DataError
+from genesig.pipeline.cohort import read_cohort
+from genesig.pipeline.model import TrainConfig
+from genesig.pipeline.signatures import default_signatures, match, select
+from genesig.pipeline.steps import (
+    EVALUATION_FILE,
+    cross_validate,
+    evaluate,
+    gate,
+    load_prepared,
+    preprocess,
+    save_prepared,
+    train_model,
+)
+
+FAST = {"folds": 5, "repeats": 2}
+
+
+def prepared_for(path: Path, name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    cohort = read_cohort(path)
+    signature = next(s for s in default_signatures() if s.name == name)
+    return cohort, preprocess(cohort, match(signature, cohort.candidate_genes(), 2), **kwargs)  # type: ignore[arg-type]
+
+
+def test_split_is_stratified_seeded_and_disjoint(seed_cohort: Path) -> None:
+    _, a = prepared_for(seed_cohort, "metagene_19", seed=3)
+    _, b = prepared_for(seed_cohort, "metagene_19", seed=3)
+    assert a.train.ids == b.train.ids and not set(a.train.ids) & set(a.test.ids)
+    assert len(a.train.ids) + len(a.test.ids) == 119
+    rates = (a.train.event.mean(), a.test.event.mean())
+    assert abs(rates[0] - rates[1]) < 0.05, "stratified by event"
+
+
+def test_preprocessing_is_fitted_on_the_training_split_only(seed_cohort: Path) -> None:
+    _, prepared = prepared_for(seed_cohort, "metagene_19")
+    logged = np.log1p(prepared.train.raw)
+    np.testing.assert_allclose(prepared.preprocessing.center, logged.mean(axis=0))
+    everyone = np.log1p(np.vstack([prepared.train.raw, prepared.test.raw]))
+    assert not np.allclose(prepared.preprocessing.center, everyone.mean(axis=0))
+
+
+def test_evaluation_uses_the_signatures_own_genes_and_scikit_learn_agrees(seed_cohort: Path, tmp_path: Path) -> None:
+    for name in ("metagene_19", "metagene_4", "ALL"):
+        _, prepared = prepared_for(seed_cohort, name)
+        config = TrainConfig()
+        artifact = train_model(prepared, config, 1, tmp_path / name, cv=cross_validate(prepared, config, **FAST))
+        evaluation = evaluate(prepared, artifact, tmp_path / name / "eval")
+        model = read_artifact(artifact)
+        expected_genes = list(next(s for s in default_signatures() if s.name == name).genes)
+        assert model.genes == expected_genes == evaluation["genes"]
+        # An independent computation on the same predictions of the artifact (the serving code path).
+        reference = roc_auc_score(prepared.test.event, model.predict(prepared.test.raw).values)
+        assert evaluation["test"]["value"] == pytest.approx(reference, abs=1e-12)
+        on_disk = json.loads((tmp_path / name / "eval" / EVALUATION_FILE).read_text())
+        assert on_disk["cross_validation"]["mean"] == model.manifest.metrics["cv_auc_mean"]
+        assert (tmp_path / name / "eval" / "report.png").stat().st_size > 5000
+
+
+def test_evaluation_never_reads_other_genes(seed_cohort: Path, tmp_path: Path) -> None:
+    text = seed_cohort.read_text().splitlines()
+    header = text[0].split(",")
+    vim = header.index("VIM")
+    broken = [text[0]] + [
+        ",".join("oops" if i == vim else v for i, v in enumerate(line.split(","))) for line in text[1:]
+    ]
+    path = tmp_path / "broken.csv"
+    path.write_text("\n".join(broken))
+    _, prepared = prepared_for(path, "metagene_19")  # VIM is not in metagene_19
+    assert prepared.genes == ["LRIG1", "HPGD", "GDF15"]
+    with pytest.raises(DataError, match="column VIM has non-numeric values"):
+        prepared_for(path, "metagene_3")
+
+
+def test_manifest_carries_preprocessing_fingerprint_and_metrics(synthetic_csv: Path, tmp_path: Path) -> None:
+    cohort, prepared = prepared_for(synthetic_csv, "metagene_19")
+    config = TrainConfig()
+    manifest = read_artifact(
+        train_model(prepared, config, 4, tmp_path, cv=cross_validate(prepared, config, **FAST))
+    ).manifest
+    assert manifest.name == "metagene_19" and manifest.version == 4
+    assert manifest.preprocessing == prepared.preprocessing
+    assert manifest.training_data.fingerprint == cohort.fingerprint(["LRIG1", "HPGD", "GDF15"])
+    assert {"cv_auc_mean", "cv_auc_lower", "cv_auc_upper", "train_auc"} <= set(manifest.metrics)
+    assert manifest.output.risk_groups.labels == ["low", "high"]
+
+
+def test_prepared_folder_round_trip(synthetic_csv: Path, tmp_path: Path) -> None:
+    _, prepared = prepared_for(synthetic_csv, "metagene_10")
+    loaded = load_prepared(save_prepared(prepared, tmp_path / "prepared"))
+    assert loaded.genes == prepared.genes and loaded.train.ids == prepared.train.ids
+    np.testing.assert_array_equal(loaded.test.raw, prepared.test.raw)
+    assert loaded.preprocessing == prepared.preprocessing
+
+
+def test_time_to_event_target_from_a_time_column(tmp_path: Path) -> None:
+    from genesig.pipeline.cohort import CohortColumns
+    from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+    path = write_synthetic_cohort(
+        tmp_path / "t.csv", default_signatures(), SyntheticSpec(seed=4, planted={"metagene_9": 1.2}, with_time=True)
+    )
+    cohort = read_cohort(path, CohortColumns(time="SurvivalMonths"))
+    [signature] = select(default_signatures(), "metagene_9")
+    prepared = preprocess(cohort, match(signature, cohort.candidate_genes(), 2))
+    assert prepared.target == "time_to_event"
+    config = TrainConfig()
+    artifact = train_model(prepared, config, 1, tmp_path, cv=cross_validate(prepared, config, **FAST))
+    evaluation = evaluate(prepared, artifact, tmp_path / "eval")
+    assert evaluation["metric"] == "c_index" and evaluation["cross_validation"]["mean"] > 0.6
+    assert read_artifact(artifact).manifest.output.name == "risk_score"
+
+
+def test_gate_reports_its_reason() -> None:
+    evaluation = {
+        "metric": "auc",
+        "cross_validation": {"mean": 0.64, "interval": [0.52, 0.77]},
+        "test": {"value": 0.58},
+    }
+    passed = gate(evaluation, threshold=0.6)
+    assert passed.passed and passed.reason == "cross-validated mean auc 0.640 >= threshold 0.600"
+    failed = gate(evaluation, threshold=0.6, on="cv_lower")
+    assert not failed.passed and failed.reason == "lower CV bound of auc 0.520 < threshold 0.600"
+    assert not gate(evaluation, threshold=0.6, on="test").passed

@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--event-rate", type=float, default=0.35)
     synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
     synth.set_defaults(func=_cmd_synth)
+
+    from genesig.pipeline.entrypoints import add_step_parsers
+
+    add_step_parsers(sub)
     return parser
 
 

@@ -1,0 +1,46 @@
+"""`genesig step ...`: the same steps one at a time through folders, as SageMaker jobs run them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from genesig.pipeline.entrypoints import GATE_FAILED_EXIT
+
+
+def step(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "genesig.cli", "step", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> None:
+    prepared, model, evaluation = tmp_path / "prepared", tmp_path / "model", tmp_path / "evaluation"
+    registry, prefix = tmp_path / "registry", tmp_path / "prefix"
+    for args in (
+        ("preprocess", "--data", synthetic_csv, "--signature", "metagene_19", "--out", prepared),
+        ("train", "--prepared", prepared, "--out", model, "--registry", registry, "--cv-repeats", "2"),
+        ("evaluate", "--prepared", prepared, "--model", model, "--out", evaluation),
+        ("gate", "--evaluation", evaluation / "evaluation.json", "--threshold", "0.55", "--out", evaluation),
+        ("register", "--model", model, "--evaluation", evaluation / "evaluation.json", "--registry", registry,
+         "--approve"),
+        ("deploy", "--registry", registry, "--group", "metagene_19", "--prefix", prefix),
+    ):
+        result = step(*args)
+        assert result.returncode == 0, f"{args[0]}: {result.stderr[-2000:]}"
+    assert (prefix / "metagene_19-v1.tar.gz").is_file()
+    assert json.loads((evaluation / "gate.json").read_text())["passed"] is True
+
+
+def test_gate_failure_has_its_own_exit_status(tmp_path: Path) -> None:
+    evaluation = tmp_path / "evaluation.json"
+    evaluation.write_text(json.dumps({"metric": "auc", "cross_validation": {"mean": 0.52, "interval": [0.4, 0.6]},
+                                      "test": {"value": 0.5}}))
+    result = step("gate", "--evaluation", evaluation, "--threshold", "0.6")
+    assert result.returncode == GATE_FAILED_EXIT and "cross-validated mean auc 0.520 < threshold 0.600" in result.stderr
+
+
+def test_step_errors_are_clear(tmp_path: Path) -> None:
+    result = step("train", "--prepared", tmp_path, "--out", tmp_path / "m")
+    assert result.returncode == 2 and "has no prepared.json: run the preprocess step first" in result.stderr

@@ -36,8 +36,9 @@ def one_run(gmt: Path, count: int, work: Path, patients: int, cv_repeats: int) -
     subset = work / "sets.json"
     subset.write_text(json.dumps({s.name: list(s.genes) for s in signatures}))
     started = time.perf_counter()
-    summary = run_local(RunOptions(data=data, workdir=work / "w", signatures_file=subset, approve=True,
-                                   cv_repeats=cv_repeats))
+    summary = run_local(
+        RunOptions(data=data, workdir=work / "w", signatures_file=subset, approve=True, cv_repeats=cv_repeats)
+    )
     seconds = time.perf_counter() - started
     return {
         "signatures": count,
@@ -67,19 +68,40 @@ def main() -> int:
     rows = []
     for count in (int(c) for c in args.counts.split(",")):
         out = subprocess.run(
-            [sys.executable, __file__, "--child", str(count), "--gmt", str(args.gmt), "--patients",
-             str(args.patients), "--cv-repeats", str(args.cv_repeats)],
-            capture_output=True, text=True, check=True,
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                str(count),
+                "--gmt",
+                str(args.gmt),
+                "--patients",
+                str(args.patients),
+                "--cv-repeats",
+                str(args.cv_repeats),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         rows.append(json.loads(out))
         sys.stderr.write(f"{rows[-1]}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"gmt": args.gmt.name, "patients": args.patients, "cv_repeats": args.cv_repeats,
-                                    "runs": rows}, indent=2) + "\n")
-    lines = ["| signatures | genes in cohort | wall (s) | per signature (s) | peak RSS (MB) | passed gate |",
-             "|---|---|---|---|---|---|"]
-    lines += [f"| {r['signatures']} | {r['genes_in_cohort']} | {r['wall_s']} | {r['per_signature_s']} | "
-              f"{r['peak_rss_mb']} | {r['passed']} |" for r in rows]
+    args.out.write_text(
+        json.dumps(
+            {"gmt": args.gmt.name, "patients": args.patients, "cv_repeats": args.cv_repeats, "runs": rows}, indent=2
+        )
+        + "\n"
+    )
+    lines = [
+        "| signatures | genes in cohort | wall (s) | per signature (s) | peak RSS (MB) | passed gate |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['signatures']} | {r['genes_in_cohort']} | {r['wall_s']} | {r['per_signature_s']} | "
+        f"{r['peak_rss_mb']} | {r['passed']} |"
+        for r in rows
+    ]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -8,7 +8,7 @@ by the signatures: only the genes a signature uses are read as numbers and valid
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,8 @@ class Cohort:
     event: np.ndarray
     time: np.ndarray | None
     table: pd.DataFrame
+    # Validated float columns by gene: parsed once, shared by every signature that uses the gene.
+    _parsed: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def n(self) -> int:
@@ -58,10 +60,23 @@ class Cohort:
         absent = [g for g in genes if g not in self.table.columns]
         if absent:
             raise DataError(f"{self.source}: no column for genes {', '.join(absent)}")
-        values = np.empty((self.n, len(genes)), dtype=np.float64)
+        todo = [g for g in dict.fromkeys(genes) if g not in self._parsed]
+        if todo:
+            self._parse(todo)
+        return np.column_stack([self._parsed[g] for g in genes]) if genes else np.empty((self.n, 0))
+
+    def _parse(self, genes: list[str]) -> None:
+        """One correctly rounded numpy conversion for the whole block; a column that fails any check is
+        parsed again on its own to name the problem and its rows."""
+        try:
+            block = self.table[genes].to_numpy(dtype=str).astype(np.float64)
+        except ValueError:
+            block = None
         for j, gene in enumerate(genes):
-            values[:, j] = self._numeric_column(gene)
-        return values
+            column = None if block is None else block[:, j]
+            if column is None or not np.isfinite(column).all() or (column < 0).any():
+                column = self._numeric_column(gene)
+            self._parsed[gene] = column
 
     def _numeric_column(self, gene: str) -> np.ndarray:
         raw = self.table[gene]

@@ -33,16 +33,23 @@ def _preprocess(args: argparse.Namespace) -> int:
     from genesig.pipeline.signatures import match, select
     from genesig.pipeline.steps import preprocess, save_prepared
 
-    cohort = read_cohort(args.data, CohortColumns(args.id_column, args.event_column, args.time_column),
-                         min_events=args.min_events)
+    cohort = read_cohort(
+        args.data, CohortColumns(args.id_column, args.event_column, args.time_column), min_events=args.min_events
+    )
     chosen = select(load_signatures(args.signatures), args.signature)
     if len(chosen) != 1:
         raise DataError(f"the preprocess step takes one signature; {args.signature!r} selects {len(chosen)}")
     matched = match(chosen[0], cohort.candidate_genes(), args.min_genes)
     prepared = preprocess(cohort, matched, target=args.target, test_fraction=args.test_fraction, seed=args.seed)
     save_prepared(prepared, args.out)
-    logger.info("prepared %s: %d genes, %d train / %d test patients in %s", prepared.name, len(prepared.genes),
-                len(prepared.train.ids), len(prepared.test.ids), args.out)
+    logger.info(
+        "prepared %s: %d genes, %d train / %d test patients in %s",
+        prepared.name,
+        len(prepared.genes),
+        len(prepared.train.ids),
+        len(prepared.test.ids),
+        args.out,
+    )
     return 0
 
 
@@ -64,8 +71,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from genesig.pipeline.steps import evaluate, load_prepared
 
     evaluation = evaluate(load_prepared(args.prepared), _model_file(args.model), args.out)
-    logger.info("%s: held-out %s %.3f, report %s", evaluation["name"], evaluation["metric"],
-                evaluation["test"]["value"], args.out / evaluation["report"])
+    logger.info(
+        "%s: held-out %s %.3f, report %s",
+        evaluation["name"],
+        evaluation["metric"],
+        evaluation["test"]["value"],
+        args.out / evaluation["report"],
+    )
     return 0
 
 
@@ -77,8 +89,12 @@ def _gate(args: argparse.Namespace) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gate.json").write_text(json.dumps(asdict(verdict), indent=2) + "\n")
-    logger.log(logging.INFO if verdict.passed else logging.WARNING, "gate %s: %s",
-               "passed" if verdict.passed else "failed", verdict.reason)
+    logger.log(
+        logging.INFO if verdict.passed else logging.WARNING,
+        "gate %s: %s",
+        "passed" if verdict.passed else "failed",
+        verdict.reason,
+    )
     return 0 if verdict.passed else GATE_FAILED_EXIT
 
 
@@ -104,8 +120,11 @@ def _deploy(args: argparse.Namespace) -> int:
     from genesig.pipeline.registry import LocalRegistry
 
     registry = LocalRegistry(args.registry)
-    package = (registry.describe_model_package(args.group, args.version) if args.version
-               else registry.latest_approved(args.group))
+    package = (
+        registry.describe_model_package(args.group, args.version)
+        if args.version
+        else registry.latest_approved(args.group)
+    )
     if package is None:
         raise DataError(f"group {args.group} has no Approved package")
     deployment = deploy_package(package, args.prefix)

@@ -11,8 +11,9 @@ from genesig.pipeline.entrypoints import GATE_FAILED_EXIT
 
 
 def step(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "genesig.cli", "step", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "genesig.cli", "step", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> None:
@@ -23,8 +24,16 @@ def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> Non
         ("train", "--prepared", prepared, "--out", model, "--registry", registry, "--cv-repeats", "2"),
         ("evaluate", "--prepared", prepared, "--model", model, "--out", evaluation),
         ("gate", "--evaluation", evaluation / "evaluation.json", "--threshold", "0.55", "--out", evaluation),
-        ("register", "--model", model, "--evaluation", evaluation / "evaluation.json", "--registry", registry,
-         "--approve"),
+        (
+            "register",
+            "--model",
+            model,
+            "--evaluation",
+            evaluation / "evaluation.json",
+            "--registry",
+            registry,
+            "--approve",
+        ),
         ("deploy", "--registry", registry, "--group", "metagene_19", "--prefix", prefix),
     ):
         result = step(*args)
@@ -35,8 +44,11 @@ def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> Non
 
 def test_gate_failure_has_its_own_exit_status(tmp_path: Path) -> None:
     evaluation = tmp_path / "evaluation.json"
-    evaluation.write_text(json.dumps({"metric": "auc", "cross_validation": {"mean": 0.52, "interval": [0.4, 0.6]},
-                                      "test": {"value": 0.5}}))
+    evaluation.write_text(
+        json.dumps(
+            {"metric": "auc", "cross_validation": {"mean": 0.52, "interval": [0.4, 0.6]}, "test": {"value": 0.5}}
+        )
+    )
     result = step("gate", "--evaluation", evaluation, "--threshold", "0.6")
     assert result.returncode == GATE_FAILED_EXIT and "cross-validated mean auc 0.520 < threshold 0.600" in result.stderr
 

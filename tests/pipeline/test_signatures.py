@@ -107,3 +107,10 @@ def test_match_reports_missing_genes_and_skips_small_signatures() -> None:
     assert (matched.present, matched.missing, matched.skip_reason) == (["A", "C"], ["B", "D"], None)
     skipped = match(signature, ["A"], min_genes=2)
     assert skipped.skip_reason == "only 1 of 4 genes are in the data (minimum 2); missing B, C, D"
+
+
+def test_the_readme_example_name() -> None:
+    assert (
+        artifact_name("positive regulation of 'T cell' (GO:0050870)")
+        == "positive_regulation_of_T_cell_GO_0050870-aec75ff1"
+    )

@@ -1,0 +1,43 @@
+"""The synthetic cohort is shaped like real data and reproducible."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from genesig.errors import DataError
+from genesig.pipeline.signatures import default_signatures
+from genesig.pipeline.synthetic import SyntheticSpec, synthetic_cohort
+
+
+def test_shape_skew_zeros_event_rate_and_seed() -> None:
+    spec = SyntheticSpec(n_patients=400, seed=3, planted={"metagene_19": 1.0})
+    frame = synthetic_cohort(default_signatures(), spec)
+    genes = [g for g in frame.columns if g not in ("Case_ID", "SurvivalStatus")]
+    assert len(genes) == 21 and frame["Case_ID"].is_unique
+    values = frame[genes].to_numpy()
+    assert (values >= 0).all() and 0.05 < (values == 0).mean() < 0.4, "non-negative with zeros"
+    assert (pd.DataFrame(values).skew() > 0).mean() > 0.8, "right-skewed like FPKM"
+    assert 0.28 < frame["SurvivalStatus"].mean() < 0.42
+    assert synthetic_cohort(default_signatures(), spec).equals(frame)
+
+
+def test_genes_correlate_within_a_signature_not_across() -> None:
+    frame = synthetic_cohort(default_signatures(), SyntheticSpec(n_patients=600, seed=1))
+    logged = np.log1p(frame[["CDH2", "POSTN", "VCAN", "VIM", "LMO2"]])
+    corr = logged.corr(method="spearman")
+    within = corr.loc["CDH2", ["POSTN", "VCAN"]].mean()
+    across = corr.loc["CDH2", ["VIM", "LMO2"]].abs().mean()
+    assert within > 0.2 and across < 0.1
+
+
+def test_times_are_censored_near_the_event_rate() -> None:
+    frame = synthetic_cohort(default_signatures(), SyntheticSpec(n_patients=500, seed=2, with_time=True))
+    assert (frame["SurvivalMonths"] > 0).all()
+    assert 0.30 < frame["SurvivalStatus"].mean() < 0.40
+
+
+def test_unknown_planted_signature_is_refused() -> None:
+    with pytest.raises(DataError, match="unknown signatures: nope"):
+        synthetic_cohort(default_signatures(), SyntheticSpec(planted={"nope": 1.0}))

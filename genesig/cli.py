@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -124,6 +125,19 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from genesig.pipeline.sagemaker_pipeline import PipelineConfig, definition_json
+
+    config = PipelineConfig(role_arn=args.role, bucket=args.bucket, region=args.region, image_uri=args.image_uri)
+    text = json.dumps(json.loads(definition_json(config)), indent=2) + "\n"
+    if args.out:
+        args.out.write_text(text)
+        logger.info("wrote %s", args.out)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, required=True, help="cohort CSV/TSV/Parquet: id, genes, event [, time]")
     parser.add_argument("--signatures", type=Path, help="gene sets (.gmt or .json); default: the built-in metagenes")
@@ -199,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--event-rate", type=float, default=0.35)
     synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
     synth.set_defaults(func=_cmd_synth)
+
+    pipeline = sub.add_parser("pipeline", help="the SageMaker Pipeline (needs the pipeline extra)")
+    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    definition = pipeline_sub.add_parser("definition", help="print the pipeline definition JSON (no AWS call)")
+    definition.add_argument("--out", type=Path, help="write to this file instead of standard output")
+    definition.add_argument("--role", default="arn:aws:iam::123456789012:role/genesig-sagemaker")
+    definition.add_argument("--bucket", default="genesig-artifacts")
+    definition.add_argument("--region", default="us-east-1")
+    definition.add_argument("--image-uri", default="123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest")
+    pipeline.set_defaults(func=_cmd_pipeline)
 
     from genesig.pipeline.entrypoints import add_step_parsers
 

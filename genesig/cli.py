@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -12,6 +11,8 @@ from typing import Any
 
 from genesig.errors import GenesigError
 from genesig.logs import configure_logging
+from genesig.pipeline.aws_commands import add_aws_arguments, add_aws_parsers
+from genesig.pipeline.entrypoints import add_step_parsers
 
 logger = logging.getLogger("genesig")
 
@@ -82,6 +83,11 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
 
 def _cmd_sync(args: argparse.Namespace) -> int:
     from genesig.pipeline.deploy import sync
+
+    if args.prefix:
+        from genesig.pipeline.aws_commands import sync_s3
+
+        return sync_s3(args)
     from genesig.pipeline.registry import LocalRegistry
 
     for deployment in sync(LocalRegistry(args.workdir / "registry"), args.workdir / "mme-prefix"):
@@ -125,17 +131,10 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pipeline(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_pipeline import PipelineConfig, definition_json
+def _cmd_train(args: argparse.Namespace) -> int:
+    from genesig.pipeline.sagemaker_training import TrainingPaths, main
 
-    config = PipelineConfig(role_arn=args.role, bucket=args.bucket, region=args.region, image_uri=args.image_uri)
-    text = json.dumps(json.loads(definition_json(config)), indent=2) + "\n"
-    if args.out:
-        args.out.write_text(text)
-        logger.info("wrote %s", args.out)
-    else:
-        sys.stdout.write(text)
-    return 0
+    return main(TrainingPaths(args.root))
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_cmd_run_local)
 
     sync_cmd = sub.add_parser("sync", help="deploy the latest Approved package of every signature (idempotent)")
-    sync_cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"))
+    sync_cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"), help="local registry and prefix")
+    sync_cmd.add_argument("--prefix", help="s3://bucket/prefix/: sync the SageMaker Model Registry there instead")
+    add_aws_arguments(sync_cmd)
     sync_cmd.set_defaults(func=_cmd_sync)
 
     registry = sub.add_parser("registry", help="the local model registry: list, describe, approve, reject")
@@ -214,18 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
     synth.set_defaults(func=_cmd_synth)
 
-    pipeline = sub.add_parser("pipeline", help="the SageMaker Pipeline (needs the pipeline extra)")
-    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True)
-    definition = pipeline_sub.add_parser("definition", help="print the pipeline definition JSON (no AWS call)")
-    definition.add_argument("--out", type=Path, help="write to this file instead of standard output")
-    definition.add_argument("--role", default="arn:aws:iam::123456789012:role/genesig-sagemaker")
-    definition.add_argument("--bucket", default="genesig-artifacts")
-    definition.add_argument("--region", default="us-east-1")
-    definition.add_argument("--image-uri", default="123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest")
-    pipeline.set_defaults(func=_cmd_pipeline)
+    train = sub.add_parser("train", help="SageMaker training-job entry (the image runs `train`): /opt/ml in, out")
+    train.add_argument("--root", type=Path, default=Path("/opt/ml"), help=argparse.SUPPRESS)
+    train.set_defaults(func=_cmd_train)
 
-    from genesig.pipeline.entrypoints import add_step_parsers
-
+    add_aws_parsers(sub)
     add_step_parsers(sub)
     return parser
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from types import TracebackType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -105,3 +105,15 @@ def render_packages(packages: list[ModelPackage], detailed: bool = False) -> Non
     if detailed:
         for p in packages:
             console.print_json(data={"metrics": p.metrics, "status_history": p.status_history, "sha256": p.sha256})
+
+
+def render_predictions(doc: dict[str, Any]) -> None:
+    output = doc.get("output", "probability")
+    table = Table(title=f"{doc.get('model')} v{doc.get('version')}: {output}", title_justify="left")
+    rows = doc.get("predictions", [])
+    columns = (["id"] if rows and "id" in rows[0] else []) + [output, "risk_group"]
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
+    console.print(table)

@@ -132,9 +132,23 @@ def describe_rows(positions: np.ndarray, ids: np.ndarray) -> str:
     return f"{len(positions)} row(s): {shown}{more}"
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+DATA_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+
+def single_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
+    """A file, or a folder holding exactly one file of that kind (SageMaker downloads S3 prefixes into folders)."""
+    if path.is_dir():
+        found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if len(found) != 1:
+            raise DataError(f"{path} holds {len(found)} {what} files ({', '.join(suffixes)}); expected exactly one")
+        return found[0]
     if not path.is_file():
-        raise DataError(f"data file {path} does not exist")
+        raise DataError(f"{what} file {path} does not exist")
+    return path
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    path = single_file(path, DATA_SUFFIXES, "data")
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
@@ -153,7 +167,7 @@ def read_cohort(path: Path, columns: CohortColumns | None = None, *, min_events:
     columns = columns or CohortColumns()
     table = _read_table(path)
     table.columns = [str(c).strip() for c in table.columns]
-    source = path.name
+    source = single_file(path, DATA_SUFFIXES, "data").name
     duplicated_columns = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
     if duplicated_columns:
         raise DataError(f"{source}: columns appear more than once: {', '.join(duplicated_columns)}")

@@ -132,6 +132,16 @@ def _deploy(args: argparse.Namespace) -> int:
     return 0
 
 
+def _deploy_sagemaker(args: argparse.Namespace) -> int:
+    from genesig.pipeline import aws
+
+    deployment = aws.deploy_model_package(
+        aws.client("sagemaker"), aws.client("s3"), args.model_package_arn, args.prefix
+    )
+    logger.info("%s: %s %s", args.model_package_arn, deployment.action, deployment.key)
+    return 0
+
+
 def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     step = sub.add_parser("step", help="run one pipeline step with explicit folders")
     steps = step.add_subparsers(dest="step", required=True, metavar="STEP")
@@ -191,3 +201,8 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     d.add_argument("--version", type=int, help="default: the latest Approved")
     d.add_argument("--prefix", type=Path, required=True)
     d.set_defaults(func=_deploy)
+
+    ds = steps.add_parser("deploy-sagemaker", help="copy an Approved SageMaker model package into the MME S3 prefix")
+    ds.add_argument("--model-package-arn", required=True)
+    ds.add_argument("--prefix", required=True, help="s3://bucket/prefix/ of the multi-model endpoint")
+    ds.set_defaults(func=_deploy_sagemaker)

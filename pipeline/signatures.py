@@ -107,8 +107,9 @@ def parse_json(text: str, source: str) -> list[GeneSignature]:
 
 
 def read_signatures(path: Path) -> list[GeneSignature]:
-    if not path.is_file():
-        raise DataError(f"signature file {path} does not exist")
+    from genesig.pipeline.cohort import single_file
+
+    path = single_file(path, (".gmt", ".json"), "signature")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

@@ -13,9 +13,10 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 # The CPU build of torch from PyTorch's own index (PyPI's default wheel carries several GB of CUDA).
-# Serving backends never import it; it is here for training steps that reuse this image.
+# Serving backends never import it; it is here for the pipeline's training job, which runs this image.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
-# Exact versions first (their own layer, cached across code changes), then the project without resolving again.
+# Exact versions of the serve and train extras first (their own layer, cached across code changes), then the
+# project without resolving again. The pipeline's processing and training jobs run this same image.
 COPY container/requirements.lock ./container/requirements.lock
 RUN pip install --requirement container/requirements.lock
 COPY pyproject.toml README.md ./

@@ -96,6 +96,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
+    if args.aws:
+        from genesig.pipeline.aws_commands import registry_aws
+
+        return registry_aws(args)
     from genesig.pipeline.registry import LocalRegistry
     from genesig.presentation import render_packages
 
@@ -197,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--reason", default="", help="recorded in the package's status history")
     for cmd in (listing, *(registry_sub.choices[v] for v in ("describe", "approve", "reject"))):
         cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"))
+        cmd.add_argument("--aws", action="store_true", help="the SageMaker Model Registry instead of the local one")
+        add_aws_arguments(cmd)
     registry.set_defaults(func=_cmd_registry)
 
     synth = sub.add_parser("synth", help="write a seeded synthetic cohort with planted effects")

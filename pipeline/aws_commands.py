@@ -132,6 +132,37 @@ def sync_s3(args: argparse.Namespace) -> int:
     return 0
 
 
+def registry_aws(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from genesig.pipeline.aws import group_name
+    from genesig.pipeline.sagemaker_ops import list_packages, package_arn, set_approval
+    from genesig.presentation import console
+
+    [sm] = _clients(args, "sagemaker")
+    group = args.group if not args.group or args.group.startswith("genesig-") else group_name(args.group)
+    if args.registry_command == "list":
+        table = Table(title="SageMaker model packages", title_justify="left")
+        for column in ("group", "version", "status", "created"):
+            table.add_column(column)
+        for p in list_packages(sm, group):
+            table.add_row(
+                p["ModelPackageGroupName"],
+                str(p.get("ModelPackageVersion")),
+                p["ModelApprovalStatus"],
+                str(p.get("CreationTime", "")),
+            )
+        console.print(table)
+    elif args.registry_command == "describe":
+        described = sm.describe_model_package(ModelPackageName=package_arn(sm, group, args.version))
+        console.print_json(data=described, default=str)
+    else:
+        status = "Rejected" if args.registry_command == "reject" else "Approved"
+        described = set_approval(sm, group, args.version, status, args.reason)
+        logger.info("%s v%d is now %s", group, args.version, described["ModelApprovalStatus"])
+    return 0
+
+
 def _endpoint(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker_ops import delete_endpoint, deploy_endpoint
 

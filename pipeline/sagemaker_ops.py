@@ -193,6 +193,39 @@ def genesig_groups(sm: Any) -> list[str]:
             return sorted(groups)
 
 
+def list_packages(sm: Any, group: str | None = None) -> list[dict[str, Any]]:
+    """Model packages of one genesig group or of all of them, oldest first."""
+    rows = []
+    for name in [group] if group else genesig_groups(sm):
+        page = call(
+            f"list packages of {name}",
+            sm.list_model_packages,
+            ModelPackageGroupName=name,
+            MaxResults=100,
+            SortBy="CreationTime",
+            SortOrder="Ascending",
+        )
+        rows += page.get("ModelPackageSummaryList", [])
+    return rows
+
+
+def package_arn(sm: Any, group: str, version: int) -> str:
+    for package in list_packages(sm, group):
+        if package.get("ModelPackageVersion") == version:
+            return str(package["ModelPackageArn"])
+    raise ModelNotFound(f"model package group {group} has no version {version}")
+
+
+def set_approval(sm: Any, group: str, version: int, status: str, reason: str = "") -> dict[str, Any]:
+    """Approve or reject one version (SageMaker records the change; our deploy step copies only Approved)."""
+    arn = package_arn(sm, group, version)
+    kwargs: dict[str, Any] = {"ModelPackageArn": arn, "ModelApprovalStatus": status}
+    if reason:
+        kwargs["ApprovalDescription"] = reason[:1024]
+    call(f"set {group} v{version} to {status}", sm.update_model_package, **kwargs)
+    return dict(call(f"describe {arn}", sm.describe_model_package, ModelPackageName=arn))
+
+
 def sync_prefix(sm: Any, s3: Any, prefix: str) -> list[S3Deployment]:
     """Copy the latest Approved package of every genesig group into the MME prefix (idempotent)."""
     deployments = []

@@ -274,3 +274,27 @@ def test_predict_command_sends_the_resolved_target_model(
     assert request["path"] == "/endpoints/genesig-mme/invocations"
     assert request["target"] == f"{signature}-v1.tar.gz" and request["content_type"] == "text/csv"
     assert json.loads((tmp_path / "out.json").read_text())["predictions"][0]["risk_group"] == "low"
+
+
+def test_registry_commands_against_sagemaker(aws: dict[str, Any], make_archive: Callable[..., Path]) -> None:
+    name = bucket(aws)
+    signature = f"sig{uuid.uuid4().hex[:6]}"
+    ops.ensure_group(aws["sagemaker"], f"genesig-{signature}", signature)
+    upload_package(aws, make_archive(signature, version=1), name, f"genesig-{signature}", "PendingManualApproval")
+
+    def genesig(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "genesig.cli", "registry", *args, "--aws"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**aws["env"], "COLUMNS": "200"},
+        )
+
+    listed = genesig("list", "--group", signature)
+    assert listed.returncode == 0 and "PendingManualApproval" in listed.stdout
+    approved = genesig("approve", signature, "1", "--reason", "reviewed by the tumour board")
+    assert approved.returncode == 0, approved.stderr
+    assert ops.resolve_target_model(aws["sagemaker"], signature) == f"{signature}-v1.tar.gz"
+    missing = genesig("approve", signature, "7")
+    assert missing.returncode == 2 and f"genesig-{signature} has no version 7" in missing.stderr

@@ -12,7 +12,7 @@ from typing import Any
 from genesig.errors import GenesigError
 from genesig.logs import configure_logging
 from genesig.pipeline.aws_commands import add_aws_arguments, add_aws_parsers
-from genesig.pipeline.entrypoints import add_step_parsers
+from genesig.pipeline.entrypoints import add_model_arguments, add_step_parsers, train_config
 
 logger = logging.getLogger("genesig")
 
@@ -46,7 +46,6 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 def _run_options(args: argparse.Namespace) -> Any:
     from genesig.pipeline.cohort import CohortColumns
-    from genesig.pipeline.model import TrainConfig
     from genesig.pipeline.run import RunOptions
 
     return RunOptions(
@@ -56,7 +55,7 @@ def _run_options(args: argparse.Namespace) -> Any:
         signature=args.signature,
         columns=CohortColumns(id=args.id_column, event=args.event_column, time=args.time_column),
         target=args.target,
-        train=TrainConfig(model=args.model, hidden_units=args.hidden_units, l2=args.l2, seed=args.seed),
+        train=train_config(args),
         test_fraction=args.test_fraction,
         seed=args.seed,
         min_genes=args.min_genes,
@@ -150,18 +149,13 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--event-column", default="SurvivalStatus", help="1 = event (death), 0 = no event")
     parser.add_argument("--time-column", help="follow-up time; with it the target is time-to-event (Cox)")
     parser.add_argument("--target", choices=["binary", "time_to_event"], help="default: chosen by the data")
-    parser.add_argument("--model", choices=["linear", "mlp"], default="linear")
-    parser.add_argument("--hidden-units", type=int, default=16, help="mlp hidden layer size (8-32 is sensible)")
-    parser.add_argument("--l2", type=float, default=0.1, help="ridge penalty on the weights (default 0.1)")
+    add_model_arguments(parser)
     parser.add_argument("--threshold", type=float, default=0.6, help="gate threshold on the metric (default 0.6)")
     parser.add_argument("--gate-on", choices=["cv_mean", "cv_lower", "test"], default="cv_mean")
     parser.add_argument("--approve", action="store_true", help="register passing models as Approved (and deploy)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--min-genes", type=int, default=2, help="skip signatures with fewer genes in the data")
     parser.add_argument("--min-events", type=int, default=10, help="refuse data with fewer events or non-events")
-    parser.add_argument("--cv-folds", type=int, default=5)
-    parser.add_argument("--cv-repeats", type=int, default=5)
 
 
 def build_parser() -> argparse.ArgumentParser:

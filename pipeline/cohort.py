@@ -148,7 +148,6 @@ def single_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    path = single_file(path, DATA_SUFFIXES, "data")
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
@@ -165,9 +164,10 @@ def _read_table(path: Path) -> pd.DataFrame:
 def read_cohort(path: Path, columns: CohortColumns | None = None, *, min_events: int = 10) -> Cohort:
     """Read and validate a cohort file; every problem is reported with the file line and patient id."""
     columns = columns or CohortColumns()
+    path = single_file(path, DATA_SUFFIXES, "data")
     table = _read_table(path)
     table.columns = [str(c).strip() for c in table.columns]
-    source = single_file(path, DATA_SUFFIXES, "data").name
+    source = path.name
     duplicated_columns = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
     if duplicated_columns:
         raise DataError(f"{source}: columns appear more than once: {', '.join(duplicated_columns)}")

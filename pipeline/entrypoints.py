@@ -11,11 +11,28 @@ import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from genesig.errors import DataError
 
 logger = logging.getLogger(__name__)
 GATE_FAILED_EXIT = 3
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model and cross-validation options shared by `run-local` and `step train`."""
+    parser.add_argument("--model", choices=["linear", "mlp"], default="linear")
+    parser.add_argument("--hidden-units", type=int, default=16, help="mlp hidden layer size (8-32 is sensible)")
+    parser.add_argument("--l2", type=float, default=0.1, help="ridge penalty on the weights (default 0.1)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cv-folds", type=int, default=5)
+    parser.add_argument("--cv-repeats", type=int, default=5)
+
+
+def train_config(args: argparse.Namespace) -> Any:
+    from genesig.pipeline.model import TrainConfig
+
+    return TrainConfig(model=args.model, hidden_units=args.hidden_units, l2=args.l2, seed=args.seed)
 
 
 def _model_file(path: Path) -> Path:
@@ -54,13 +71,12 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from genesig.pipeline.model import TrainConfig
     from genesig.pipeline.registry import LocalRegistry
     from genesig.pipeline.steps import cross_validate, load_prepared, train_model
 
     prepared = load_prepared(args.prepared)
     version = args.version or (LocalRegistry(args.registry).next_version(prepared.name) if args.registry else 1)
-    config = TrainConfig(model=args.model, hidden_units=args.hidden_units, l2=args.l2, seed=args.seed)
+    config = train_config(args)
     cv = cross_validate(prepared, config, folds=args.cv_folds, repeats=args.cv_repeats)
     artifact = train_model(prepared, config, version, args.out, cv=cv)
     logger.info("wrote %s (cross-validated %s %.3f)", artifact, cv.metric, cv.mean)
@@ -166,12 +182,7 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--version", type=int, help="artifact version (default: the registry's next, else 1)")
     t.add_argument("--registry", type=Path, help="local registry folder, to take its next version")
-    t.add_argument("--model", choices=["linear", "mlp"], default="linear")
-    t.add_argument("--hidden-units", type=int, default=16)
-    t.add_argument("--l2", type=float, default=0.1)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--cv-folds", type=int, default=5)
-    t.add_argument("--cv-repeats", type=int, default=5)
+    add_model_arguments(t)
     t.set_defaults(func=_train)
 
     e = steps.add_parser("evaluate", help="held-out metric, risk groups, evaluation.json, report.png")

@@ -134,6 +134,50 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_local_endpoint(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+    import tempfile
+
+    from aiohttp import web
+
+    from genesig.local_endpoint import LocalEndpoint, ModelSource
+    from genesig.server_process import ServerProcess
+
+    server = None
+    url = args.model_server_url
+    if not url:
+        state = Path(tempfile.mkdtemp(prefix="genesig-local-endpoint-"))
+        server = ServerProcess(state / "model-server").start()
+        url = server.url
+        logger.info("started a model server at %s (logs: %s)", url, server.log_path)
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="genesig-model-cache-"))
+    endpoint = LocalEndpoint(ModelSource(args.prefix), url, cache, args.cache_max_mb * 1024 * 1024)
+
+    async def run() -> None:
+        runner = web.AppRunner(endpoint.app(), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host=args.host, port=args.port).start()
+        logger.info(
+            "local MME endpoint on http://%s:%d/endpoints/local/invocations (prefix %s)",
+            args.host,
+            args.port,
+            args.prefix,
+        )
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker_training import TrainingPaths, main
 
@@ -214,6 +258,15 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--event-rate", type=float, default=0.35)
     synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
     synth.set_defaults(func=_cmd_synth)
+
+    local = sub.add_parser("local-endpoint", help="a local multi-model endpoint that routes like SageMaker's")
+    local.add_argument("--prefix", required=True, help="the model prefix: a folder or s3://bucket/prefix/")
+    local.add_argument("--port", type=int, default=8081)
+    local.add_argument("--host", default="127.0.0.1")
+    local.add_argument("--model-server-url", help="a running `genesig serve`; default: start one")
+    local.add_argument("--cache-dir", type=Path, help="where artifacts are extracted (default: a temporary folder)")
+    local.add_argument("--cache-max-mb", type=int, default=2048, help="disk limit of extracted artifacts")
+    local.set_defaults(func=_cmd_local_endpoint)
 
     train = sub.add_parser("train", help="SageMaker training-job entry (the image runs `train`): /opt/ml in, out")
     train.add_argument("--root", type=Path, default=Path("/opt/ml"), help=argparse.SUPPRESS)

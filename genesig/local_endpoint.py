@@ -1,0 +1,322 @@
+"""A local multi-model endpoint that routes like SageMaker's MME, in front of the real model server.
+
+It speaks SageMaker Runtime's REST shape (``POST /endpoints/{name}/invocations`` with the
+``X-Amzn-SageMaker-Target-Model`` header), so boto3's ``invoke_endpoint`` and ``genesig predict``
+work against it unchanged. On the first request for a TargetModel it fetches the artifact from
+the prefix (a folder or S3), extracts it safely into a cache folder, loads it into the model
+server under an opaque name (as SageMaker does) and invokes; on a 507 it unloads the least
+recently used model and retries. Model-server errors reach the caller as SageMaker's
+``ModelError`` (HTTP 424 with the original status and body).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from genesig.artifact import extract_artifact
+from genesig.errors import ArtifactError, GenesigError
+
+logger = logging.getLogger(__name__)
+MAX_LOAD_ATTEMPTS = 8
+
+
+class EndpointError(GenesigError):
+    """An error answered the way SageMaker Runtime answers it (botocore maps ``type`` to its exception)."""
+
+    def __init__(self, status: int, error_type: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        body = {"Message": self.message, "message": self.message, **self.extra}
+        return web.Response(
+            status=self.status,
+            body=msgspec.json.encode(body),
+            content_type="application/json",
+            headers={"x-amzn-ErrorType": self.error_type},
+        )
+
+
+@dataclass
+class ModelStats:
+    invocations: int = 0
+    loads: int = 0
+    evictions: int = 0
+    load_ms: list[float] = field(default_factory=list)
+    invoke_ms: list[float] = field(default_factory=list)
+
+
+class ModelSource:
+    """Where artifacts live: a local folder (the run-local prefix) or ``s3://bucket/prefix/``."""
+
+    def __init__(self, prefix: str, s3_client: Any = None) -> None:
+        self.prefix = prefix
+        self.s3 = s3_client
+        if prefix.startswith("s3://") and s3_client is None:
+            from genesig.pipeline.aws import client
+
+            self.s3 = client("s3")
+
+    def fetch(self, target: str, into: Path) -> Path:
+        """Copy the artifact to ``into``; raise ``FileNotFoundError`` when the prefix has no such object."""
+        if self.prefix.startswith("s3://"):
+            from genesig.errors import ModelNotFound
+            from genesig.pipeline.aws import call, split_s3
+
+            bucket, key_prefix = split_s3(self.prefix)
+            key = f"{key_prefix.rstrip('/')}/{target}".lstrip("/")
+            try:
+                body = call(f"read s3://{bucket}/{key}", self.s3.get_object, Bucket=bucket, Key=key)["Body"].read()
+            except ModelNotFound:
+                raise FileNotFoundError(target) from None
+            into.write_bytes(body)
+            return into
+        source = Path(self.prefix) / target
+        if not source.is_file():
+            raise FileNotFoundError(target)
+        shutil.copyfile(source, into)
+        return into
+
+
+def opaque_name(target: str) -> str:
+    # SageMaker hands the container a hash, not the TargetModel string.
+    return hashlib.sha256(target.encode()).hexdigest()[:32]
+
+
+def check_target(target: str | None) -> str:
+    if not target:
+        raise EndpointError(400, "ValidationError", "this endpoint is a multi-model endpoint: set TargetModel")
+    target = target.lstrip("/")  # the AWS sample sends "/model-<group>.tar.gz"
+    parts = Path(target).parts
+    if not target or ".." in parts or target.startswith("/") or len(target) > 1024:
+        raise EndpointError(400, "ValidationError", f"invalid TargetModel {target!r}")
+    return target
+
+
+class LocalEndpoint:
+    """Routing state: extracted artifacts on disk (LRU by size) and loaded models (LRU by use)."""
+
+    def __init__(self, source: ModelSource, model_server_url: str, cache_dir: Path, cache_max_bytes: int) -> None:
+        self.source = source
+        self.model_server_url = model_server_url.rstrip("/")
+        self.cache_dir = cache_dir
+        self.cache_max_bytes = cache_max_bytes
+        self.loaded: OrderedDict[str, str] = OrderedDict()  # target -> opaque name, least recently used first
+        self.on_disk: OrderedDict[str, int] = OrderedDict()  # target -> extracted bytes, least recently used first
+        self.stats: dict[str, ModelStats] = {}
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self, _app: web.Application | None = None) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
+
+    async def close(self, _app: web.Application | None = None) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes, str]:
+        assert self._session is not None
+        try:
+            async with self._session.request(
+                method, self.model_server_url + path, timeout=aiohttp.ClientTimeout(total=120), **kwargs
+            ) as resp:
+                return resp.status, await resp.read(), resp.headers.get("Content-Type", "application/json")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise EndpointError(503, "ServiceUnavailable", f"model server unreachable: {type(exc).__name__}") from None
+
+    # --- cache on disk ---------------------------------------------------------------------------------
+    def _model_dir(self, target: str) -> Path:
+        return self.cache_dir / opaque_name(target) / "model"
+
+    def _extract(self, target: str) -> Path:
+        model_dir = self._model_dir(target)
+        if model_dir.is_dir():
+            self.on_disk.move_to_end(target)
+            return model_dir
+        with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
+            try:
+                archive = self.source.fetch(target, Path(tmp) / "artifact.tar.gz")
+            except FileNotFoundError:
+                raise EndpointError(
+                    404, "ValidationError", f"TargetModel {target} is not in the model prefix {self.source.prefix}"
+                ) from None
+            try:
+                extract_artifact(archive, model_dir)
+            except ArtifactError as exc:
+                shutil.rmtree(model_dir.parent, ignore_errors=True)
+                raise EndpointError(
+                    400, "ValidationError", f"TargetModel {target} is not a valid model artifact: {exc.message}"
+                ) from None
+        self.on_disk[target] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+        self._trim_disk(keep=target)
+        return model_dir
+
+    def _trim_disk(self, keep: str) -> None:
+        """Delete the least recently used extracted artifacts that are not loaded (nor about to be), down to the
+        size limit."""
+        for target in list(self.on_disk):
+            if sum(self.on_disk.values()) <= self.cache_max_bytes:
+                return
+            if target in self.loaded or target == keep:
+                continue
+            shutil.rmtree(self._model_dir(target).parent, ignore_errors=True)
+            del self.on_disk[target]
+            logger.info("cache: deleted %s from disk", target)
+
+    # --- loading ------------------------------------------------------------------------------------------
+    async def _evict_lru(self, keep: str) -> bool:
+        for victim, opaque in self.loaded.items():
+            if victim == keep:
+                continue
+            status, _, _ = await self._request("DELETE", f"/models/{opaque}")
+            del self.loaded[victim]
+            self.stats.setdefault(victim, ModelStats()).evictions += 1
+            logger.info("evicted %s (unload answered %d)", victim, status)
+            return True
+        return False
+
+    async def _ensure_loaded(self, target: str) -> str:
+        if target in self.loaded:
+            self.loaded.move_to_end(target)
+            self.cache_hits += 1
+            return self.loaded[target]
+        lock = self._locks.setdefault(target, asyncio.Lock())
+        async with lock:
+            if target in self.loaded:
+                self.cache_hits += 1
+                return self.loaded[target]
+            self.cache_misses += 1
+            started = time.perf_counter()
+            model_dir = await asyncio.to_thread(self._extract, target)
+            opaque = opaque_name(target)
+            for _ in range(MAX_LOAD_ATTEMPTS):
+                status, body, _ = await self._request(
+                    "POST", "/models", json={"model_name": opaque, "url": str(model_dir)}
+                )
+                if status in (200, 409):
+                    break
+                if status == 507 and await self._evict_lru(target):
+                    continue
+                if status == 507:
+                    raise EndpointError(
+                        507, "ServiceUnavailable", f"not enough memory to load {target} even with no other model loaded"
+                    )
+                if status in (400, 404, 422):
+                    shutil.rmtree(model_dir.parent, ignore_errors=True)
+                    self.on_disk.pop(target, None)
+                raise EndpointError(
+                    status if status < 500 else 502,
+                    "ValidationError" if status < 500 else "InternalFailure",
+                    f"loading {target} failed: {body.decode(errors='replace')}",
+                )
+            else:
+                raise EndpointError(507, "ServiceUnavailable", f"could not free enough memory to load {target}")
+            self.loaded[target] = opaque
+            stats = self.stats.setdefault(target, ModelStats())
+            stats.loads += 1
+            stats.load_ms.append((time.perf_counter() - started) * 1000)
+            logger.info("loaded %s as %s in %.0f ms", target, opaque, stats.load_ms[-1])
+            return opaque
+
+    async def invoke(self, target: str, body: bytes, content_type: str | None, accept: str | None) -> web.Response:
+        headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
+        for attempt in (0, 1):
+            opaque = await self._ensure_loaded(target)
+            started = time.perf_counter()
+            status, payload, response_type = await self._request(
+                "POST",
+                f"/models/{opaque}/invoke",
+                data=body,
+                headers=headers,
+                skip_auto_headers=() if content_type else ("Content-Type",),
+            )
+            if status == 404 and attempt == 0:  # unloaded behind our back (another client): load again
+                self.loaded.pop(target, None)
+                continue
+            stats = self.stats.setdefault(target, ModelStats())
+            stats.invocations += 1
+            stats.invoke_ms.append((time.perf_counter() - started) * 1000)
+            if status == 200:
+                return web.Response(status=200, body=payload, headers={"Content-Type": response_type})
+            original = payload.decode(errors="replace")
+            raise EndpointError(
+                424,
+                "ModelError",
+                f'Received client error ({status}) from primary with message "{original}"',
+                OriginalStatusCode=status,
+                OriginalMessage=original,
+            )
+        raise AssertionError("unreachable")
+
+    def metrics(self) -> dict[str, Any]:
+        def median(values: list[float]) -> float | None:
+            return sorted(values)[len(values) // 2] if values else None
+
+        load_times = [ms for s in self.stats.values() for ms in s.load_ms]
+        return {
+            "LoadedModelCount": len(self.loaded),
+            "ModelCacheHit": self.cache_hits,
+            "ModelCacheMiss": self.cache_misses,
+            "ModelLoadingTimeMedianMs": median(load_times),
+            "CacheDiskBytes": sum(self.on_disk.values()),
+            "models": {
+                t: {
+                    "invocations": s.invocations,
+                    "loads": s.loads,
+                    "evictions": s.evictions,
+                    "load_ms_median": median(s.load_ms),
+                    "invoke_ms_median": median(s.invoke_ms),
+                    "loaded": t in self.loaded,
+                }
+                for t, s in self.stats.items()
+            },
+        }
+
+    # --- HTTP ---------------------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=7 * 1024 * 1024)
+        app.on_startup.append(self.start)
+        app.on_cleanup.append(self.close)
+        app.router.add_post("/endpoints/{endpoint}/invocations", self._invocations)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/ping", self._ping)
+        return app
+
+    async def _invocations(self, request: web.Request) -> web.Response:
+        try:
+            target = check_target(request.headers.get("X-Amzn-SageMaker-Target-Model"))
+            return await self.invoke(
+                target, await request.read(), request.headers.get("Content-Type"), request.headers.get("Accept")
+            )
+        except EndpointError as exc:
+            return exc.response()
+        except Exception:
+            logger.exception("invocation failed")
+            return EndpointError(500, "InternalFailure", "the local endpoint failed; see its log").response()
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.json_response(self.metrics())
+
+    async def _ping(self, _request: web.Request) -> web.Response:
+        status, _, _ = await self._request("GET", "/ping")
+        return web.json_response(
+            {"status": "Healthy" if status == 200 else "Unhealthy"}, status=200 if status == 200 else 503
+        )

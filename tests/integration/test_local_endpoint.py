@@ -1,0 +1,183 @@
+"""The local MME endpoint in front of the real model server, called through boto3 exactly as production is."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from genesig.artifact.synthetic import write_synthetic_artifact
+from genesig.client import ModelServerClient
+from genesig.container.memory import pss_bytes
+from genesig.server_process import ServerProcess, free_port
+
+from .conftest import ServerFactory
+
+pytestmark = pytest.mark.integration
+GENES = ["LRIG1", "HPGD", "GDF15"]
+CSV = b"Case_ID,LRIG1,HPGD,GDF15\nP1,3.2,0,11.5\n"
+
+
+def start_endpoint(
+    prefix: Path, model_server: str, tmp: Path, cache_mb: int = 2048
+) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = open(tmp / f"endpoint-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genesig.cli",
+            "local-endpoint",
+            "--prefix",
+            str(prefix),
+            "--port",
+            str(port),
+            "--model-server-url",
+            model_server,
+            "--cache-dir",
+            str(tmp / f"cache-{port}"),
+            "--cache-max-mb",
+            str(cache_mb),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    with ModelServerClient(url, timeout=5) as client:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not client.ping():
+            assert proc.poll() is None, (tmp / f"endpoint-{port}.log").read_text()
+            time.sleep(0.2)
+    return proc, url
+
+
+def runtime(url: str) -> Any:
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+@pytest.fixture(scope="module")
+def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("prefix")
+    for i in range(4):
+        write_synthetic_artifact(folder, f"sig{i}", GENES, seed=i)
+    (folder / "corrupt-v1.tar.gz").write_bytes(b"not a tarball at all")
+    return folder
+
+
+@pytest.fixture
+def endpoint(start_server: ServerFactory, prefix: Path, tmp_path: Path) -> Iterator[tuple[str, ServerProcess]]:
+    server = start_server()
+    proc, url = start_endpoint(prefix, server.url, tmp_path)
+    yield url, server
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+
+
+def invoke(client: Any, target: str, body: bytes = CSV) -> dict[str, Any]:
+    response = client.invoke_endpoint(
+        EndpointName="local", TargetModel=target, ContentType="text/csv", Accept="application/json", Body=body
+    )
+    return dict(response, Body=response["Body"].read())
+
+
+def test_target_models_load_on_first_use_under_opaque_names(endpoint: tuple[str, ServerProcess]) -> None:
+    url, server = endpoint
+    client = runtime(url)
+    first = invoke(client, "/sig0-v1.tar.gz")  # a leading slash, as the AWS sample sends it
+    assert b'"model":"sig0"' in first["Body"]
+    invoke(client, "sig0-v1.tar.gz")
+    names = [m["modelName"] for m in ModelServerClient(server.url).list().json()["models"]]
+    assert names and all(len(n) == 32 and "sig0" not in n for n in names), "loaded under a hash, like SageMaker"
+    metrics = ModelServerClient(url).request("GET", "/metrics").json()
+    assert metrics["ModelCacheMiss"] == 1 and metrics["ModelCacheHit"] == 1 and metrics["LoadedModelCount"] == 1
+
+
+def test_model_errors_arrive_as_sagemaker_model_error(endpoint: tuple[str, ServerProcess]) -> None:
+    client = runtime(endpoint[0])
+    with pytest.raises(client.exceptions.ModelError) as info:
+        invoke(client, "sig1-v1.tar.gz", b"LRIG1\n1\n")
+    error = info.value.response
+    assert error["OriginalStatusCode"] == 400 and "HPGD, GDF15" in error["OriginalMessage"]
+
+
+def test_unknown_and_corrupt_targets_are_clear_and_leave_nothing_loaded(endpoint: tuple[str, ServerProcess]) -> None:
+    url, server = endpoint
+    client = runtime(url)
+    with pytest.raises(client.exceptions.ValidationError, match="nope-v1.tar.gz is not in the model prefix"):
+        invoke(client, "nope-v1.tar.gz")
+    with pytest.raises(client.exceptions.ValidationError, match="not a valid model artifact"):
+        invoke(client, "corrupt-v1.tar.gz")
+    with pytest.raises(client.exceptions.ValidationError, match="invalid TargetModel"):
+        invoke(client, "../escape.tar.gz")
+    assert ModelServerClient(server.url).list().json()["models"] == []
+    assert invoke(client, "sig2-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
+
+
+def test_memory_pressure_evicts_lru_models_and_no_request_fails(
+    start_server: ServerFactory, prefix: Path, tmp_path: Path
+) -> None:
+    probe = start_server()
+    time.sleep(1.0)
+    assert probe.process is not None
+    baseline = sum(pss_bytes(p) for p in [probe.process.pid] + [d.pid for d in probe.descendants()])
+    # Room for about two models (each estimated at 48 MiB) on top of what an idle server uses.
+    budget_mb = baseline // (1024 * 1024) + 130
+    server = start_server({"GENESIG_MEMORY_LIMIT_MB": str(budget_mb), "GENESIG_MEMORY_RESERVE_MB": "0"})
+    # A zero-byte disk limit: only loaded models (and the one being loaded) keep their extracted files.
+    proc, url = start_endpoint(prefix, server.url, tmp_path, cache_mb=0)
+    try:
+        client = runtime(url)
+        for round_no in range(3):
+            for i in range(4):
+                assert invoke(client, f"sig{i}-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200, round_no
+        metrics = ModelServerClient(url).request("GET", "/metrics").json()
+        evictions = sum(m["evictions"] for m in metrics["models"].values())
+        assert evictions > 0 and metrics["LoadedModelCount"] < 4
+        cache = next(tmp_path.glob("cache-*"))
+        extracted = [p for p in cache.iterdir() if p.is_dir() and (p / "model").is_dir()]
+        assert len(extracted) <= metrics["LoadedModelCount"] + 1, "evicted models' files are deleted"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def test_stopping_an_endpoint_that_started_its_model_server_stops_every_process(prefix: Path, tmp_path: Path) -> None:
+    import psutil
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genesig.cli", "local-endpoint", "--prefix", str(prefix), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with ModelServerClient(url, timeout=5) as client:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not client.ping():
+                assert proc.poll() is None
+                time.sleep(0.3)
+        assert invoke(runtime(url), "sig0-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert any(p.name() == "java" for p in tree)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    assert alive == [], [p.pid for p in alive]

@@ -225,6 +225,9 @@ class Gateway:
             raise BadRequest(f'load body must be JSON {{"model_name": str, "url": str}}: {exc}') from None
         if not spec.model_name or "/" in spec.model_name:
             raise BadRequest("model_name must be a non-empty name without '/'")
+        if not Path(spec.url).is_absolute():
+            # MMS resolves relative URLs against its model store, not our working folder: refuse the ambiguity.
+            raise BadRequest(f"url must be an absolute path to the extracted model folder, got {spec.url!r}")
         lock = self._name_locks.setdefault(spec.model_name, asyncio.Lock())
         try:
             async with lock:

@@ -178,6 +178,22 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from genesig.demo import run_demo
+    from genesig.presentation import render_demo, render_summary
+
+    result = run_demo(
+        args.workdir,
+        args.data,
+        patients=args.patients,
+        seed=args.seed,
+        keep_running=args.keep_running,
+        on_summary=render_summary,
+    )
+    render_demo(result, str(args.workdir))
+    return 0 if result.predictions else 1
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker_training import TrainingPaths, main
 
@@ -258,6 +274,14 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--event-rate", type=float, default=0.35)
     synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
     synth.set_defaults(func=_cmd_synth)
+
+    demo = sub.add_parser("demo", help="the whole flow on this machine: data, pipeline, server, endpoint, predictions")
+    demo.add_argument("--data", type=Path, help="a cohort file (default: a generated synthetic cohort)")
+    demo.add_argument("--workdir", type=Path, default=Path("genesig-demo"))
+    demo.add_argument("--patients", type=int, default=120, help="size of the generated cohort")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--keep-running", action="store_true", help="leave the endpoint up until Ctrl-C")
+    demo.set_defaults(func=_cmd_demo)
 
     local = sub.add_parser("local-endpoint", help="a local multi-model endpoint that routes like SageMaker's")
     local.add_argument("--prefix", required=True, help="the model prefix: a folder or s3://bucket/prefix/")

@@ -114,7 +114,7 @@ class LocalEndpoint:
     def __init__(self, source: ModelSource, model_server_url: str, cache_dir: Path, cache_max_bytes: int) -> None:
         self.source = source
         self.model_server_url = model_server_url.rstrip("/")
-        self.cache_dir = cache_dir
+        self.cache_dir = cache_dir.resolve()
         self.cache_max_bytes = cache_max_bytes
         self.loaded: OrderedDict[str, str] = OrderedDict()  # target -> opaque name, least recently used first
         self.on_disk: OrderedDict[str, int] = OrderedDict()  # target -> extracted bytes, least recently used first

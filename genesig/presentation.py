@@ -117,3 +117,40 @@ def render_predictions(doc: dict[str, Any]) -> None:
     for row in rows:
         table.add_row(*(f"{row[c]:.4f}" if isinstance(row[c], float) else str(row[c]) for c in columns))
     console.print(table)
+
+
+def render_demo(result: Any, workdir: str) -> None:
+    summary = result.summary
+    table = Table(
+        title="genesig demo: every deployed signature, invoked through the local MME endpoint", title_justify="left"
+    )
+    for column in ("signature", "gate", "CV metric", "deployed as (TargetModel)", "example predictions"):
+        table.add_column(column, overflow="fold", no_wrap=column == "signature")
+    for r in summary.results:
+        predictions = result.predictions.get(r.deployed or "", [])
+        examples = "; ".join(
+            f"{p.get('id', '?')}: {p.get('probability', p.get('risk_score', 0.0)):.3f} {p['risk_group']}"
+            for p in predictions
+        )
+        gate = "[green]passed[/]" if r.passed else "[red]failed[/]" if r.status == "done" else f"[yellow]{r.status}[/]"
+        metric = f"{r.metric} {_fmt(r.cv_mean)}" if r.cv_mean is not None else "-"
+        table.add_row(r.signature, gate, metric, r.deployed or "-", examples or "-")
+    console.print(table)
+    if result.bad_request:
+        bad = result.bad_request
+        console.print(
+            f"A request to {bad['target']} without two of its genes got {bad['status']}: {bad['message']}",
+            highlight=False,
+        )
+    metrics = result.endpoint_metrics
+    console.print(
+        f"Endpoint: {metrics.get('LoadedModelCount')} models loaded, {metrics.get('ModelCacheMiss')} cold "
+        f"loads (median {metrics.get('ModelLoadingTimeMedianMs') or 0:.0f} ms), "
+        f"{metrics.get('ModelCacheHit')} cache hits.",
+        highlight=False,
+    )
+    console.print(
+        f"Reports (ROC / Kaplan-Meier PNGs): {workdir}/signatures/<signature>/evaluation/report.png; "
+        f"run summary: {workdir}/summary.json; deployed artifacts: {workdir}/mme-prefix/",
+        highlight=False,
+    )

@@ -217,7 +217,12 @@ def test_invalid_artifact_is_422_and_never_registered(scenario: Scenario, make_m
 
 @pytest.mark.parametrize(
     ("payload", "status"),
-    [(b"not json", 400), (b'{"model_name": "x"}', 400), (b'{"model_name": "a/b", "url": "/x"}', 400)],
+    [
+        (b"not json", 400),
+        (b'{"model_name": "x"}', 400),
+        (b'{"model_name": "a/b", "url": "/x"}', 400),
+        (b'{"model_name": "x", "url": "relative/model"}', 400),
+    ],
 )
 def test_malformed_load_requests(scenario: Scenario, payload: bytes, status: int) -> None:
     async def body(client: TestClient, _fake: FakeMms, _: dict[str, int]) -> None:

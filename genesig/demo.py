@@ -1,0 +1,185 @@
+"""``genesig demo``: the whole flow on one machine, with no AWS account.
+
+Generate a cohort (or use ``--data``), run the local pipeline for the built-in signatures with
+approval, start the model server and the local MME endpoint, invoke every deployed signature
+through SageMaker Runtime's API (boto3 ``invoke_endpoint`` with ``TargetModel``) with held-out
+patients, show what a request with missing genes gets, and stop every process it started.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from genesig.client import ModelServerClient
+from genesig.errors import GenesigError
+from genesig.server_process import ServerProcess, free_port
+
+logger = logging.getLogger(__name__)
+DEMO_PLANTED = {"metagene_19": 2.0, "metagene_10": 1.5}
+
+
+@dataclass
+class DemoResult:
+    summary: Any
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    bad_request: dict[str, Any] = field(default_factory=dict)
+    endpoint_metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def _runtime(url: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def _start_endpoint(prefix: Path, model_server: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    log = open(workdir / "local-endpoint.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genesig.cli",
+            "local-endpoint",
+            "--prefix",
+            str(prefix),
+            "--port",
+            str(port),
+            "--model-server-url",
+            model_server,
+            "--cache-dir",
+            str(workdir / "model-cache"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    with ModelServerClient(url, timeout=5) as client:
+        deadline = time.monotonic() + 60
+        while not client.ping():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise GenesigError(f"the local endpoint did not start; see {workdir / 'local-endpoint.log'}")
+            time.sleep(0.2)
+    return proc, url
+
+
+def _sample_rows(workdir: Path, name: str, n: int) -> bytes:
+    """Held-out patients of this signature, raw values as a client would send them."""
+    test = pd.read_csv(workdir / "signatures" / name / "prepared" / "test.csv", dtype=str)
+    prepared = json.loads((workdir / "signatures" / name / "prepared" / "prepared.json").read_text())
+    return test[[prepared["id_column"], *prepared["genes"]]].head(n).to_csv(index=False).encode()
+
+
+def invoke_deployed(url: str, workdir: Path, summary: Any, patients: int = 3) -> DemoResult:
+    runtime = _runtime(url)
+    result = DemoResult(summary=summary)
+    for row in summary.results:
+        if not row.deployed:
+            continue
+        response = runtime.invoke_endpoint(
+            EndpointName="demo",
+            TargetModel=row.deployed,
+            ContentType="text/csv",
+            Accept="application/json",
+            Body=_sample_rows(workdir, row.name, patients),
+        )
+        result.predictions[row.deployed] = json.loads(response["Body"].read())["predictions"]
+    deployed = [r.deployed for r in summary.results if r.deployed]
+    if deployed:
+        try:
+            runtime.invoke_endpoint(
+                EndpointName="demo", TargetModel=deployed[0], ContentType="text/csv", Body=b"Case_ID,LRIG1\nP1,3.2\n"
+            )
+        except runtime.exceptions.ModelError as exc:
+            result.bad_request = {
+                "target": deployed[0],
+                "status": exc.response.get("OriginalStatusCode"),
+                "message": json.loads(exc.response.get("OriginalMessage", "{}")).get("message"),
+            }
+    with ModelServerClient(url) as client:
+        result.endpoint_metrics = client.request("GET", "/metrics").json()
+    return result
+
+
+def run_demo(
+    workdir: Path,
+    data: Path | None = None,
+    *,
+    patients: int = 120,
+    seed: int = 0,
+    keep_running: bool = False,
+    on_summary: Any = None,
+) -> DemoResult:
+    from genesig.pipeline.run import RunOptions, run_local
+    from genesig.pipeline.signatures import default_signatures
+    from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    if data is None:
+        data = write_synthetic_cohort(
+            workdir / "cohort.csv",
+            default_signatures(),
+            SyntheticSpec(n_patients=patients, seed=seed, planted=DEMO_PLANTED),
+        )
+        logger.info("generated %s: %d patients, effects planted in %s", data, patients, ", ".join(DEMO_PLANTED))
+    summary = run_local(RunOptions(data=data, workdir=workdir, approve=True, seed=seed))
+    if on_summary:
+        on_summary(summary)
+    prefix = workdir / "mme-prefix"
+    prefix.mkdir(exist_ok=True)
+    server = ServerProcess(workdir / "model-server").start()
+    endpoint, url = None, ""
+    try:
+        endpoint, url = _start_endpoint(prefix, server.url, workdir)
+        result = invoke_deployed(url, workdir, summary)
+        if keep_running:
+            _wait_for_interrupt(url, server.url, result)
+        return result
+    finally:
+        if endpoint is not None:
+            endpoint.send_signal(signal.SIGTERM)
+            endpoint.wait(timeout=30)
+        leftovers = server.stop()
+        if leftovers:
+            logger.warning("processes left behind and killed: %s", leftovers)
+
+
+def _wait_for_interrupt(url: str, server_url: str, result: DemoResult) -> None:
+    target = next(iter(result.predictions), "<name>-v1.tar.gz")
+    logger.info(
+        "the endpoint stays up until Ctrl-C. Try:\n"
+        "  genesig predict --target-model %s --input patients.csv --endpoint demo --runtime-endpoint-url %s\n"
+        "  curl -s %s/endpoints/demo/invocations -H 'X-Amzn-SageMaker-Target-Model: %s' "
+        "-H 'Content-Type: text/csv' --data-binary @patients.csv\n"
+        "  curl -s %s/metrics     # endpoint metrics;  %s/models  # the model server",
+        target,
+        url,
+        url,
+        target,
+        url,
+        server_url,
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()

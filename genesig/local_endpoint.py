@@ -129,6 +129,23 @@ class LocalEndpoint:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
 
     async def close(self, _app: web.Application | None = None) -> None:
+        summary = self.metrics()
+        logger.info(
+            "endpoint totals: loaded=%d cache_hits=%d cache_misses=%d",
+            summary["LoadedModelCount"],
+            summary["ModelCacheHit"],
+            summary["ModelCacheMiss"],
+        )
+        for target, stats in summary["models"].items():
+            logger.info(
+                "model %s: invocations=%d loads=%d evictions=%d load_ms_median=%s invoke_ms_median=%s",
+                target,
+                stats["invocations"],
+                stats["loads"],
+                stats["evictions"],
+                stats["load_ms_median"],
+                stats["invoke_ms_median"],
+            )
         if self._session is not None:
             await self._session.close()
 

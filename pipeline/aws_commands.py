@@ -211,7 +211,12 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--region", default=None, help="AWS region (default: the AWS CLI's configuration)")
     parser.add_argument("--sagemaker-endpoint-url", help="e.g. an emulator; default AWS_ENDPOINT_URL_SAGEMAKER")
     parser.add_argument("--s3-endpoint-url", help="default AWS_ENDPOINT_URL_S3")
-    parser.add_argument("--runtime-endpoint-url", help="default AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME")
+    parser.add_argument(
+        "--runtime-endpoint-url",
+        "--url",
+        dest="runtime_endpoint_url",
+        help="SageMaker Runtime, or a `genesig local-endpoint` (default AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME)",
+    )
 
 
 def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -11,10 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
-import sys
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,8 +19,8 @@ from typing import Any
 import pandas as pd
 
 from genesig.client import ModelServerClient
-from genesig.errors import GenesigError
-from genesig.server_process import ServerProcess, free_port
+from genesig.local_endpoint import runtime_client, start_local_endpoint
+from genesig.server_process import ServerProcess
 
 logger = logging.getLogger(__name__)
 DEMO_PLANTED = {"metagene_19": 2.0, "metagene_10": 1.5}
@@ -37,52 +34,6 @@ class DemoResult:
     endpoint_metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def _runtime(url: str) -> Any:
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "sagemaker-runtime",
-        region_name="us-east-1",
-        endpoint_url=url,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-        config=Config(retries={"max_attempts": 1}),
-    )
-
-
-def _start_endpoint(prefix: Path, model_server: str, workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    log = open(workdir / "local-endpoint.log", "ab")  # noqa: SIM115 - handed to the child
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "genesig.cli",
-            "local-endpoint",
-            "--prefix",
-            str(prefix),
-            "--port",
-            str(port),
-            "--model-server-url",
-            model_server,
-            "--cache-dir",
-            str(workdir / "model-cache"),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    with ModelServerClient(url, timeout=5) as client:
-        deadline = time.monotonic() + 60
-        while not client.ping():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise GenesigError(f"the local endpoint did not start; see {workdir / 'local-endpoint.log'}")
-            time.sleep(0.2)
-    return proc, url
-
-
 def _sample_rows(workdir: Path, name: str, n: int) -> bytes:
     """Held-out patients of this signature, raw values as a client would send them."""
     test = pd.read_csv(workdir / "signatures" / name / "prepared" / "test.csv", dtype=str)
@@ -91,7 +42,7 @@ def _sample_rows(workdir: Path, name: str, n: int) -> bytes:
 
 
 def invoke_deployed(url: str, workdir: Path, summary: Any, patients: int = 3) -> DemoResult:
-    runtime = _runtime(url)
+    runtime = runtime_client(url)
     result = DemoResult(summary=summary)
     for row in summary.results:
         if not row.deployed:
@@ -150,7 +101,7 @@ def run_demo(
     server = ServerProcess(workdir / "model-server").start()
     endpoint, url = None, ""
     try:
-        endpoint, url = _start_endpoint(prefix, server.url, workdir)
+        endpoint, url = start_local_endpoint(prefix, server.url, workdir)
         result = invoke_deployed(url, workdir, summary)
         if keep_running:
             _wait_for_interrupt(url, server.url, result)

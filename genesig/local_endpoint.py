@@ -15,6 +15,8 @@ import asyncio
 import hashlib
 import logging
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections import OrderedDict
@@ -30,7 +32,8 @@ from genesig.artifact import extract_artifact
 from genesig.errors import ArtifactError, GenesigError
 
 logger = logging.getLogger(__name__)
-MAX_LOAD_ATTEMPTS = 8
+MAX_LOAD_ATTEMPTS = 12
+INVOKE_ATTEMPTS = 4
 
 
 class EndpointError(GenesigError):
@@ -224,18 +227,17 @@ class LocalEndpoint:
             started = time.perf_counter()
             model_dir = await asyncio.to_thread(self._extract, target)
             opaque = opaque_name(target)
-            for _ in range(MAX_LOAD_ATTEMPTS):
+            for attempt in range(MAX_LOAD_ATTEMPTS):
                 status, body, _ = await self._request(
                     "POST", "/models", json={"model_name": opaque, "url": str(model_dir)}
                 )
                 if status in (200, 409):
                     break
-                if status == 507 and await self._evict_lru(target):
-                    continue
                 if status == 507:
-                    raise EndpointError(
-                        507, "ServiceUnavailable", f"not enough memory to load {target} even with no other model loaded"
-                    )
+                    if not await self._evict_lru(target):
+                        # Memory comes back only once unloaded backends have exited: give them a moment.
+                        await asyncio.sleep(0.25 * (attempt + 1))
+                    continue
                 if status in (400, 404, 422):
                     shutil.rmtree(model_dir.parent, ignore_errors=True)
                     self.on_disk.pop(target, None)
@@ -245,7 +247,9 @@ class LocalEndpoint:
                     f"loading {target} failed: {body.decode(errors='replace')}",
                 )
             else:
-                raise EndpointError(507, "ServiceUnavailable", f"could not free enough memory to load {target}")
+                raise EndpointError(
+                    507, "ServiceUnavailable", f"not enough memory to load {target}, even after unloading other models"
+                )
             self.loaded[target] = opaque
             stats = self.stats.setdefault(target, ModelStats())
             stats.loads += 1
@@ -255,7 +259,7 @@ class LocalEndpoint:
 
     async def invoke(self, target: str, body: bytes, content_type: str | None, accept: str | None) -> web.Response:
         headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
-        for attempt in (0, 1):
+        for attempt in range(INVOKE_ATTEMPTS):
             opaque = await self._ensure_loaded(target)
             started = time.perf_counter()
             status, payload, response_type = await self._request(
@@ -265,8 +269,12 @@ class LocalEndpoint:
                 headers=headers,
                 skip_auto_headers=() if content_type else ("Content-Type",),
             )
-            if status == 404 and attempt == 0:  # unloaded behind our back (another client): load again
+            last = attempt == INVOKE_ATTEMPTS - 1
+            if status == 404 and not last:  # unloaded behind our back (another client): load again
                 self.loaded.pop(target, None)
+                continue
+            if status == 503 and not last:  # the model's worker is starting or busy: retry shortly
+                await asyncio.sleep(0.2 * 2**attempt)
                 continue
             stats = self.stats.setdefault(target, ModelStats())
             stats.invocations += 1
@@ -337,3 +345,59 @@ class LocalEndpoint:
         return web.json_response(
             {"status": "Healthy" if status == 200 else "Unhealthy"}, status=200 if status == 200 else 503
         )
+
+
+def runtime_client(url: str) -> Any:
+    """A boto3 SageMaker Runtime client aimed at a local endpoint (dummy credentials, no retries)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "sagemaker-runtime",
+        region_name="us-east-1",
+        endpoint_url=url,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+        config=Config(retries={"max_attempts": 1}),
+    )
+
+
+def start_local_endpoint(
+    prefix: Path, model_server_url: str, workdir: Path, cache_max_mb: int = 2048, timeout_s: float = 60
+) -> tuple[subprocess.Popen[bytes], str]:
+    """``genesig local-endpoint`` as a child process on a free loopback port; returns it and its URL once healthy."""
+    from genesig.client import ModelServerClient
+    from genesig.server_process import free_port
+
+    port = free_port()
+    log_path = workdir / f"local-endpoint-{port}.log"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "genesig.cli",
+                "local-endpoint",
+                "--prefix",
+                str(prefix),
+                "--port",
+                str(port),
+                "--model-server-url",
+                model_server_url,
+                "--cache-dir",
+                str(workdir / f"cache-{port}"),
+                "--cache-max-mb",
+                str(cache_max_mb),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    with ModelServerClient(url, timeout=5) as client:
+        deadline = time.monotonic() + timeout_s
+        while not client.ping():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise GenesigError(f"the local endpoint did not start; see {log_path}")
+            time.sleep(0.2)
+    return proc, url

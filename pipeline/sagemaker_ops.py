@@ -28,6 +28,11 @@ class TimedOut(GenesigError):
     code = "timeout"
 
 
+def _already_exists(exc: GenesigError) -> bool:
+    """SageMaker's create calls fail this way for an existing resource (ResourceInUse, or a ValidationException)."""
+    return "already exists" in exc.message.lower() or "ResourceInUse" in exc.message
+
+
 def upsert_pipeline(sm: Any, s3: Any, config: PipelineConfig, signatures: list[GeneSignature]) -> str:
     """Create or update the pipeline; publish the default signature set beside it if none is there yet."""
     bucket, key_prefix = split_s3(f"{config.base_uri}/signatures/signatures.json")
@@ -48,7 +53,7 @@ def upsert_pipeline(sm: Any, s3: Any, config: PipelineConfig, signatures: list[G
             PipelineDescription="genesig-mme: one survival model per gene signature",
         )
     except GenesigError as exc:
-        if "already exists" not in exc.message.lower() and "ResourceInUse" not in exc.message:
+        if not _already_exists(exc):
             raise
         response = call(
             "update pipeline",
@@ -69,7 +74,7 @@ def ensure_group(sm: Any, group: str, signature: str) -> None:
             ModelPackageGroupDescription=f"genesig-mme models of signature {signature}"[:1024],
         )
     except GenesigError as exc:
-        if "already exists" not in exc.message.lower():
+        if not _already_exists(exc):
             raise
 
 

@@ -25,14 +25,6 @@ GENES = ["LRIG1", "HPGD", "GDF15"]
 CSV = b"Case_ID,LRIG1,HPGD,GDF15\nP1,3.2,0,11.5\n"
 
 
-def start_endpoint(prefix: Path, model_server: str, tmp: Path, cache_mb: int = 2048) -> tuple[Any, str]:
-    return start_local_endpoint(prefix, model_server, tmp, cache_mb)
-
-
-def runtime(url: str) -> Any:
-    return runtime_client(url)
-
-
 @pytest.fixture(scope="module")
 def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("prefix")
@@ -45,7 +37,7 @@ def prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def endpoint(start_server: ServerFactory, prefix: Path, tmp_path: Path) -> Iterator[tuple[str, ServerProcess]]:
     server = start_server()
-    proc, url = start_endpoint(prefix, server.url, tmp_path)
+    proc, url = start_local_endpoint(prefix, server.url, tmp_path)
     yield url, server
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
@@ -60,7 +52,7 @@ def invoke(client: Any, target: str, body: bytes = CSV) -> dict[str, Any]:
 
 def test_target_models_load_on_first_use_under_opaque_names(endpoint: tuple[str, ServerProcess]) -> None:
     url, server = endpoint
-    client = runtime(url)
+    client = runtime_client(url)
     first = invoke(client, "/sig0-v1.tar.gz")  # a leading slash, as the AWS sample sends it
     assert b'"model":"sig0"' in first["Body"]
     invoke(client, "sig0-v1.tar.gz")
@@ -71,7 +63,7 @@ def test_target_models_load_on_first_use_under_opaque_names(endpoint: tuple[str,
 
 
 def test_model_errors_arrive_as_sagemaker_model_error(endpoint: tuple[str, ServerProcess]) -> None:
-    client = runtime(endpoint[0])
+    client = runtime_client(endpoint[0])
     with pytest.raises(client.exceptions.ModelError) as info:
         invoke(client, "sig1-v1.tar.gz", b"LRIG1\n1\n")
     error = info.value.response
@@ -80,7 +72,7 @@ def test_model_errors_arrive_as_sagemaker_model_error(endpoint: tuple[str, Serve
 
 def test_unknown_and_corrupt_targets_are_clear_and_leave_nothing_loaded(endpoint: tuple[str, ServerProcess]) -> None:
     url, server = endpoint
-    client = runtime(url)
+    client = runtime_client(url)
     with pytest.raises(client.exceptions.ValidationError, match="nope-v1.tar.gz is not in the model prefix"):
         invoke(client, "nope-v1.tar.gz")
     with pytest.raises(client.exceptions.ValidationError, match="not a valid model artifact"):
@@ -104,9 +96,9 @@ def test_memory_pressure_evicts_lru_models_and_no_request_fails(
         }
     )
     # A zero-byte disk limit: only loaded models (and the one being loaded) keep their extracted files.
-    proc, url = start_endpoint(prefix, server.url, tmp_path, cache_mb=0)
+    proc, url = start_local_endpoint(prefix, server.url, tmp_path, cache_max_mb=0)
     try:
-        client = runtime(url)
+        client = runtime_client(url)
         for round_no in range(3):
             for i in range(4):
                 assert invoke(client, f"sig{i}-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200, round_no
@@ -137,7 +129,7 @@ def test_stopping_an_endpoint_that_started_its_model_server_stops_every_process(
             while time.monotonic() < deadline and not client.ping():
                 assert proc.poll() is None
                 time.sleep(0.3)
-        assert invoke(runtime(url), "sig0-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
+        assert invoke(runtime_client(url), "sig0-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
         tree = psutil.Process(proc.pid).children(recursive=True)
         assert any(p.name() == "java" for p in tree)
     finally:

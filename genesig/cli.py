@@ -65,6 +65,7 @@ def _run_options(args: argparse.Namespace) -> Any:
         approve=args.approve,
         cv_folds=args.cv_folds,
         cv_repeats=args.cv_repeats,
+        jobs=args.jobs,
     )
 
 
@@ -216,6 +217,9 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-fraction", type=float, default=0.2)
     parser.add_argument("--min-genes", type=int, default=2, help="skip signatures with fewer genes in the data")
     parser.add_argument("--min-events", type=int, default=10, help="refuse data with fewer events or non-events")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="signatures trained in parallel, one process each (0: one per CPU)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

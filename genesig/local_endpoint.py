@@ -19,7 +19,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ from genesig.errors import ArtifactError, GenesigError
 logger = logging.getLogger(__name__)
 MAX_LOAD_ATTEMPTS = 12
 INVOKE_ATTEMPTS = 4
+# Timings kept per model for the medians: the most recent ones, so a long-running endpoint stays bounded.
+TIMING_WINDOW = 1024
+# Response header: "miss" when this request waited for its model to be loaded (a cold start), else "hit".
+CACHE_HEADER = "X-Genesig-Model-Cache"
+LOG_MODELS_AT_CLOSE = 20
 
 
 class EndpointError(GenesigError):
@@ -60,8 +66,8 @@ class ModelStats:
     invocations: int = 0
     loads: int = 0
     evictions: int = 0
-    load_ms: list[float] = field(default_factory=list)
-    invoke_ms: list[float] = field(default_factory=list)
+    load_ms: deque[float] = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
+    invoke_ms: deque[float] = field(default_factory=lambda: deque(maxlen=TIMING_WINDOW))
 
 
 class ModelSource:
@@ -121,6 +127,7 @@ class LocalEndpoint:
         self.cache_max_bytes = cache_max_bytes
         self.loaded: OrderedDict[str, str] = OrderedDict()  # target -> opaque name, least recently used first
         self.on_disk: OrderedDict[str, int] = OrderedDict()  # target -> extracted bytes, least recently used first
+        self.disk_bytes = 0  # sum of on_disk, kept as it changes (thousands of models: never re-summed)
         self.stats: dict[str, ModelStats] = {}
         self.cache_hits = 0
         self.cache_misses = 0
@@ -134,12 +141,15 @@ class LocalEndpoint:
     async def close(self, _app: web.Application | None = None) -> None:
         summary = self.metrics()
         logger.info(
-            "endpoint totals: loaded=%d cache_hits=%d cache_misses=%d",
+            "endpoint totals: loaded=%d cache_hits=%d cache_misses=%d loads=%d evictions=%d",
             summary["LoadedModelCount"],
             summary["ModelCacheHit"],
             summary["ModelCacheMiss"],
+            summary["ModelLoads"],
+            summary["ModelEvictions"],
         )
-        for target, stats in summary["models"].items():
+        busiest = sorted(summary["models"].items(), key=lambda item: -item[1]["invocations"])
+        for target, stats in busiest[:LOG_MODELS_AT_CLOSE]:
             logger.info(
                 "model %s: invocations=%d loads=%d evictions=%d load_ms_median=%s invoke_ms_median=%s",
                 target,
@@ -148,6 +158,10 @@ class LocalEndpoint:
                 stats["evictions"],
                 stats["load_ms_median"],
                 stats["invoke_ms_median"],
+            )
+        if len(busiest) > LOG_MODELS_AT_CLOSE:
+            logger.info(
+                "... and %d less used models (all at GET /metrics while running)", len(busiest) - LOG_MODELS_AT_CLOSE
             )
         if self._session is not None:
             await self._session.close()
@@ -186,6 +200,7 @@ class LocalEndpoint:
                     400, "ValidationError", f"TargetModel {target} is not a valid model artifact: {exc.message}"
                 ) from None
         self.on_disk[target] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
+        self.disk_bytes += self.on_disk[target]
         self._trim_disk(keep=target)
         return model_dir
 
@@ -193,12 +208,12 @@ class LocalEndpoint:
         """Delete the least recently used extracted artifacts that are not loaded (nor about to be), down to the
         size limit."""
         for target in list(self.on_disk):
-            if sum(self.on_disk.values()) <= self.cache_max_bytes:
+            if self.disk_bytes <= self.cache_max_bytes:
                 return
             if target in self.loaded or target == keep:
                 continue
             shutil.rmtree(self._model_dir(target).parent, ignore_errors=True)
-            del self.on_disk[target]
+            self.disk_bytes -= self.on_disk.pop(target)
             logger.info("cache: deleted %s from disk", target)
 
     # --- loading ------------------------------------------------------------------------------------------
@@ -213,16 +228,17 @@ class LocalEndpoint:
             return True
         return False
 
-    async def _ensure_loaded(self, target: str) -> str:
+    async def _ensure_loaded(self, target: str) -> tuple[str, bool]:
+        """The model's opaque name, and whether this request found it loaded (False: it waited for a load)."""
         if target in self.loaded:
             self.loaded.move_to_end(target)
             self.cache_hits += 1
-            return self.loaded[target]
+            return self.loaded[target], True
         lock = self._locks.setdefault(target, asyncio.Lock())
         async with lock:
-            if target in self.loaded:
+            if target in self.loaded:  # loaded by the request this one waited behind
                 self.cache_hits += 1
-                return self.loaded[target]
+                return self.loaded[target], False
             self.cache_misses += 1
             started = time.perf_counter()
             model_dir = await asyncio.to_thread(self._extract, target)
@@ -240,7 +256,7 @@ class LocalEndpoint:
                     continue
                 if status in (400, 404, 422):
                     shutil.rmtree(model_dir.parent, ignore_errors=True)
-                    self.on_disk.pop(target, None)
+                    self.disk_bytes -= self.on_disk.pop(target, 0)
                 raise EndpointError(
                     status if status < 500 else 502,
                     "ValidationError" if status < 500 else "InternalFailure",
@@ -255,12 +271,14 @@ class LocalEndpoint:
             stats.loads += 1
             stats.load_ms.append((time.perf_counter() - started) * 1000)
             logger.info("loaded %s as %s in %.0f ms", target, opaque, stats.load_ms[-1])
-            return opaque
+            return opaque, False
 
     async def invoke(self, target: str, body: bytes, content_type: str | None, accept: str | None) -> web.Response:
         headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
+        warm = True
         for attempt in range(INVOKE_ATTEMPTS):
-            opaque = await self._ensure_loaded(target)
+            opaque, found = await self._ensure_loaded(target)
+            warm = warm and found
             started = time.perf_counter()
             status, payload, response_type = await self._request(
                 "POST",
@@ -280,7 +298,11 @@ class LocalEndpoint:
             stats.invocations += 1
             stats.invoke_ms.append((time.perf_counter() - started) * 1000)
             if status == 200:
-                return web.Response(status=200, body=payload, headers={"Content-Type": response_type})
+                return web.Response(
+                    status=200,
+                    body=payload,
+                    headers={"Content-Type": response_type, CACHE_HEADER: "hit" if warm else "miss"},
+                )
             original = payload.decode(errors="replace")
             raise EndpointError(
                 424,
@@ -292,7 +314,7 @@ class LocalEndpoint:
         raise AssertionError("unreachable")
 
     def metrics(self) -> dict[str, Any]:
-        def median(values: list[float]) -> float | None:
+        def median(values: Collection[float]) -> float | None:
             return sorted(values)[len(values) // 2] if values else None
 
         load_times = [ms for s in self.stats.values() for ms in s.load_ms]
@@ -301,7 +323,9 @@ class LocalEndpoint:
             "ModelCacheHit": self.cache_hits,
             "ModelCacheMiss": self.cache_misses,
             "ModelLoadingTimeMedianMs": median(load_times),
-            "CacheDiskBytes": sum(self.on_disk.values()),
+            "CacheDiskBytes": self.disk_bytes,
+            "ModelLoads": sum(s.loads for s in self.stats.values()),
+            "ModelEvictions": sum(s.evictions for s in self.stats.values()),
             "models": {
                 t: {
                     "invocations": s.invocations,

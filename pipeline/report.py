@@ -32,21 +32,27 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.concatenate([[0.0], times]), np.concatenate([[1.0], survival])
 
 
-def write_report(prepared: Prepared, values: np.ndarray, groups: list[str], risk: np.ndarray, out_dir: Path) -> Path:
-    import matplotlib
+def _short(name: str, width: int = 64) -> str:
+    """Signature names (GO terms) can be long: one line that fits the figure's title."""
+    return name if len(name) <= width else name[: width - 1] + "…"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def write_report(prepared: Prepared, values: np.ndarray, groups: list[str], risk: np.ndarray, out_dir: Path) -> Path:
+    # A bare Figure renders with Agg and keeps no pyplot state; fixed margins instead of
+    # tight_layout, which drew every figure twice (~40% of a report's time at 1,000 signatures).
+    from matplotlib.figure import Figure
 
     test = prepared.test
-    fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
+    fig = Figure(figsize=(5, 4), dpi=110)
+    fig.subplots_adjust(left=0.13, right=0.97, top=0.88, bottom=0.12)
+    ax = fig.subplots()
     if test.time is None:
         fpr, tpr = roc_points(test.event, risk)
         ax.step(fpr, tpr, where="post", label="model")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.set_title(f"{prepared.signature}: ROC on the held-out split", fontsize=9)
+        ax.set_title(f"{_short(prepared.signature)}\nROC on the held-out split", fontsize=9)
     else:
         for label in dict.fromkeys(groups):
             mask = np.array([g == label for g in groups])
@@ -55,10 +61,8 @@ def write_report(prepared: Prepared, values: np.ndarray, groups: list[str], risk
         ax.set_xlabel(prepared.time_column or "time")
         ax.set_ylabel("survival probability")
         ax.set_ylim(0, 1.02)
-        ax.set_title(f"{prepared.signature}: Kaplan-Meier by predicted risk group", fontsize=9)
+        ax.set_title(f"{_short(prepared.signature)}\nKaplan-Meier by predicted risk group", fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
     path = out_dir / "report.png"
     fig.savefig(path)
-    plt.close(fig)
     return path

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,6 +58,8 @@ class RunOptions:
     approve: bool = False
     cv_folds: int = 5
     cv_repeats: int = 5
+    # Signatures trained at the same time, each in its own process (0: one per CPU).
+    jobs: int = 1
 
 
 @dataclass
@@ -174,26 +180,100 @@ def run_signature(
     return result
 
 
+def _worker_init(options: RunOptions, cohort: Cohort, log_level: int) -> None:
+    """One BLAS/torch thread per worker: the workers are the parallelism, more threads only contend."""
+    from threadpoolctl import threadpool_limits
+
+    from genesig.logs import configure_logging
+
+    configure_logging(log_level)
+    threadpool_limits(1)
+    if options.train.model == "mlp":
+        import torch
+
+        torch.set_num_threads(1)
+    _WORKER_STATE.update(options=options, cohort=cohort, registry=LocalRegistry(options.workdir / "registry"))
+
+
+_WORKER_STATE: dict[str, Any] = {}
+
+
+def _worker_run(matched: MatchedSignature) -> SignatureResult:
+    state = _WORKER_STATE
+    return run_signature(state["options"], state["cohort"], matched, state["registry"])
+
+
+def _lost(matched: MatchedSignature, exc: BaseException) -> SignatureResult:
+    """A worker process that died (killed, out of memory) costs its signature, never the run."""
+    logger.warning("signature %s failed: worker process died (%s)", matched.signature.name, exc)
+    return SignatureResult(
+        signature=matched.signature.name,
+        name=matched.artifact_name,
+        genes=matched.present,
+        missing_genes=matched.missing,
+        status="failed",
+        reason=f"worker process died: {exc}",
+    )
+
+
+def _run_parallel(
+    options: RunOptions,
+    cohort: Cohort,
+    matched: list[MatchedSignature],
+    jobs: int,
+    on_result: Callable[[SignatureResult], None] | None,
+) -> list[SignatureResult]:
+    results: list[SignatureResult | None] = [None] * len(matched)
+    # forkserver: workers never inherit a forked copy of threads (BLAS, torch) from this process.
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(
+        jobs,
+        mp_context=context,
+        initializer=_worker_init,
+        initargs=(options, cohort, logging.getLogger().getEffectiveLevel()),
+    ) as pool:
+        futures: dict[Future[SignatureResult], int] = {pool.submit(_worker_run, m): i for i, m in enumerate(matched)}
+        try:
+            for future in as_completed(futures):
+                index = futures[future]
+                try:
+                    results[index] = future.result()
+                except BrokenProcessPool as exc:
+                    results[index] = _lost(matched[index], exc)
+                if on_result:
+                    on_result(results[index])  # type: ignore[arg-type]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+    return [r for r in results if r is not None]
+
+
 def run_local(
     options: RunOptions,
     on_result: Callable[[SignatureResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
 ) -> RunSummary:
     """Run every selected signature; one signature's failure is recorded and never stops the others."""
+    if options.jobs < 0:
+        raise DataError(f"--jobs must be 0 (one per CPU) or more, not {options.jobs}")
     cohort = read_cohort(options.data, options.columns, min_events=options.min_events)
     signatures = select(load_signatures(options.signatures_file), options.signature)
     if options.min_genes < 1:
         raise DataError("--min-genes must be at least 1")
     registry = LocalRegistry(options.workdir / "registry")
     available = cohort.candidate_genes()
-    results = []
+    matched = [match(signature, available, options.min_genes) for signature in signatures]
+    jobs = min(options.jobs or os.cpu_count() or 1, len(matched))
     if on_start:
         on_start(len(signatures))
-    for signature in signatures:
-        result = run_signature(options, cohort, match(signature, available, options.min_genes), registry)
-        results.append(result)
-        if on_result:
-            on_result(result)
+    if jobs > 1:
+        results = _run_parallel(options, cohort, matched, jobs, on_result)
+    else:
+        results = []
+        for one in matched:
+            results.append(run_signature(options, cohort, one, registry))
+            if on_result:
+                on_result(results[-1])
     summary = RunSummary(
         data=str(options.data),
         workdir=str(options.workdir),

@@ -55,11 +55,14 @@ def test_target_models_load_on_first_use_under_opaque_names(endpoint: tuple[str,
     client = runtime_client(url)
     first = invoke(client, "/sig0-v1.tar.gz")  # a leading slash, as the AWS sample sends it
     assert b'"model":"sig0"' in first["Body"]
-    invoke(client, "sig0-v1.tar.gz")
+    second = invoke(client, "sig0-v1.tar.gz")
+    cache = [r["ResponseMetadata"]["HTTPHeaders"]["x-genesig-model-cache"] for r in (first, second)]
+    assert cache == ["miss", "hit"], "a request that waited for a load says so"
     names = [m["modelName"] for m in ModelServerClient(server.url).list().json()["models"]]
     assert names and all(len(n) == 32 and "sig0" not in n for n in names), "loaded under a hash, like SageMaker"
     metrics = ModelServerClient(url).request("GET", "/metrics").json()
     assert metrics["ModelCacheMiss"] == 1 and metrics["ModelCacheHit"] == 1 and metrics["LoadedModelCount"] == 1
+    assert metrics["ModelLoads"] == 1 and metrics["ModelEvictions"] == 0
 
 
 def test_model_errors_arrive_as_sagemaker_model_error(endpoint: tuple[str, ServerProcess]) -> None:
@@ -104,7 +107,8 @@ def test_memory_pressure_evicts_lru_models_and_no_request_fails(
                 assert invoke(client, f"sig{i}-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200, round_no
         metrics = ModelServerClient(url).request("GET", "/metrics").json()
         evictions = sum(m["evictions"] for m in metrics["models"].values())
-        assert evictions > 0 and metrics["LoadedModelCount"] <= 2
+        assert evictions > 0 and metrics["LoadedModelCount"] <= 2 and metrics["ModelEvictions"] == evictions
+        assert metrics["ModelLoads"] == metrics["LoadedModelCount"] + evictions
         cache = next(tmp_path.glob("cache-*"))
         extracted = [p for p in cache.iterdir() if p.is_dir() and (p / "model").is_dir()]
         assert len(extracted) <= metrics["LoadedModelCount"] + 1, "evicted models' files are deleted"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from genesig.artifact import read_artifact
+from genesig.errors import DataError
 from genesig.pipeline.run import RunOptions, run_local
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
@@ -58,6 +60,34 @@ def test_rerun_registers_and_deploys_nothing_new(synthetic_csv: Path, tmp_path: 
         assert (a.version, a.deployed) == (b.version, b.deployed)
         if b.passed:
             assert "unchanged since version 1" in b.reason
+
+
+def test_parallel_jobs_give_the_same_models_verdicts_and_order_as_one_job(synthetic_csv: Path, tmp_path: Path) -> None:
+    serial = run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "one", approve=True, cv_repeats=2))
+    seen: list[str] = []
+    parallel = run_local(
+        RunOptions(data=synthetic_csv, workdir=tmp_path / "two", approve=True, cv_repeats=2, jobs=2),
+        on_result=lambda r: seen.append(r.signature),
+    )
+    assert [r.signature for r in parallel.results] == [r.signature for r in serial.results], "input order kept"
+    assert sorted(seen) == sorted(r.signature for r in serial.results), "progress reported once per signature"
+    for a, b in zip(serial.results, parallel.results, strict=True):
+        assert (a.status, a.cv_mean, a.test_value, a.passed, a.deployed) == (
+            b.status,
+            b.cv_mean,
+            b.test_value,
+            b.passed,
+            b.deployed,
+        )
+    for name in (r.deployed for r in serial.results if r.deployed):
+        one = read_artifact(tmp_path / "one" / "mme-prefix" / name).manifest
+        two = read_artifact(tmp_path / "two" / "mme-prefix" / name).manifest
+        assert one.files == two.files, f"{name}: the same weights whatever --jobs"
+
+
+def test_negative_jobs_are_refused(synthetic_csv: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="--jobs must be 0"):
+        run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", jobs=-1))
 
 
 def test_without_approval_nothing_is_deployed(synthetic_csv: Path, tmp_path: Path) -> None:

@@ -7,7 +7,9 @@ by the signatures: only the genes a signature uses are read as numbers and valid
 
 from __future__ import annotations
 
+import csv
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -147,16 +149,27 @@ def single_file(path: Path, suffixes: tuple[str, ...], what: str) -> Path:
     return path
 
 
+def _check_unique_columns(names: list[str], source: str) -> None:
+    duplicated = sorted(name for name, count in Counter(name.strip() for name in names).items() if count > 1)
+    if duplicated:
+        raise DataError(f"{source}: columns appear more than once: {', '.join(duplicated)}")
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = path.suffix.lower()
     try:
         if suffix in (".parquet", ".pq"):
             # Validation works on text for both formats: missing values become "", numbers their repr.
             frame = pd.read_parquet(path)
+            _check_unique_columns([str(c) for c in frame.columns], path.name)
             return frame.astype(object).where(frame.notna(), "").astype(str)
         if suffix in (".csv", ".txt", ".tsv"):
-            return pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if suffix == ".tsv" else ",")
-    except (ValueError, OSError, pd.errors.ParserError) as exc:
+            sep = "\t" if suffix == ".tsv" else ","
+            # pandas renames a repeated column ("A" -> "A.1"): check the header as written.
+            with open(path, newline="", encoding="utf-8-sig") as handle:
+                _check_unique_columns(next(csv.reader(handle, delimiter=sep), []), path.name)
+            return pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+    except (ValueError, OSError, pd.errors.ParserError, csv.Error) as exc:
         raise DataError(f"cannot read {path.name}: {exc}") from None
     raise DataError(f"{path.name}: unsupported data file type {suffix!r}; use .csv, .tsv or .parquet")
 
@@ -168,9 +181,6 @@ def read_cohort(path: Path, columns: CohortColumns | None = None, *, min_events:
     table = _read_table(path)
     table.columns = [str(c).strip() for c in table.columns]
     source = path.name
-    duplicated_columns = sorted({c for c in table.columns if list(table.columns).count(c) > 1})
-    if duplicated_columns:
-        raise DataError(f"{source}: columns appear more than once: {', '.join(duplicated_columns)}")
     needed = [columns.id, columns.event] + ([columns.time] if columns.time else [])
     absent = [c for c in needed if c not in table.columns]
     if absent:

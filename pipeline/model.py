@@ -5,7 +5,8 @@ ties). Models: a ridge-penalised linear model (default) or one hidden layer. Bot
 full-batch with L-BFGS in float64 on the CPU, so the same data gives the same weights:
 the linear model with SciPy's L-BFGS-B on a closed-form numpy loss and gradient (the
 problem is strictly convex and small; torch's per-call overhead made it ~20x slower),
-the hidden-layer model with ``torch.optim.LBFGS`` and autograd from a fixed seed.
+the hidden-layer model with ``torch.optim.LBFGS`` and autograd from a fixed seed
+(``genesig.pipeline.mlp``; torch is imported only then).
 Serving evaluates the exported weights with numpy (``genesig.artifact.model``); the
 predictions used for evaluation come from that same code path.
 """
@@ -17,7 +18,7 @@ from typing import Literal
 
 import numpy as np
 import scipy.optimize
-import torch
+import scipy.special
 
 from genesig.artifact import Architecture, Preprocessing
 from genesig.artifact.manifest import TargetKind
@@ -51,7 +52,7 @@ def fit_preprocessing(raw: np.ndarray) -> Preprocessing:
     return Preprocessing(log1p=True, center=center.tolist(), scale=scale.tolist())
 
 
-def _breslow_risk_index(time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def breslow_risk_index(time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Order by time descending, and for each position the last position of its tie group (its risk set end)."""
     order = np.argsort(-time, kind="stable")
     sorted_time = time[order]
@@ -76,7 +77,7 @@ def cox_loss_grad(eta: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple
     In descending-time order the risk set of position i is positions 0..last[i]; patient k
     is in the risk set of every event whose ``last`` is at or after k's position.
     """
-    order, last = _breslow_risk_index(time)
+    order, last = breslow_risk_index(time)
     e = eta[order]
     shift = e.max()
     cum = np.cumsum(np.exp(e - shift))
@@ -122,71 +123,18 @@ def _train_linear(
     return {"linear.weight": fit.x[None, :n_genes].copy(), "linear.bias": fit.x[n_genes:].copy()}
 
 
-def cox_loss(eta: torch.Tensor, time: np.ndarray, event: np.ndarray) -> torch.Tensor:
-    """Negative Cox log partial likelihood per event (Breslow ties)."""
-    order, last = _breslow_risk_index(time)
-    eta_sorted = eta[torch.as_tensor(order)]
-    log_risk = torch.logcumsumexp(eta_sorted, dim=0)[torch.as_tensor(last)]
-    events = torch.as_tensor(event[order], dtype=torch.bool)
-    return -(eta_sorted[events] - log_risk[events]).sum() / max(int(events.sum()), 1)
-
-
-class _Network(torch.nn.Module):
-    """One hidden layer; parameter names are the artifact's tensor names."""
-
-    def __init__(self, n_genes: int, config: TrainConfig) -> None:
-        super().__init__()
-        self.config = config
-        self.hidden = torch.nn.Linear(n_genes, config.hidden_units)
-        self.output = torch.nn.Linear(config.hidden_units, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.hidden(x)
-        h = torch.relu(h) if self.config.activation == "relu" else torch.tanh(h)
-        return self.output(h).squeeze(1)
-
-    def penalty(self) -> torch.Tensor:
-        return sum((p**2).sum() for name, p in self.named_parameters() if name.endswith("weight"))  # type: ignore[return-value]
-
-
 def train(
     z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainConfig
 ) -> dict[str, np.ndarray]:
     """Fit on preprocessed values ``z``; returns the weights named like the artifact expects."""
     if target == "time_to_event" and time is None:
         raise DataError("a time-to-event model needs a time column")
-    state = (
-        _train_linear(z, event, time, target, config)
-        if config.model == "linear"
-        else _train_mlp(z, event, time, target, config)
-    )
+    if config.model == "linear":
+        state = _train_linear(z, event, time, target, config)
+    else:
+        from genesig.pipeline.mlp import train_mlp  # torch: imported only when a hidden-layer model is asked for
+
+        state = train_mlp(z, event, time, target, config)
     if not all(np.isfinite(v).all() for v in state.values()):
         raise DataError("training diverged (non-finite weights); try a larger --l2")
     return state
-
-
-def _train_mlp(
-    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainConfig
-) -> dict[str, np.ndarray]:
-    torch.manual_seed(config.seed)
-    x = torch.as_tensor(z, dtype=torch.float64)
-    y = torch.as_tensor(event, dtype=torch.float64)
-    net = _Network(z.shape[1], config).double()
-    optimizer = torch.optim.LBFGS(
-        net.parameters(), lr=1.0, max_iter=config.max_iter, tolerance_grad=1e-9, line_search_fn="strong_wolfe"
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        eta = net(x)
-        if target == "binary":
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(eta, y)
-        else:
-            assert time is not None
-            loss = cox_loss(eta, time, event)
-        loss = loss + config.l2 * net.penalty() / 2
-        loss.backward()  # type: ignore[no-untyped-call]
-        return loss
-
-    optimizer.step(closure)  # type: ignore[no-untyped-call]
-    return {k: v.detach().numpy().astype(np.float64) for k, v in net.state_dict().items()}

@@ -6,6 +6,7 @@ a local step, as ``genesig step ...`` and inside a SageMaker job.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import logging
 import platform
@@ -283,7 +284,11 @@ def train_model(prepared: Prepared, config: TrainConfig, version: int, out_dir: 
         versions={
             "genesig": genesig.__version__,
             "numpy": np.__version__,
-            "torch": str(__import__("torch").__version__),
+            **(
+                {"scipy": importlib.metadata.version("scipy")}
+                if config.model == "linear"
+                else {"torch": importlib.metadata.version("torch")}
+            ),
             "python": platform.python_version(),
         },
     )

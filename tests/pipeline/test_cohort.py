@@ -45,6 +45,25 @@ def test_duplicate_ids_are_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("header", "name"),
+    [("Case_ID,G1,G1,SurvivalStatus", "c.csv"), ("Case_ID\tG1\t G1\tSurvivalStatus", "c.tsv")],
+)
+def test_repeated_gene_columns_are_refused_not_renamed(tmp_path: Path, header: str, name: str) -> None:
+    # pandas alone would read the second G1 as "G1.1" and train on both.
+    rows = [r.replace(",", "\t") if name.endswith(".tsv") else r for r in balanced()]
+    with pytest.raises(DataError, match=f"{name}: columns appear more than once: G1"):
+        read_cohort(write(tmp_path, cohort_text(rows, header), name), min_events=5)
+
+
+def test_repeated_columns_in_parquet_are_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame([["P1", 1.0, 2.0, 1]], columns=["Case_ID", "G1", " G1", "SurvivalStatus"])
+    path = tmp_path / "c.parquet"
+    frame.to_parquet(path)
+    with pytest.raises(DataError, match="columns appear more than once: G1"):
+        read_cohort(path, min_events=0)
+
+
+@pytest.mark.parametrize(
     ("value", "message"),
     [
         ("abc", "non-numeric values"),

@@ -11,7 +11,8 @@ from sklearn.linear_model import LogisticRegression
 
 from genesig.artifact.model import apply_preprocessing
 from genesig.pipeline.metrics import c_index
-from genesig.pipeline.model import TrainConfig, cox_loss, cox_loss_grad, fit_preprocessing, train
+from genesig.pipeline.mlp import cox_loss
+from genesig.pipeline.model import TrainConfig, cox_loss_grad, fit_preprocessing, train
 
 
 def data(seed: int = 0, n: int = 150, genes: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

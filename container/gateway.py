@@ -42,6 +42,7 @@ MIB = 1024 * 1024
 # SageMaker caps invocation payloads at 6 MB; a little slack for headers and CSV framing.
 MAX_REQUEST_BYTES = 6 * MIB + 512 * 1024
 INVOKE_TIMEOUT_S = 60
+UNREGISTER_ATTEMPTS = 8
 
 MemoryProbe = Callable[[], MemoryStatus]
 
@@ -270,12 +271,29 @@ class Gateway:
         if status == 409:
             raise Conflict(f"model {name} is already loaded")
         # MMS keeps a model registered after a failed load; remove it so the caller's retry can succeed.
-        cleanup, _, _ = await self._mms("DELETE", path, timeout=self.settings.load_timeout_s)
+        cleanup = await self._unregister_failed(path)
         logger.warning("load of %s failed with %d; unregistered (status %d)", name, status, cleanup)
         message = _rewrite_mms_error(status, payload).decode(errors="replace")
         if status == 507:
             raise InsufficientMemory(f"model server ran out of memory loading {manifest.name}")
         raise ModelServerError(f"model server failed to load {manifest.name} ({status}): {message}")
+
+    async def _unregister_failed(self, path: str) -> int:
+        """DELETE what a failed load left registered, until GET agrees it is gone.
+
+        Right after a backend fails its load, MMS can answer DELETE with 404 while it is still tearing the
+        worker down, and then list the model again with no worker behind it: every invoke gets 503 and a new
+        load gets 409. Seen under concurrent loads at a full memory budget.
+        """
+        status = 0
+        for attempt in range(UNREGISTER_ATTEMPTS):
+            status, _, _ = await self._mms("DELETE", path, timeout=self.settings.load_timeout_s)
+            gone, _, _ = await self._mms("GET", path, timeout=30)
+            if gone == 404:
+                return status
+            await asyncio.sleep(0.1 * (attempt + 1))
+        logger.error("model %s is still registered after a failed load and %d unloads", path, UNREGISTER_ATTEMPTS)
+        return status
 
     def _admit(self, manifest: Manifest, need: int) -> None:
         memory = self.memory_probe()

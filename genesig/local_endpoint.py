@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +34,7 @@ from genesig.errors import ArtifactError, GenesigError
 
 logger = logging.getLogger(__name__)
 MAX_LOAD_ATTEMPTS = 12
-INVOKE_ATTEMPTS = 4
+INVOKE_ATTEMPTS = 5
 # Timings kept per model for the medians: the most recent ones, so a long-running endpoint stays bounded.
 TIMING_WINDOW = 1024
 # Response header: "miss" when this request waited for its model to be loaded (a cold start), else "hit".
@@ -132,6 +132,9 @@ class LocalEndpoint:
         self.cache_hits = 0
         self.cache_misses = 0
         self._locks: dict[str, asyncio.Lock] = {}
+        self.loading: set[str] = set()  # targets whose load is under way (their files must stay)
+        self.unloading: dict[str, asyncio.Event] = {}  # targets being unloaded, set when the unload is answered
+        self.in_flight: Counter[str] = Counter()  # requests being answered per target (never evicted meanwhile)
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self, _app: web.Application | None = None) -> None:
@@ -180,11 +183,23 @@ class LocalEndpoint:
     def _model_dir(self, target: str) -> Path:
         return self.cache_dir / opaque_name(target) / "model"
 
-    def _extract(self, target: str) -> Path:
+    async def _extract(self, target: str) -> Path:
+        """The target's extracted folder, fetched and extracted (in a thread) unless cached; bookkeeping stays on
+        the event loop, so concurrent loads never race on it."""
         model_dir = self._model_dir(target)
-        if model_dir.is_dir():
+        if target in self.on_disk and model_dir.is_dir():
             self.on_disk.move_to_end(target)
             return model_dir
+        size = await asyncio.to_thread(self._fetch_and_extract, target, model_dir)
+        self.disk_bytes += size - self.on_disk.pop(target, 0)
+        self.on_disk[target] = size
+        self._trim_disk(keep=target)
+        return model_dir
+
+    def _fetch_and_extract(self, target: str, model_dir: Path) -> int:
+        """Blocking part of a cache miss; touches no shared state. Returns the extracted bytes."""
+        if model_dir.is_dir():
+            shutil.rmtree(model_dir.parent)  # left by an earlier process: extract again rather than trust it
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
             try:
                 archive = self.source.fetch(target, Path(tmp) / "artifact.tar.gz")
@@ -199,10 +214,7 @@ class LocalEndpoint:
                 raise EndpointError(
                     400, "ValidationError", f"TargetModel {target} is not a valid model artifact: {exc.message}"
                 ) from None
-        self.on_disk[target] = sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
-        self.disk_bytes += self.on_disk[target]
-        self._trim_disk(keep=target)
-        return model_dir
+        return sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
 
     def _trim_disk(self, keep: str) -> None:
         """Delete the least recently used extracted artifacts that are not loaded (nor about to be), down to the
@@ -210,7 +222,7 @@ class LocalEndpoint:
         for target in list(self.on_disk):
             if self.disk_bytes <= self.cache_max_bytes:
                 return
-            if target in self.loaded or target == keep:
+            if target in self.loaded or target in self.loading or target == keep:
                 continue
             shutil.rmtree(self._model_dir(target).parent, ignore_errors=True)
             self.disk_bytes -= self.on_disk.pop(target)
@@ -218,15 +230,21 @@ class LocalEndpoint:
 
     # --- loading ------------------------------------------------------------------------------------------
     async def _evict_lru(self, keep: str) -> bool:
-        for victim, opaque in self.loaded.items():
-            if victim == keep:
-                continue
+        """Unload the least recently used model that no request is using. The victim is claimed before the first
+        await, so concurrent loads that all got 507 each evict a different model."""
+        victim = next((t for t in self.loaded if t != keep and not self.in_flight[t]), None)
+        if victim is None:
+            return False
+        opaque = self.loaded.pop(victim)
+        self.stats.setdefault(victim, ModelStats()).evictions += 1
+        done = self.unloading[victim] = asyncio.Event()
+        try:
             status, _, _ = await self._request("DELETE", f"/models/{opaque}")
-            del self.loaded[victim]
-            self.stats.setdefault(victim, ModelStats()).evictions += 1
-            logger.info("evicted %s (unload answered %d)", victim, status)
-            return True
-        return False
+        finally:
+            del self.unloading[victim]
+            done.set()
+        logger.info("evicted %s (unload answered %d)", victim, status)
+        return True
 
     async def _ensure_loaded(self, target: str) -> tuple[str, bool]:
         """The model's opaque name, and whether this request found it loaded (False: it waited for a load)."""
@@ -240,38 +258,51 @@ class LocalEndpoint:
                 self.cache_hits += 1
                 return self.loaded[target], False
             self.cache_misses += 1
-            started = time.perf_counter()
-            model_dir = await asyncio.to_thread(self._extract, target)
-            opaque = opaque_name(target)
-            for attempt in range(MAX_LOAD_ATTEMPTS):
-                status, body, _ = await self._request(
-                    "POST", "/models", json={"model_name": opaque, "url": str(model_dir)}
-                )
-                if status in (200, 409):
-                    break
-                if status == 507:
-                    if not await self._evict_lru(target):
-                        # Memory comes back only once unloaded backends have exited: give them a moment.
-                        await asyncio.sleep(0.25 * (attempt + 1))
-                    continue
-                if status in (400, 404, 422):
-                    shutil.rmtree(model_dir.parent, ignore_errors=True)
-                    self.disk_bytes -= self.on_disk.pop(target, 0)
-                raise EndpointError(
-                    status if status < 500 else 502,
-                    "ValidationError" if status < 500 else "InternalFailure",
-                    f"loading {target} failed: {body.decode(errors='replace')}",
-                )
-            else:
-                raise EndpointError(
-                    507, "ServiceUnavailable", f"not enough memory to load {target}, even after unloading other models"
-                )
-            self.loaded[target] = opaque
-            stats = self.stats.setdefault(target, ModelStats())
-            stats.loads += 1
-            stats.load_ms.append((time.perf_counter() - started) * 1000)
-            logger.info("loaded %s as %s in %.0f ms", target, opaque, stats.load_ms[-1])
-            return opaque, False
+            self.loading.add(target)
+            try:
+                return await self._load(target), False
+            finally:
+                self.loading.discard(target)
+
+    async def _load(self, target: str) -> str:
+        started = time.perf_counter()
+        if pending := self.unloading.get(target):
+            await pending.wait()  # registering again while its unload is under way would find the old one (409)
+        model_dir = await self._extract(target)
+        opaque = opaque_name(target)
+        for attempt in range(MAX_LOAD_ATTEMPTS):
+            status, body, _ = await self._request("POST", "/models", json={"model_name": opaque, "url": str(model_dir)})
+            if status == 200:
+                break
+            if status == 409:
+                # Registered, yet not loaded by us: a leftover (an endpoint restarted in front of a running server,
+                # or a registration a failed load left behind). Unload it and load ours.
+                cleanup, _, _ = await self._request("DELETE", f"/models/{opaque}")
+                logger.warning("%s was registered without us (unload answered %d); loading it again", target, cleanup)
+                continue
+            if status == 507:
+                if not await self._evict_lru(target):
+                    # Memory comes back only once unloaded backends have exited: give them a moment.
+                    await asyncio.sleep(0.25 * (attempt + 1))
+                continue
+            if status in (400, 404, 422):
+                shutil.rmtree(model_dir.parent, ignore_errors=True)
+                self.disk_bytes -= self.on_disk.pop(target, 0)
+            raise EndpointError(
+                status if status < 500 else 502,
+                "ValidationError" if status < 500 else "InternalFailure",
+                f"loading {target} failed: {body.decode(errors='replace')}",
+            )
+        else:
+            raise EndpointError(
+                507, "ServiceUnavailable", f"not enough memory to load {target}, even after unloading other models"
+            )
+        self.loaded[target] = opaque
+        stats = self.stats.setdefault(target, ModelStats())
+        stats.loads += 1
+        stats.load_ms.append((time.perf_counter() - started) * 1000)
+        logger.info("loaded %s as %s in %.0f ms", target, opaque, stats.load_ms[-1])
+        return opaque
 
     async def invoke(self, target: str, body: bytes, content_type: str | None, accept: str | None) -> web.Response:
         headers = {k: v for k, v in (("Content-Type", content_type), ("Accept", accept)) if v}
@@ -280,13 +311,19 @@ class LocalEndpoint:
             opaque, found = await self._ensure_loaded(target)
             warm = warm and found
             started = time.perf_counter()
-            status, payload, response_type = await self._request(
-                "POST",
-                f"/models/{opaque}/invoke",
-                data=body,
-                headers=headers,
-                skip_auto_headers=() if content_type else ("Content-Type",),
-            )
+            self.in_flight[target] += 1
+            try:
+                status, payload, response_type = await self._request(
+                    "POST",
+                    f"/models/{opaque}/invoke",
+                    data=body,
+                    headers=headers,
+                    skip_auto_headers=() if content_type else ("Content-Type",),
+                )
+            finally:
+                self.in_flight[target] -= 1
+                if not self.in_flight[target]:
+                    del self.in_flight[target]
             last = attempt == INVOKE_ATTEMPTS - 1
             if status == 404 and not last:  # unloaded behind our back (another client): load again
                 self.loaded.pop(target, None)

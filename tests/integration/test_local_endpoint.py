@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +87,23 @@ def test_unknown_and_corrupt_targets_are_clear_and_leave_nothing_loaded(endpoint
     assert invoke(client, "sig2-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
+def capacity_server(start_server: ServerFactory, tmp_path: Path, capacity: int) -> ServerProcess:
+    """A real server whose backends refuse (MemoryError, so MMS answers 507) beyond ``capacity`` loaded models."""
+    return start_server(
+        {
+            "GENESIG_HANDLER": "capacity_handler:handle",
+            "GENESIG_TEST_TOKENS": str(tmp_path / "tokens"),
+            "GENESIG_TEST_CAPACITY": str(capacity),
+            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
+        }
+    )
+
+
 def test_memory_pressure_evicts_lru_models_and_no_request_fails(
     start_server: ServerFactory, prefix: Path, tmp_path: Path
 ) -> None:
     # Room for two loaded models: a third load gets 507 from the model server itself.
-    server = start_server(
-        {
-            "GENESIG_HANDLER": "capacity_handler:handle",
-            "GENESIG_TEST_TOKENS": str(tmp_path / "tokens"),
-            "GENESIG_TEST_CAPACITY": "2",
-            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-        }
-    )
+    server = capacity_server(start_server, tmp_path, capacity=2)
     # A zero-byte disk limit: only loaded models (and the one being loaded) keep their extracted files.
     proc, url = start_local_endpoint(prefix, server.url, tmp_path, cache_max_mb=0)
     try:
@@ -115,6 +121,39 @@ def test_memory_pressure_evicts_lru_models_and_no_request_fails(
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+
+
+def test_concurrent_clients_under_memory_pressure_never_fail(
+    start_server: ServerFactory, prefix: Path, tmp_path: Path
+) -> None:
+    # Several loads that get 507 at the same time must each evict a different model, and a model that is
+    # answering a request is never the victim (this failed with KeyError/500 before victims were claimed).
+    server = capacity_server(start_server, tmp_path, capacity=2)
+    proc, url = start_local_endpoint(prefix, server.url, tmp_path)
+    try:
+        errors: list[str] = []
+
+        def client_run(worker: int) -> list[int]:
+            client = runtime_client(url)
+            statuses = []
+            for i in range(6):
+                try:
+                    response = invoke(client, f"sig{(worker + i) % 4}-v1.tar.gz")
+                    statuses.append(response["ResponseMetadata"]["HTTPStatusCode"])
+                except client.exceptions.ClientError as exc:
+                    statuses.append(exc.response["ResponseMetadata"]["HTTPStatusCode"])
+                    errors.append(str(exc))
+            return statuses
+
+        with ThreadPoolExecutor(6) as pool:
+            statuses = [s for per_client in pool.map(client_run, range(6)) for s in per_client]
+        metrics = ModelServerClient(url).request("GET", "/metrics").json()
+        assert statuses == [200] * 36, errors
+        assert metrics["ModelEvictions"] > 0 and metrics["LoadedModelCount"] <= 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert "Traceback" not in next(tmp_path.glob("local-endpoint-*.log")).read_text()
 
 
 def test_stopping_an_endpoint_that_started_its_model_server_stops_every_process(prefix: Path, tmp_path: Path) -> None:

@@ -26,6 +26,8 @@ class FakeMms:
         self.registered: dict[str, str] = {}
         self.next_load_status = 200
         self.load_delay_s = 0.0
+        # MMS tearing down a failed load: this many DELETEs answer 404 while the model stays registered.
+        self.phantom_deletes = 0
         self.calls: list[tuple[str, str]] = []
 
     def app(self) -> web.Application:
@@ -71,6 +73,9 @@ class FakeMms:
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.calls.append(("delete", name))
+        if self.phantom_deletes and name in self.registered:
+            self.phantom_deletes -= 1
+            return self._missing(name)
         if self.registered.pop(name, None) is None:
             return self._missing(name)
         return web.json_response({"status": "unregistered"})
@@ -145,6 +150,24 @@ def test_mms_507_is_cleaned_up_so_the_retry_loads(scenario: Scenario, make_model
         status, doc = await load(client, "h1", model_dir)
         assert (status, doc["error"]) == (507, "insufficient_memory")
         assert "h1" not in fake.registered, "a failed load must not stay registered"
+        fake.next_load_status = 200
+        assert (await load(client, "h1", model_dir))[0] == 200
+
+    scenario(body)
+
+
+def test_a_failed_load_mms_still_lists_after_a_404_unload_is_unloaded_again(
+    scenario: Scenario, make_model_dir: Callable[..., Path]
+) -> None:
+    # Seen with MMS 1.1.11 under concurrent loads: DELETE right after a failed load answers 404, then the model
+    # is listed again with no worker (invokes 503, loads 409) until it is unloaded once more.
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        fake.next_load_status = 507
+        fake.phantom_deletes = 2
+        assert (await load(client, "h1", model_dir))[0] == 507
+        assert "h1" not in fake.registered and fake.calls.count(("delete", "h1")) == 3
         fake.next_load_status = 200
         assert (await load(client, "h1", model_dir))[0] == 200
 

@@ -276,9 +276,51 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def paired_markdown(rows: list[dict[str, Any]]) -> str:
+    """One line per configuration, "genesig / stock", for the figures that matter most (README table)."""
+    runs = {(r["set"], r["skew"], r["clients"], r["server"]): r for r in rows}
+    lines = [
+        "| models | Zipf skew | clients | req/s (×) | hit rate | cold load p50 / p99 (s) | warm hit p50 / p99 (ms) |"
+        " loads / evictions per min | peak memory (MB) | resident models | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def num(value: float | None, digits: int) -> str:
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    def pair(ours: Any, stock: Any, digits: int) -> str:
+        return f"**{num(ours, digits)}** / {num(stock, digits)}"
+
+    def seconds(row: dict[str, Any], p: str) -> float | None:
+        ms = row["cold_load_latency_ms"][p]
+        return None if ms is None else ms / 1000
+
+    for (label, skew, clients, server), ours in runs.items():
+        stock = runs.get((label, skew, clients, "stock"))
+        if server != "genesig" or stock is None:
+            continue
+        speedup = ours["requests_per_s"] / stock["requests_per_s"] if stock["requests_per_s"] else float("inf")
+        warm_ours, warm_stock = ours["warm_hit_latency_ms"], stock["warm_hit_latency_ms"]
+        lines.append(
+            f"| {label} | {skew} | {clients} | {pair(ours['requests_per_s'], stock['requests_per_s'], 1)} "
+            f"({speedup:.1f}×) | {pair(ours['hit_rate'], stock['hit_rate'], 2)} | "
+            f"**{num(seconds(ours, 'p50'), 2)} / {num(seconds(ours, 'p99'), 2)}** vs "
+            f"{num(seconds(stock, 'p50'), 2)} / {num(seconds(stock, 'p99'), 2)} | "
+            f"**{num(warm_ours['p50'], 1)} / {num(warm_ours['p99'], 1)}** vs "
+            f"{num(warm_stock['p50'], 1)} / {num(warm_stock['p99'], 1)} | "
+            f"**{num(ours['loads_per_min'], 0)} / {num(ours['evictions_per_min'], 0)}** vs "
+            f"{num(stock['loads_per_min'], 0)} / {num(stock['evictions_per_min'], 0)} | "
+            f"{pair(ours['peak_memory_mb'], stock['peak_memory_mb'], 0)} | "
+            f"{pair(ours['resident_models_mean'], stock['resident_models_mean'], 0)} | "
+            f"{ours['errors']} / {stock['errors']} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--set", action="append", required=True, help="LABEL=FOLDER of *.tar.gz artifacts")
+    parser.add_argument("--set", action="append", default=[], help="LABEL=FOLDER of *.tar.gz artifacts")
+    parser.add_argument("--report", action="store_true", help="only print --out's results as tables")
     parser.add_argument("--skews", default="0.8,1.2")
     parser.add_argument("--clients", default="1,8")
     parser.add_argument("--servers", default="genesig,stock")
@@ -292,6 +334,12 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging("INFO")
     logging.getLogger("genesig").setLevel(logging.WARNING)
+    if args.report:
+        runs = json.loads(args.out.read_text())["runs"]
+        sys.stdout.write(markdown(runs) + "\n\n" + paired_markdown(runs) + "\n")
+        return 0
+    if not args.set:
+        parser.error("give at least one --set LABEL=FOLDER (or --report)")
     servers = args.servers.split(",")
     unknown = set(servers) - set(SERVERS)
     if unknown:
@@ -334,7 +382,7 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    sys.stdout.write(markdown(merged) + "\n")
+    sys.stdout.write(markdown(merged) + "\n\n" + paired_markdown(merged) + "\n")
     return 0
 
 

@@ -12,8 +12,9 @@ import logging
 import multiprocessing
 import os
 import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -196,6 +197,7 @@ def _worker_init(options: RunOptions, cohort: Cohort, log_level: int) -> None:
 
 
 _WORKER_STATE: dict[str, Any] = {}
+WORKER_ATTEMPTS = 3
 
 
 def _worker_run(matched: MatchedSignature) -> SignatureResult:
@@ -203,16 +205,17 @@ def _worker_run(matched: MatchedSignature) -> SignatureResult:
     return run_signature(state["options"], state["cohort"], matched, state["registry"])
 
 
-def _lost(matched: MatchedSignature, exc: BaseException) -> SignatureResult:
-    """A worker process that died (killed, out of memory) costs its signature, never the run."""
-    logger.warning("signature %s failed: worker process died (%s)", matched.signature.name, exc)
+def _lost(matched: MatchedSignature, attempts: int) -> SignatureResult:
+    """A signature whose worker process kept dying (killed, out of memory) fails alone; the run goes on."""
+    reason = f"its worker process died {attempts} times (killed, or out of memory?)"
+    logger.warning("signature %s failed: %s", matched.signature.name, reason)
     return SignatureResult(
         signature=matched.signature.name,
         name=matched.artifact_name,
         genes=matched.present,
         missing_genes=matched.missing,
         status="failed",
-        reason=f"worker process died: {exc}",
+        reason=reason,
     )
 
 
@@ -222,29 +225,63 @@ def _run_parallel(
     matched: list[MatchedSignature],
     jobs: int,
     on_result: Callable[[SignatureResult], None] | None,
+    worker: Callable[[MatchedSignature], SignatureResult] = _worker_run,
 ) -> list[SignatureResult]:
+    """Signatures in worker processes, at most ``jobs`` submitted at a time.
+
+    When a worker dies the whole pool is broken and every signature in it reports BrokenProcessPool, so
+    those become suspects: each runs again alone, and only one that keeps killing its worker
+    (``WORKER_ATTEMPTS`` times) is given up. Signatures not yet submitted are never blamed.
+    """
     results: list[SignatureResult | None] = [None] * len(matched)
+    attempts = [0] * len(matched)
+    queue = deque(range(len(matched)))
+    suspects: deque[int] = deque()
     # forkserver: workers never inherit a forked copy of threads (BLAS, torch) from this process.
     context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(
-        jobs,
-        mp_context=context,
-        initializer=_worker_init,
-        initargs=(options, cohort, logging.getLogger().getEffectiveLevel()),
-    ) as pool:
-        futures: dict[Future[SignatureResult], int] = {pool.submit(_worker_run, m): i for i, m in enumerate(matched)}
-        try:
-            for future in as_completed(futures):
-                index = futures[future]
-                try:
-                    results[index] = future.result()
-                except BrokenProcessPool as exc:
-                    results[index] = _lost(matched[index], exc)
-                if on_result:
-                    on_result(results[index])  # type: ignore[arg-type]
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+
+    def finish(index: int, result: SignatureResult) -> None:
+        results[index] = result
+        if on_result:
+            on_result(result)
+
+    while queue or suspects:
+        alone = bool(suspects)
+        source, width = (suspects, 1) if alone else (queue, jobs)
+        with ProcessPoolExecutor(
+            width,
+            mp_context=context,
+            initializer=_worker_init,
+            initargs=(options, cohort, logging.getLogger().getEffectiveLevel()),
+        ) as pool:
+            outstanding: dict[Future[SignatureResult], int] = {}
+            broken = False
+            try:
+                while (source or outstanding) and not broken:
+                    while source and len(outstanding) < width:
+                        index = source.popleft()
+                        outstanding[pool.submit(worker, matched[index])] = index
+                    done, _ = wait(outstanding, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        index = outstanding.pop(future)
+                        try:
+                            finish(index, future.result())
+                        except BrokenProcessPool:
+                            broken = True
+                            if not alone:
+                                suspects.append(index)
+                                continue
+                            attempts[index] += 1
+                            if attempts[index] >= WORKER_ATTEMPTS:
+                                finish(index, _lost(matched[index], attempts[index]))
+                            else:
+                                suspects.appendleft(index)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+            suspects.extend(outstanding.values())  # in the broken pool too, not yet reported
+        if broken:
+            logger.warning("a worker process died; running %d signature(s) again, one at a time", len(suspects))
     return [r for r in results if r is not None]
 
 

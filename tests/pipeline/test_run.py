@@ -85,6 +85,25 @@ def test_parallel_jobs_give_the_same_models_verdicts_and_order_as_one_job(synthe
         assert one.files == two.files, f"{name}: the same weights whatever --jobs"
 
 
+def test_a_worker_that_dies_fails_only_its_signature(synthetic_csv: Path, tmp_path: Path) -> None:
+    from genesig.pipeline.cohort import read_cohort
+    from genesig.pipeline.run import WORKER_ATTEMPTS, _run_parallel, load_signatures
+    from genesig.pipeline.signatures import match
+
+    from .dying_worker import VICTIM, run_or_die
+
+    options = RunOptions(data=synthetic_csv, workdir=tmp_path / "w", cv_repeats=1, jobs=2)
+    cohort = read_cohort(synthetic_csv)
+    matched = [match(s, cohort.candidate_genes(), 2) for s in load_signatures(None)]
+    reported: list[str] = []
+    results = _run_parallel(options, cohort, matched, 2, lambda r: reported.append(r.signature), worker=run_or_die)
+    by_name = {r.signature: r for r in results}
+    assert by_name[VICTIM].status == "failed"
+    assert f"died {WORKER_ATTEMPTS} times" in by_name[VICTIM].reason
+    assert all(r.status == "done" for name, r in by_name.items() if name != VICTIM), "the others were run again"
+    assert sorted(reported) == sorted(by_name), "each signature reported once"
+
+
 def test_negative_jobs_are_refused(synthetic_csv: Path, tmp_path: Path) -> None:
     with pytest.raises(DataError, match="--jobs must be 0"):
         run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", jobs=-1))

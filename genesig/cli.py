@@ -171,8 +171,12 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
         await stop.wait()
         await runner.cleanup()
 
+    import uvloop
+
     try:
-        asyncio.run(run())
+        # uvloop: measured A/B against asyncio's loop (wrk, 4 interleaved rounds): ~10% lower p50 at one connection,
+        # within noise at eight. The hop itself (aiohttp server + client) costs ~1.5 ms per invocation.
+        uvloop.run(run())
     finally:
         if server is not None:
             server.stop()

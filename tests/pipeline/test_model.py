@@ -70,7 +70,7 @@ def test_cox_loss_and_gradient_equal_autograd_with_tied_times() -> None:
     eta_t = torch.tensor(eta, requires_grad=True)
     reference = cox_loss(eta_t, time, event)
     reference.backward()  # type: ignore[no-untyped-call]
-    assert loss == pytest.approx(float(reference), rel=1e-12)
+    assert loss == pytest.approx(reference.item(), rel=1e-12)
     assert eta_t.grad is not None
     np.testing.assert_allclose(grad, eta_t.grad.numpy(), rtol=1e-10, atol=1e-14)
 

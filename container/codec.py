@@ -156,6 +156,8 @@ def _decode_json(body: bytes, genes: Sequence[str], id_columns: Sequence[str], m
         doc = _json_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # msgspec's answer to deeply nested arrays/objects (found by the property-based suite)
+        raise BadRequest("body nests JSON arrays or objects too deeply; send rows of numbers") from None
     if isinstance(doc, dict) and "inputs" in doc:
         return _decode_positional(doc, genes, max_rows)
     if isinstance(doc, dict) and "columns" in doc and "data" in doc:

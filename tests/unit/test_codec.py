@@ -30,6 +30,12 @@ def test_positional_inputs() -> None:
     assert batch.ids is None
 
 
+@pytest.mark.parametrize("depth", [1_000, 100_000])
+def test_deeply_nested_json_is_a_bad_request_not_a_crash(depth: int) -> None:
+    with pytest.raises(BadRequest, match="nests JSON arrays or objects too deeply"):
+        decode(b'{"inputs": ' + b"[" * depth + b"]" * depth + b"}")
+
+
 def test_positional_width_must_equal_the_gene_count() -> None:
     with pytest.raises(BadRequest, match="row 1 has 2 values; this model takes 3 genes in this order: LRIG1, HPGD"):
         decode({"inputs": [[1, 2, 3], [1, 2]]})

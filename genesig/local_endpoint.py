@@ -102,6 +102,14 @@ class ModelSource:
         return into
 
 
+def _error_message(body: bytes) -> str:
+    """The model server's JSON error message, or its body as text."""
+    try:
+        return str(msgspec.json.decode(body)["message"])
+    except (msgspec.DecodeError, KeyError, TypeError):
+        return body.decode(errors="replace")
+
+
 def opaque_name(target: str) -> str:
     # SageMaker hands the container a hash, not the TargetModel string.
     return hashlib.sha256(target.encode()).hexdigest()[:32]
@@ -288,10 +296,15 @@ class LocalEndpoint:
             if status in (400, 404, 422):
                 shutil.rmtree(model_dir.parent, ignore_errors=True)
                 self.disk_bytes -= self.on_disk.pop(target, 0)
+            message = _error_message(body)
+            if status == 422:  # the gateway's verification: schema, checksums, tensor shapes and format
+                raise EndpointError(
+                    400, "ValidationError", f"TargetModel {target} is not a valid model artifact: {message}"
+                )
             raise EndpointError(
                 status if status < 500 else 502,
                 "ValidationError" if status < 500 else "InternalFailure",
-                f"loading {target} failed: {body.decode(errors='replace')}",
+                f"loading {target} failed ({status}): {message}",
             )
         else:
             raise EndpointError(

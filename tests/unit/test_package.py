@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -20,6 +19,7 @@ from genesig.artifact import extract_artifact, load_model_dir, read_artifact, wr
 from genesig.artifact.manifest import MANIFEST_FILENAME, WEIGHTS_FILENAME, decode_manifest, encode_manifest
 from genesig.artifact.synthetic import synthetic_manifest, synthetic_tensors
 from genesig.errors import ArtifactError
+from tests.tarballs import add_member
 
 
 def test_round_trip_keeps_manifest_and_weights(make_archive: Callable[..., Path], genes: list[str]) -> None:
@@ -168,24 +168,16 @@ def _archive(tmp_path: Path, build: Callable[[tarfile.TarFile], None]) -> Path:
     return path
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes = b"x", **attrs: object) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    for key, value in attrs.items():
-        setattr(info, key, value)
-    tar.addfile(info, io.BytesIO(data) if info.isfile() else None)
-
-
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda t: _add(t, "/etc/evil"), "unsafe path"),
-        (lambda t: _add(t, "../evil"), "unsafe path"),
-        (lambda t: _add(t, "model/../../evil"), "unsafe path"),
-        (lambda t: _add(t, "link", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "is a link"),
-        (lambda t: _add(t, "hard", b"", type=tarfile.LNKTYPE, linkname="/etc/passwd"), "is a link"),
-        (lambda t: _add(t, "dev", b"", type=tarfile.CHRTYPE), "not a regular file"),
-        (lambda t: _add(t, "fifo", b"", type=tarfile.FIFOTYPE), "not a regular file"),
+        (lambda t: add_member(t, "/etc/evil"), "unsafe path"),
+        (lambda t: add_member(t, "../evil"), "unsafe path"),
+        (lambda t: add_member(t, "model/../../evil"), "unsafe path"),
+        (lambda t: add_member(t, "link", b"", type=tarfile.SYMTYPE, linkname="/etc/passwd"), "is a link"),
+        (lambda t: add_member(t, "hard", b"", type=tarfile.LNKTYPE, linkname="/etc/passwd"), "is a link"),
+        (lambda t: add_member(t, "dev", b"", type=tarfile.CHRTYPE), "not a regular file"),
+        (lambda t: add_member(t, "fifo", b"", type=tarfile.FIFOTYPE), "not a regular file"),
     ],
 )
 def test_hostile_members_are_refused_and_nothing_is_written(
@@ -201,14 +193,14 @@ def test_hostile_members_are_refused_and_nothing_is_written(
 
 
 def test_tar_bomb_is_refused(tmp_path: Path) -> None:
-    archive = _archive(tmp_path, lambda t: _add(t, "big", b"\0" * 1_000_000))
+    archive = _archive(tmp_path, lambda t: add_member(t, "big", b"\0" * 1_000_000))
     with pytest.raises(ArtifactError, match="more than 1000 bytes"):
         extract_artifact(archive, tmp_path / "model", max_bytes=1000)
     assert not (tmp_path / "model").exists()
 
 
 def test_too_many_members_are_refused(tmp_path: Path) -> None:
-    archive = _archive(tmp_path, lambda t: [_add(t, f"f{i}") for i in range(100)])  # type: ignore[func-returns-value]
+    archive = _archive(tmp_path, lambda t: [add_member(t, f"f{i}") for i in range(100)])  # type: ignore[func-returns-value]
     with pytest.raises(ArtifactError, match="more than 64 members"):
         extract_artifact(archive, tmp_path / "model")
 

@@ -73,6 +73,13 @@ class InsufficientMemory(GenesigError):
     code = "insufficient_memory"
 
 
+class InsufficientStorage(GenesigError):
+    """No disk space left to write a model (the model cache is full); the artifact itself is fine."""
+
+    status = 507
+    code = "insufficient_storage"
+
+
 class ModelServerError(GenesigError):
     """The model server behind the gateway failed or is unreachable."""
 

@@ -30,7 +30,8 @@ import msgspec
 from aiohttp import web
 
 from genesig.artifact import extract_artifact
-from genesig.errors import ArtifactError, GenesigError
+from genesig.artifact.package import NO_SPACE
+from genesig.errors import ArtifactError, GenesigError, InsufficientStorage
 
 logger = logging.getLogger(__name__)
 MAX_LOAD_ATTEMPTS = 12
@@ -198,7 +199,20 @@ class LocalEndpoint:
         if target in self.on_disk and model_dir.is_dir():
             self.on_disk.move_to_end(target)
             return model_dir
-        size = await asyncio.to_thread(self._fetch_and_extract, target, model_dir)
+        try:
+            size = await asyncio.to_thread(self._fetch_and_extract, target, model_dir)
+        except InsufficientStorage:
+            # The cache's disk is full: drop every extracted model that is not loaded, then try once more.
+            freed = self._trim_disk(keep=target, limit=0)
+            logger.warning("cache disk full while extracting %s; deleted %d unloaded models, retrying", target, freed)
+            try:
+                size = await asyncio.to_thread(self._fetch_and_extract, target, model_dir)
+            except InsufficientStorage as exc:
+                raise EndpointError(
+                    507,
+                    "ServiceUnavailable",
+                    f"no disk space for TargetModel {target} in the model cache: {exc.message}",
+                ) from None
         self.disk_bytes += size - self.on_disk.pop(target, 0)
         self.on_disk[target] = size
         self._trim_disk(keep=target)
@@ -211,12 +225,19 @@ class LocalEndpoint:
         with tempfile.TemporaryDirectory(dir=self.cache_dir) as tmp:
             try:
                 archive = self.source.fetch(target, Path(tmp) / "artifact.tar.gz")
-            except FileNotFoundError:
-                raise EndpointError(
-                    404, "ValidationError", f"TargetModel {target} is not in the model prefix {self.source.prefix}"
-                ) from None
+            except OSError as exc:
+                if exc.errno in NO_SPACE:
+                    raise InsufficientStorage(f"no space left to download {target}: {exc.strerror}") from None
+                if isinstance(exc, FileNotFoundError):
+                    raise EndpointError(
+                        404, "ValidationError", f"TargetModel {target} is not in the model prefix {self.source.prefix}"
+                    ) from None
+                raise
             try:
                 extract_artifact(archive, model_dir)
+            except InsufficientStorage:
+                shutil.rmtree(model_dir.parent, ignore_errors=True)
+                raise
             except ArtifactError as exc:
                 shutil.rmtree(model_dir.parent, ignore_errors=True)
                 raise EndpointError(
@@ -224,17 +245,21 @@ class LocalEndpoint:
                 ) from None
         return sum(p.stat().st_size for p in model_dir.rglob("*") if p.is_file())
 
-    def _trim_disk(self, keep: str) -> None:
-        """Delete the least recently used extracted artifacts that are not loaded (nor about to be), down to the
-        size limit."""
+    def _trim_disk(self, keep: str, limit: int | None = None) -> int:
+        """Delete the least recently used extracted artifacts that are not loaded (nor about to be), down to
+        ``limit`` bytes (default: the cache's size limit). Returns how many were deleted."""
+        limit = self.cache_max_bytes if limit is None else limit
+        deleted = 0
         for target in list(self.on_disk):
-            if self.disk_bytes <= self.cache_max_bytes:
-                return
+            if self.disk_bytes <= limit:
+                break
             if target in self.loaded or target in self.loading or target == keep:
                 continue
             shutil.rmtree(self._model_dir(target).parent, ignore_errors=True)
             self.disk_bytes -= self.on_disk.pop(target)
+            deleted += 1
             logger.info("cache: deleted %s from disk", target)
+        return deleted
 
     # --- loading ------------------------------------------------------------------------------------------
     async def _evict_lru(self, keep: str) -> bool:

@@ -6,6 +6,7 @@ never unpickles anything and the same file opens in numpy and torch.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import io
@@ -29,10 +30,12 @@ from genesig.artifact.manifest import (
     encode_manifest,
 )
 from genesig.artifact.model import SignatureModel, check_tensors
-from genesig.errors import ArtifactError
+from genesig.errors import ArtifactError, InsufficientStorage
 
 # Generous for kilobyte-sized signature models; a tar bomb stops here.
 MAX_EXTRACTED_BYTES = 256 * 1024 * 1024
+# Write errors that mean "this disk is full" (or a file-size limit), not "this artifact is broken".
+NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 MAX_MEMBERS = 64
 # A loaded model's process costs ~25-35 MB (Python + numpy, measured); the rest scales with the weights.
 BACKEND_BASELINE_BYTES = 48 * 1024 * 1024
@@ -141,7 +144,13 @@ def extract_artifact(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACTE
                         raise ArtifactError(f"artifact extracts to more than {max_bytes} bytes")
                 # The "data" filter re-checks paths and strips modes as a second line of defence.
                 tar.extractall(staging, members=members, filter="data")
-        except (tarfile.TarError, EOFError, OSError, gzip.BadGzipFile) as exc:
+        except OSError as exc:
+            if exc.errno in NO_SPACE:  # our disk, not the artifact: the caller may free space and retry
+                raise InsufficientStorage(
+                    f"no space left to extract {archive.name} into {dest.parent}: {exc.strerror}"
+                ) from None
+            raise ArtifactError(f"cannot read artifact {archive.name}: {exc}") from None
+        except (tarfile.TarError, EOFError) as exc:
             raise ArtifactError(f"cannot read artifact {archive.name}: {exc}") from None
         staging.rename(dest)
     except BaseException:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import pytest
 
 from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient
-from genesig.local_endpoint import runtime_client, start_local_endpoint
+from genesig.local_endpoint import opaque_name, runtime_client, start_local_endpoint
 from genesig.server_process import ServerProcess, free_port
 
 from .conftest import FIXTURES, ServerFactory
@@ -154,6 +155,59 @@ def test_concurrent_clients_under_memory_pressure_never_fail(
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert "Traceback" not in next(tmp_path.glob("local-endpoint-*.log")).read_text()
+
+
+def test_a_full_cache_disk_is_a_clear_507_and_other_models_keep_serving(
+    start_server: ServerFactory, prefix: Path, tmp_path: Path
+) -> None:
+    import resource
+
+    from botocore.exceptions import ClientError
+
+    # The cache's disk is "full" for files over 32 KB (RLIMIT_FSIZE: writes fail with EFBIG, as ENOSPC would):
+    # the small test models fit, a 3,000-gene model's manifest does not.
+    big_prefix = tmp_path / "prefix"
+    shutil.copytree(prefix, big_prefix)
+    write_synthetic_artifact(big_prefix, "big", [f"G{i}" for i in range(3000)], seed=1)
+    server = start_server()
+    port = free_port()
+    limit = 32 * 1024
+
+    def limit_file_size() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genesig.cli", "local-endpoint", "--prefix", str(big_prefix), "--port", str(port)]
+        + ["--model-server-url", server.url, "--cache-dir", str(tmp_path / "cache")],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "endpoint.log", "wb"),  # noqa: SIM115 - closed with the process
+        preexec_fn=limit_file_size,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        with ModelServerClient(url, timeout=5) as ping:
+            deadline = time.monotonic() + 60
+            while not ping.ping():
+                assert proc.poll() is None and time.monotonic() < deadline, "endpoint did not start"
+                time.sleep(0.2)
+        client = runtime_client(url)
+        assert invoke(client, "sig0-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
+        for _ in range(2):  # every attempt gets the same clear answer; nothing wedges
+            with pytest.raises(ClientError) as info:
+                client.invoke_endpoint(
+                    EndpointName="local", TargetModel="big-v1.tar.gz", ContentType="application/json", Body=b"{}"
+                )
+            error = info.value.response
+            assert error["ResponseMetadata"]["HTTPStatusCode"] == 507
+            assert "no disk space for TargetModel big-v1.tar.gz" in error["Error"]["Message"]
+        assert invoke(client, "sig0-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200, "loaded model unaffected"
+        assert invoke(client, "sig1-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200, "small models still load"
+        cached = sorted(p.name for p in (tmp_path / "cache").iterdir())
+        assert cached == sorted(opaque_name(t) for t in ("sig0-v1.tar.gz", "sig1-v1.tar.gz")), "nothing half-written"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert "Traceback" not in (tmp_path / "endpoint.log").read_text()
 
 
 def test_stopping_an_endpoint_that_started_its_model_server_stops_every_process(prefix: Path, tmp_path: Path) -> None:

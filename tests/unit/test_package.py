@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import safetensors.numpy
 from genesig.artifact import extract_artifact, load_model_dir, read_artifact, write_artifact
 from genesig.artifact.manifest import MANIFEST_FILENAME, WEIGHTS_FILENAME, decode_manifest, encode_manifest
 from genesig.artifact.synthetic import synthetic_manifest, synthetic_tensors
-from genesig.errors import ArtifactError
+from genesig.errors import ArtifactError, InsufficientStorage
 from tests.tarballs import add_member
 
 
@@ -203,6 +204,19 @@ def test_too_many_members_are_refused(tmp_path: Path) -> None:
     archive = _archive(tmp_path, lambda t: [add_member(t, f"f{i}") for i in range(100)])  # type: ignore[func-returns-value]
     with pytest.raises(ArtifactError, match="more than 64 members"):
         extract_artifact(archive, tmp_path / "model")
+
+
+def test_a_full_disk_is_not_blamed_on_the_artifact(
+    make_archive: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_space(*_args: object, **_kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    archive = make_archive()
+    monkeypatch.setattr(tarfile.TarFile, "extractall", no_space)
+    with pytest.raises(InsufficientStorage, match="no space left to extract"):
+        extract_artifact(archive, tmp_path / "out" / "model")
+    assert not list((tmp_path / "out").iterdir()), "no staging folder left behind"
 
 
 def test_not_a_tarball_is_refused(tmp_path: Path) -> None:

@@ -12,15 +12,17 @@ Invocations are forwarded byte for byte over a keep-alive pool.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import msgspec
+import psutil
 from aiohttp import web
 
 from genesig.artifact import Manifest, load_model_dir, read_manifest
@@ -93,6 +95,19 @@ def manifest_summary(manifest: Manifest) -> dict[str, Any]:
     }
 
 
+def _backend_model_names() -> set[str]:
+    """Names of the models whose backend process is alive: MMS starts each with ``--model-name NAME``."""
+    names = set()
+    for process in psutil.Process().children(recursive=True):
+        try:
+            args = process.cmdline()
+        except psutil.Error:
+            continue
+        if "--model-name" in args[:-1] and process.status() != psutil.STATUS_ZOMBIE:
+            names.add(args[args.index("--model-name") + 1])
+    return names
+
+
 class Gateway:
     """Owns the connection to MMS and the memory admission; the aiohttp routes are thin methods on it."""
 
@@ -102,17 +117,51 @@ class Gateway:
         self.memory_probe = memory_probe
         self._session: aiohttp.ClientSession | None = None
         self._reserved_bytes = 0
-        self._name_locks: dict[str, asyncio.Lock] = {}
+        # Per model name: one load or unload at a time, and how many requests hold or wait for the lock.
+        self._name_locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
         self._manifests: dict[str, Manifest] = {}
+        self._watchdog: asyncio.Task[None] | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, _app: web.Application | None = None) -> None:
         connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+        if self.settings.backend_watchdog_s > 0:
+            self._watchdog = asyncio.create_task(self._watch_backends(self.settings.backend_watchdog_s))
 
     async def close(self, _app: web.Application | None = None) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._session is not None:
             await self._session.close()
+
+    # --- dead backends -----------------------------------------------------------------------------------
+    async def _watch_backends(self, interval_s: float) -> None:
+        """Unload a model whose backend process is gone (killed, OOM-killed). Multi Model Server 1.1.11 keeps
+        reconnecting to the dead worker's socket with growing back-off and never starts a new one, so every
+        invoke would hang; once unloaded, invokes get a clear 404 and the next load starts a fresh backend.
+        A model must be missing its backend on two checks in a row, with no load or unload under way."""
+        suspects: set[str] = set()
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                alive = await asyncio.to_thread(_backend_model_names)
+                missing = {n for n in self._manifests if n not in alive and n not in self._name_locks}
+                for name in missing & suspects:
+                    await self._unload_dead(name)
+                suspects = missing
+            except Exception:  # the watchdog must outlive any one failure
+                logger.exception("backend watchdog check failed")
+
+    async def _unload_dead(self, name: str) -> None:
+        async with self._exclusive(name):
+            if name not in self._manifests:
+                return
+            status = await self._unregister_failed(f"/models/{quote(name, safe='')}")
+            self._manifests.pop(name, None)
+        logger.warning(
+            "the backend of model %s died; unloaded it (status %d) so that a new load can start", name, status
+        )
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -196,9 +245,24 @@ class Gateway:
             described["genesig"] = manifest_summary(manifest)
         return _json(200, described)
 
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, name: str) -> AsyncIterator[None]:
+        """Serialise loads and unloads of one model name. An unload that reaches MMS while that model's worker is
+        still starting unregisters it under the load: the load never answers and the worker is orphaned."""
+        lock, users = self._name_locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if not users[0]:
+                del self._name_locks[name]
+
     async def unload_model(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
-        result = await self._mms("DELETE", f"/models/{quote(name, safe='')}", timeout=self.settings.load_timeout_s)
+        async with self._exclusive(name):
+            result = await self._mms("DELETE", f"/models/{quote(name, safe='')}", timeout=self.settings.load_timeout_s)
         if result[0] == 200:
             self._manifests.pop(name, None)
             logger.info("unloaded %s", name)
@@ -229,13 +293,8 @@ class Gateway:
         if not Path(spec.url).is_absolute():
             # MMS resolves relative URLs against its model store, not our working folder: refuse the ambiguity.
             raise BadRequest(f"url must be an absolute path to the extracted model folder, got {spec.url!r}")
-        lock = self._name_locks.setdefault(spec.model_name, asyncio.Lock())
-        try:
-            async with lock:
-                return await self._load_locked(spec)
-        finally:
-            if not lock.locked():
-                self._name_locks.pop(spec.model_name, None)
+        async with self._exclusive(spec.model_name):
+            return await self._load_locked(spec)
 
     async def _load_locked(self, spec: LoadRequest) -> web.Response:
         name = spec.model_name

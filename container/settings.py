@@ -46,6 +46,14 @@ class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
     ] = 0
     load_timeout_s: Annotated[int, _doc("Longest wait for the model server to answer a load.", ge=1)] = 120
     startup_timeout_s: Annotated[int, _doc("Longest wait for the model server to become healthy.", ge=1)] = 120
+    backend_watchdog_s: Annotated[
+        float,
+        _doc(
+            "How often to check that every loaded model still has its backend process; a model whose backend died"
+            " is unloaded (MMS 1.1.11 would retry the dead socket forever). 0 turns the check off.",
+            ge=0,
+        ),
+    ] = 1.0
     log_level: Annotated[str, _doc("Python log level of the gateway and model backends.")] = "INFO"
     front: Annotated[
         Literal["auto", "nginx", "gateway"],

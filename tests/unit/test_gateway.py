@@ -101,7 +101,9 @@ def scenario() -> Scenario:
                 memory = {"free": 4096 * MIB}
                 probe = lambda: MemoryStatus(limit_bytes=memory["free"], used_bytes=0, source="test")  # noqa: E731
                 gateway = Gateway(
-                    read_settings({}, **{"memory_reserve_mb": 0, **settings}), str(mms.make_url("")), probe
+                    read_settings({}, **{"memory_reserve_mb": 0, "backend_watchdog_s": 0, **settings}),
+                    str(mms.make_url("")),
+                    probe,
                 )
                 async with TestClient(TestServer(gateway.app())) as client:
                     await body(client, fake, memory)

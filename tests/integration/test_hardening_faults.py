@@ -1,0 +1,178 @@
+"""Faults against the real server: a model backend killed mid-run, SIGTERM during traffic, and a bounded storm of
+concurrent load / unload / invoke. Each scenario records requests sent, statuses seen and recovery time as test
+properties (shown with ``-rA`` or ``--junitxml``)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+import pytest
+
+from genesig.client import ModelServerClient
+from genesig.server_process import ServerProcess
+
+from .conftest import ServerFactory, opaque
+
+pytestmark = pytest.mark.integration
+BODY = b'{"inputs": [[1.5, 0, 3]]}'
+
+
+def backend_of(server: ServerProcess, name: str) -> list[psutil.Process]:
+    """The model's backend process (with the shell MMS may start it through)."""
+    found = [p for p in server.descendants() if f"--model-name {name}" in " ".join(_cmdline(p))]
+    assert found, f"no backend process for {name}"
+    return found
+
+
+def _cmdline(process: psutil.Process) -> list[str]:
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
+
+
+def test_a_killed_backend_is_unloaded_and_its_model_can_be_reloaded(
+    start_server: ServerFactory, model_dirs: Callable[..., Path], record_property: pytest.RecordProperty
+) -> None:
+    # Multi Model Server 1.1.11 alone never recovers: it retries the dead worker's socket forever and invokes
+    # hang. The gateway's watchdog unloads the model, so invokes get a clear 404 and a new load works.
+    server = start_server()
+    model_dir = model_dirs("killed", seed=2)
+    other_dir = model_dirs("bystander", seed=3)
+    name, other = opaque(str(model_dir)), opaque(str(other_dir))
+    with ModelServerClient(server.url, timeout=30) as client:
+        assert client.load(name, str(model_dir)).status == 200
+        assert client.load(other, str(other_dir)).status == 200
+        assert client.invoke(name, BODY).status == 200
+        for process in backend_of(server, name):
+            process.kill()
+        killed_at = time.monotonic()
+    statuses: Counter[str] = Counter()
+    while True:
+        assert time.monotonic() - killed_at < 60, f"the model was not unloaded: {statuses}"
+        with ModelServerClient(server.url, timeout=5) as probe:
+            try:
+                response = probe.invoke(name, BODY)
+            except TimeoutError:
+                statuses["no answer in 5 s"] += 1
+                continue
+        statuses[str(response.status)] += 1
+        assert response.content_type.startswith("application/json"), response.body[:200]
+        if response.status == 404:
+            break
+        assert response.status in (500, 502, 503), response.body  # the request the worker died under
+        time.sleep(0.1)
+    unloaded_s = time.monotonic() - killed_at
+    with ModelServerClient(server.url, timeout=30) as client:
+        assert client.invoke(other, BODY).status == 200, "the other model was never affected"
+        assert client.load(name, str(model_dir)).status == 200, "the model can be loaded again"
+        assert client.invoke(name, BODY).status == 200
+    record_property("unloaded_after_s", round(unloaded_s, 2))
+    record_property("recovered_after_s", round(time.monotonic() - killed_at, 2))
+    record_property("statuses_until_unloaded", dict(statuses))
+
+
+def test_sigterm_during_traffic_exits_cleanly_with_no_orphans(
+    start_server: ServerFactory, model_dirs: Callable[..., Path], record_property: pytest.RecordProperty
+) -> None:
+    server = start_server()
+    names = []
+    with ModelServerClient(server.url, timeout=30) as client:
+        for i in range(2):
+            model_dir = model_dirs(f"term{i}", seed=i)
+            names.append(opaque(str(model_dir)))
+            assert client.load(names[-1], str(model_dir)).status == 200
+    assert server.process is not None
+    processes = [psutil.Process(server.process.pid), *server.descendants()]
+    statuses: Counter[str] = Counter()
+    stop = threading.Event()
+
+    def traffic(i: int) -> None:
+        with ModelServerClient(server.url, timeout=30) as own:
+            while not stop.is_set():
+                try:
+                    statuses[str(own.invoke(names[i % 2], BODY).status)] += 1
+                except OSError:
+                    statuses["connection closed"] += 1
+                    time.sleep(0.01)
+
+    threads = [threading.Thread(target=traffic, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(2.0)
+    signalled = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    code = server.process.wait(timeout=60)
+    exit_s = time.monotonic() - signalled
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=30)
+    _, alive = psutil.wait_procs(processes, timeout=10)
+    assert code == 0, f"serve exited with {code}; see {server.log_path}"
+    assert not [p.pid for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], "orphans left"
+    assert statuses["200"] > 0
+    assert not [s for s in statuses if s.isdigit() and s.startswith("5") and s != "503"], statuses
+    record_property("exit_s", round(exit_s, 2))
+    record_property("statuses", dict(statuses))
+
+
+def test_concurrent_load_unload_invoke_storm_never_hangs_orphans_or_fails_management(
+    start_server: ServerFactory, model_dirs: Callable[..., Path], record_property: pytest.RecordProperty
+) -> None:
+    server = start_server()
+    models = {}
+    for i in range(3):
+        model_dir = model_dirs(f"storm{i}", seed=i)
+        models[opaque(str(model_dir))] = str(model_dir)
+    statuses: Counter[str] = Counter()
+    deadline = time.monotonic() + 10
+
+    def worker(seed: int) -> None:
+        rng = random.Random(seed)
+        with ModelServerClient(server.url, timeout=20) as own:
+            while time.monotonic() < deadline:
+                name = rng.choice(list(models))
+                action = rng.choices(["invoke", "load", "unload"], weights=[6, 2, 2])[0]
+                try:
+                    if action == "invoke":
+                        response = own.invoke(name, BODY)
+                    elif action == "load":
+                        response = own.load(name, models[name])
+                    else:
+                        response = own.unload(name)
+                except TimeoutError:
+                    statuses[f"{action} no-answer-in-20s"] += 1
+                    own.close()
+                    continue
+                statuses[f"{action} {response.status}"] += 1
+                assert response.content_type.startswith("application/json"), response.body[:200]
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    record_property("statuses", dict(statuses))
+    # Loads and unloads never fail. An invoke racing an unload of the same model can meet its worker stopping:
+    # MMS answers 503 (busy or restarting) or, if the request was already in the worker, 500. The local endpoint
+    # (SageMaker's routing) never unloads a model that is answering, so its callers see none of these.
+    # An invoke already inside a worker that the unload stops may also never be answered by MMS (seen: a few
+    # per storm, answered by nginx's invoke timeout); counted, not hidden. Loads and unloads always answer.
+    management = {k: v for k, v in statuses.items() if not k.startswith("invoke")}
+    assert all(k.split()[1] in {"200", "404", "409"} for k in management), statuses
+    invoke_outcomes = {k.split()[1] for k in statuses if k.startswith("invoke")}
+    assert invoke_outcomes <= {"200", "404", "500", "503", "no-answer-in-20s"}, statuses
+    assert sum(statuses.values()) > 100
+    # Afterwards everything still works: each model can be (re)loaded and answers.
+    with ModelServerClient(server.url, timeout=60) as client:
+        for name, model_dir in models.items():
+            client.unload(name)
+            assert client.load(name, model_dir).status == 200
+            assert client.invoke(name, BODY).status == 200

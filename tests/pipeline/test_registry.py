@@ -114,3 +114,42 @@ def test_sync_deploys_the_latest_approved_of_each_group(
     assert [(d.name, d.action) for d in first] == [("metagene_19-v2.tar.gz", "copied")]
     assert [d.action for d in sync(registry, prefix)] == ["already deployed"]
     assert sorted(p.name for p in prefix.iterdir()) == ["metagene_19-v2.tar.gz"]
+
+
+KILLED_DEPLOY = """
+import os, sys, time
+from pathlib import Path
+from genesig.pipeline.registry import LocalRegistry
+from genesig.pipeline.deploy import deploy_package
+
+def stall(fd):  # the bytes are written, not yet published: the worst moment to die
+    Path(sys.argv[3]).touch()
+    time.sleep(60)
+
+os.fsync = stall
+deploy_package(LocalRegistry(Path(sys.argv[1])).describe_model_package("metagene_19", 1), Path(sys.argv[2]))
+"""
+
+
+def test_a_deploy_killed_halfway_leaves_no_object_under_the_model_name(
+    registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    package = register(registry, make_archive, approval_status="Approved")
+    prefix, stalled = tmp_path / "mme", tmp_path / "stalled"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_DEPLOY, str(registry.root), str(prefix), str(stalled)])
+    deadline = time.monotonic() + 60
+    while not stalled.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the deploy never reached its write"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert not (prefix / package.artifact_name).exists(), "a reader could have seen a partial artifact"
+    # Only a hidden temporary file can remain; the next deploy publishes the whole artifact.
+    assert all(p.name.startswith(".") for p in prefix.iterdir())
+    assert deploy_package(package, prefix).action == "copied"
+    assert (prefix / package.artifact_name).read_bytes() == Path(package.artifact).read_bytes()

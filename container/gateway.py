@@ -157,7 +157,7 @@ class Gateway:
         async with self._exclusive(name):
             if name not in self._manifests:
                 return
-            status = await self._unregister_failed(f"/models/{quote(name, safe='')}")
+            status = await self._unregister(f"/models/{quote(name, safe='')}")
             self._manifests.pop(name, None)
         logger.warning(
             "the backend of model %s died; unloaded it (status %d) so that a new load can start", name, status
@@ -330,15 +330,15 @@ class Gateway:
         if status == 409:
             raise Conflict(f"model {name} is already loaded")
         # MMS keeps a model registered after a failed load; remove it so the caller's retry can succeed.
-        cleanup = await self._unregister_failed(path)
+        cleanup = await self._unregister(path)
         logger.warning("load of %s failed with %d; unregistered (status %d)", name, status, cleanup)
         message = _rewrite_mms_error(status, payload).decode(errors="replace")
         if status == 507:
             raise InsufficientMemory(f"model server ran out of memory loading {manifest.name}")
         raise ModelServerError(f"model server failed to load {manifest.name} ({status}): {message}")
 
-    async def _unregister_failed(self, path: str) -> int:
-        """DELETE what a failed load left registered, until GET agrees it is gone.
+    async def _unregister(self, path: str) -> int:
+        """DELETE a model (after a failed load, or whose backend died) until GET agrees it is gone.
 
         Right after a backend fails its load, MMS can answer DELETE with 404 while it is still tearing the
         worker down, and then list the model again with no worker behind it: every invoke gets 503 and a new
@@ -351,7 +351,7 @@ class Gateway:
             if gone == 404:
                 return status
             await asyncio.sleep(0.1 * (attempt + 1))
-        logger.error("model %s is still registered after a failed load and %d unloads", path, UNREGISTER_ATTEMPTS)
+        logger.error("model %s is still registered after %d unloads", path, UNREGISTER_ATTEMPTS)
         return status
 
     def _admit(self, manifest: Manifest, need: int) -> None:

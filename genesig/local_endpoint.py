@@ -235,11 +235,10 @@ class LocalEndpoint:
                 raise
             try:
                 extract_artifact(archive, model_dir)
-            except InsufficientStorage:
+            except (InsufficientStorage, ArtifactError) as exc:
                 shutil.rmtree(model_dir.parent, ignore_errors=True)
-                raise
-            except ArtifactError as exc:
-                shutil.rmtree(model_dir.parent, ignore_errors=True)
+                if isinstance(exc, InsufficientStorage):
+                    raise
                 raise EndpointError(
                     400, "ValidationError", f"TargetModel {target} is not a valid model artifact: {exc.message}"
                 ) from None

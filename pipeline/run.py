@@ -84,6 +84,17 @@ class SignatureResult:
     report: str | None = None
     seconds: float = 0.0
 
+    @classmethod
+    def of(cls, matched: MatchedSignature, status: str, reason: str = "") -> SignatureResult:
+        return cls(
+            signature=matched.signature.name,
+            name=matched.artifact_name,
+            genes=matched.present,
+            missing_genes=matched.missing,
+            status=status,
+            reason=reason,
+        )
+
 
 @dataclass
 class RunSummary:
@@ -137,13 +148,7 @@ def run_signature(
     options: RunOptions, cohort: Cohort, matched: MatchedSignature, registry: LocalRegistry
 ) -> SignatureResult:
     started = time.perf_counter()
-    result = SignatureResult(
-        signature=matched.signature.name,
-        name=matched.artifact_name,
-        genes=matched.present,
-        missing_genes=matched.missing,
-        status="skipped",
-    )
+    result = SignatureResult.of(matched, "skipped")
     if matched.skip_reason:
         result.reason = matched.skip_reason
         return result
@@ -209,14 +214,7 @@ def _lost(matched: MatchedSignature, attempts: int) -> SignatureResult:
     """A signature whose worker process kept dying (killed, out of memory) fails alone; the run goes on."""
     reason = f"its worker process died {attempts} times (killed, or out of memory?)"
     logger.warning("signature %s failed: %s", matched.signature.name, reason)
-    return SignatureResult(
-        signature=matched.signature.name,
-        name=matched.artifact_name,
-        genes=matched.present,
-        missing_genes=matched.missing,
-        status="failed",
-        reason=reason,
-    )
+    return SignatureResult.of(matched, "failed", reason)
 
 
 def _run_parallel(

@@ -6,7 +6,12 @@ Why a gateway (the role nginx plays in classic bring-your-own containers):
   MMS registers anything and unregister whatever a failed load left behind.
 - Memory admission needs the manifest's estimate and the container's real free memory.
 - MMS error bodies carry Java exception class names; ours are ``{"error", "message"}``.
-Invocations are forwarded byte for byte over a keep-alive pool.
+Invocations are forwarded byte for byte over a keep-alive pool (when nginx fronts the
+server they bypass Python; see :mod:`genesig.container.nginx`).
+
+A name is *unavailable* from the start of its load until the load succeeds, and from the
+start of its unload on: its invocations get 404 at once, from nginx (a flag file per name)
+or from here, instead of meeting a worker that is starting or stopping inside MMS.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -27,7 +34,7 @@ from aiohttp import web
 
 from genesig.artifact import Manifest, load_model_dir, read_manifest
 from genesig.container.memory import MemoryStatus
-from genesig.container.settings import ServingSettings
+from genesig.container.settings import DRAIN_HEADER, ServingSettings
 from genesig.errors import (
     BadRequest,
     Conflict,
@@ -45,6 +52,11 @@ MIB = 1024 * 1024
 MAX_REQUEST_BYTES = 6 * MIB + 512 * 1024
 INVOKE_TIMEOUT_S = 60
 UNREGISTER_ATTEMPTS = 8
+# Between flagging a name unavailable and sending the drain marker: lets a request that nginx let through just
+# before the flag reach MMS's queue ahead of the marker.
+DRAIN_SETTLE_S = 0.05
+# A file name: at most 255 bytes, no '/', NUL, '.' or '..'.
+MAX_FLAG_NAME_BYTES = 255
 
 MemoryProbe = Callable[[], MemoryStatus]
 
@@ -95,26 +107,43 @@ def manifest_summary(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def _backend_model_names() -> set[str]:
-    """Names of the models whose backend process is alive: MMS starts each with ``--model-name NAME``."""
-    names = set()
+def _backend_processes() -> dict[str, list[int]]:
+    """Pids of the live backend processes per model name: MMS starts each with ``--model-name NAME`` (a server
+    process and the worker it forks, both with that command line)."""
+    found: dict[str, list[int]] = {}
     for process in psutil.Process().children(recursive=True):
         try:
             args = process.cmdline()
+            if "--model-name" in args[:-1] and process.status() != psutil.STATUS_ZOMBIE:
+                found.setdefault(args[args.index("--model-name") + 1], []).append(process.pid)
         except psutil.Error:
             continue
-        if "--model-name" in args[:-1] and process.status() != psutil.STATUS_ZOMBIE:
-            names.add(args[args.index("--model-name") + 1])
-    return names
+    return found
+
+
+def _flag_name_ok(name: str) -> bool:
+    return name not in (".", "..") and "\0" not in name and len(name.encode()) <= MAX_FLAG_NAME_BYTES
 
 
 class Gateway:
     """Owns the connection to MMS and the memory admission; the aiohttp routes are thin methods on it."""
 
-    def __init__(self, settings: ServingSettings, mms_url: str, memory_probe: MemoryProbe) -> None:
+    def __init__(
+        self,
+        settings: ServingSettings,
+        mms_url: str,
+        memory_probe: MemoryProbe,
+        unavailable_dir: Path | None = None,
+    ) -> None:
         self.settings = settings
         self.mms_url = mms_url.rstrip("/")
         self.memory_probe = memory_probe
+        # nginx answers 404 to invocations of a name with a file here (see the module docstring).
+        self.unavailable_dir = unavailable_dir
+        self._unavailable: set[str] = set()
+        # Per loaded model: pidfds of its backend processes, readable as soon as one of them exits.
+        self._backend_fds: dict[str, list[int]] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._session: aiohttp.ClientSession | None = None
         self._reserved_bytes = 0
         # Per model name: one load or unload at a time, and how many requests hold or wait for the lock.
@@ -124,6 +153,9 @@ class Gateway:
 
     # --- lifecycle -------------------------------------------------------------------------------------
     async def start(self, _app: web.Application | None = None) -> None:
+        if self.unavailable_dir is not None:
+            shutil.rmtree(self.unavailable_dir, ignore_errors=True)
+            self.unavailable_dir.mkdir(parents=True)
         connector = aiohttp.TCPConnector(limit=256, keepalive_timeout=60)
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         if self.settings.backend_watchdog_s > 0:
@@ -132,20 +164,99 @@ class Gateway:
     async def close(self, _app: web.Application | None = None) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
+        for name in list(self._backend_fds):
+            self._stop_watching(name)
         if self._session is not None:
             await self._session.close()
 
+    # --- availability --------------------------------------------------------------------------------------
+    def _mark_unavailable(self, name: str) -> None:
+        self._unavailable.add(name)
+        if self.unavailable_dir is None:
+            return
+        if not _flag_name_ok(name):
+            logger.warning("model name of %d bytes cannot be flagged for nginx; its unload is not gated", len(name))
+            return
+        try:
+            (self.unavailable_dir / name).touch()
+        except OSError as exc:
+            logger.warning("could not flag %s unavailable for nginx: %s", name, exc)
+
+    def _mark_available(self, name: str) -> None:
+        self._unavailable.discard(name)
+        if self.unavailable_dir is not None and _flag_name_ok(name):
+            with contextlib.suppress(OSError):
+                (self.unavailable_dir / name).unlink(missing_ok=True)
+
+    async def _drain(self, name: str) -> None:
+        """Wait until MMS has answered every request it accepted for ``name`` before the name became unavailable.
+
+        Each model has one worker taking requests from its queue in order, so a marker request sent now is
+        answered only after everything queued before it. Unloading without this stops the worker under them:
+        MMS answers 500 to the request inside the worker and puts the queued ones back on a queue that nothing
+        reads any more (they are never answered).
+        """
+        timeout = self.settings.drain_timeout_s
+        if timeout <= 0:
+            return
+        await asyncio.sleep(DRAIN_SETTLE_S)
+        started = time.perf_counter()
+        try:
+            status, _, _ = await self._mms(
+                "POST",
+                f"/models/{quote(name, safe='')}/invoke",
+                data=b"{}",
+                headers={DRAIN_HEADER: "1", "Content-Type": "application/json"},
+                timeout=timeout,
+            )
+        except ModelServerError:
+            logger.warning("requests to %s still unanswered after %.0f s; unloading anyway", name, timeout)
+            return
+        logger.debug("drained %s in %.3f s (status %d)", name, time.perf_counter() - started, status)
+
     # --- dead backends -----------------------------------------------------------------------------------
+    async def _watch(self, name: str) -> None:
+        """Watch a freshly loaded model's backend processes through pidfds: the event loop learns of their exit
+        at once. Without pidfds (Linux < 5.3) the periodic check in :meth:`_watch_backends` still finds them."""
+        if not hasattr(os, "pidfd_open"):
+            return
+        pids = (await asyncio.to_thread(_backend_processes)).get(name, [])
+        loop = asyncio.get_running_loop()
+        fds: list[int] = []
+        self._backend_fds[name] = fds
+        for pid in pids:
+            try:
+                fd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                self._backend_exited(name)
+                return
+            except OSError as exc:  # not permitted or not supported here: the periodic check covers it
+                logger.debug("cannot watch backend %d of %s: %s", pid, name, exc)
+                continue
+            fds.append(fd)
+            loop.add_reader(fd, self._backend_exited, name)
+
+    def _stop_watching(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        for fd in self._backend_fds.pop(name, []):
+            loop.remove_reader(fd)
+            os.close(fd)
+
+    def _backend_exited(self, name: str) -> None:
+        self._stop_watching(name)  # a pidfd stays readable: stop before the loop calls us again
+        task = asyncio.create_task(self._unload_dead(name))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def _watch_backends(self, interval_s: float) -> None:
-        """Unload a model whose backend process is gone (killed, OOM-killed). Multi Model Server 1.1.11 keeps
-        reconnecting to the dead worker's socket with growing back-off and never starts a new one, so every
-        invoke would hang; once unloaded, invokes get a clear 404 and the next load starts a fresh backend.
-        A model must be missing its backend on two checks in a row, with no load or unload under way."""
+        """The fallback check: unload a loaded model whose backend process is gone (killed, OOM-killed) on two
+        checks in a row with no load or unload under way. Multi Model Server 1.1.11 keeps reconnecting to a dead
+        worker's socket with growing back-off and never starts a new one, so every invoke would hang."""
         suspects: set[str] = set()
         while True:
             await asyncio.sleep(interval_s)
             try:
-                alive = await asyncio.to_thread(_backend_model_names)
+                alive = await asyncio.to_thread(_backend_processes)
                 missing = {n for n in self._manifests if n not in alive and n not in self._name_locks}
                 for name in missing & suspects:
                     await self._unload_dead(name)
@@ -154,9 +265,12 @@ class Gateway:
                 logger.exception("backend watchdog check failed")
 
     async def _unload_dead(self, name: str) -> None:
+        """A backend died: flag the name (new invokes 404 at once) and unload it, so the next load starts afresh."""
         async with self._exclusive(name):
             if name not in self._manifests:
                 return
+            self._stop_watching(name)
+            self._mark_unavailable(name)
             status = await self._unregister(f"/models/{quote(name, safe='')}")
             self._manifests.pop(name, None)
         logger.warning(
@@ -260,9 +374,19 @@ class Gateway:
                 del self._name_locks[name]
 
     async def unload_model(self, request: web.Request) -> web.Response:
+        """Unload gracefully: new invokes get 404 at once, those already accepted are answered, then MMS unloads."""
         name = request.match_info["name"]
+        path = f"/models/{quote(name, safe='')}"
         async with self._exclusive(name):
-            result = await self._mms("DELETE", f"/models/{quote(name, safe='')}", timeout=self.settings.load_timeout_s)
+            self._mark_unavailable(name)
+            self._stop_watching(name)
+            await self._drain(name)
+            try:
+                result = await self._mms("DELETE", path, timeout=self.settings.load_timeout_s)
+            finally:
+                if (await self._mms("GET", path, timeout=30))[0] == 200:  # still loaded: keep serving it
+                    self._mark_available(name)
+                    await self._watch(name)
         if result[0] == 200:
             self._manifests.pop(name, None)
             logger.info("unloaded %s", name)
@@ -270,6 +394,8 @@ class Gateway:
 
     async def invoke(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
+        if name in self._unavailable:
+            raise ModelNotFound(f"model {name} is not loaded")
         body = await request.read()
         headers = {k: request.headers[k] for k in ("Content-Type", "Accept") if k in request.headers}
         skip = () if "Content-Type" in headers else ("Content-Type",)
@@ -281,6 +407,8 @@ class Gateway:
             skip_auto_headers=skip,
             timeout=INVOKE_TIMEOUT_S,
         )
+        if result[0] in (500, 503) and name in self._unavailable:  # its worker stopped under it: unloaded
+            raise ModelNotFound(f"model {name} is not loaded")
         return self._relay(*result)
 
     async def load_model(self, request: web.Request) -> web.Response:
@@ -288,8 +416,8 @@ class Gateway:
             spec = msgspec.json.decode(await request.read(), type=LoadRequest)
         except msgspec.DecodeError as exc:
             raise BadRequest(f'load body must be JSON {{"model_name": str, "url": str}}: {exc}') from None
-        if not spec.model_name or "/" in spec.model_name:
-            raise BadRequest("model_name must be a non-empty name without '/'")
+        if not spec.model_name or "/" in spec.model_name or spec.model_name in (".", ".."):
+            raise BadRequest("model_name must be a non-empty name without '/', and not '.' or '..'")
         if not Path(spec.url).is_absolute():
             # MMS resolves relative URLs against its model store, not our working folder: refuse the ambiguity.
             raise BadRequest(f"url must be an absolute path to the extracted model folder, got {spec.url!r}")
@@ -301,6 +429,7 @@ class Gateway:
         path = f"/models/{quote(name, safe='')}"
         status, _, _ = await self._mms("GET", path, timeout=30)
         if status == 200:
+            self._mark_available(name)  # MMS has it (e.g. a load whose answer timed out): serve it
             raise Conflict(f"model {name} is already loaded")
         started = time.perf_counter()
         model_dir = Path(spec.url)
@@ -311,6 +440,7 @@ class Gateway:
         need = manifest.memory_estimate_bytes
         self._admit(manifest, need)
         self._reserved_bytes += need
+        self._mark_unavailable(name)  # until MMS has a worker for it, invokes get 404, not MMS's 503
         try:
             status, payload, _ = await self._mms(
                 "POST", "/models", json={"model_name": name, "url": spec.url}, timeout=self.settings.load_timeout_s
@@ -319,6 +449,8 @@ class Gateway:
             self._reserved_bytes -= need
         if status == 200:
             self._manifests[name] = manifest
+            self._mark_available(name)
+            await self._watch(name)
             logger.info(
                 "loaded %s as %s version=%d seconds=%.3f",
                 manifest.name,
@@ -328,6 +460,7 @@ class Gateway:
             )
             return _json(200, {"status": f"model {name} loaded", "model": manifest_summary(manifest)})
         if status == 409:
+            self._mark_available(name)
             raise Conflict(f"model {name} is already loaded")
         # MMS keeps a model registered after a failed load; remove it so the caller's retry can succeed.
         cleanup = await self._unregister(path)

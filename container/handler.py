@@ -20,7 +20,7 @@ import numpy as np
 
 from genesig.artifact import SignatureModel, load_model_dir
 from genesig.container import codec
-from genesig.container.settings import ServingSettings, read_settings
+from genesig.container.settings import DRAIN_HEADER, ServingSettings, read_settings
 from genesig.errors import BadRequest, GenesigError, PayloadTooLarge, UnsupportedMediaType
 
 logger = logging.getLogger(__name__)
@@ -93,6 +93,10 @@ def _header(headers: dict[str, Any], name: str) -> str | None:
 def _respond(context: Any, item: dict[str, Any], index: int) -> bytes:
     assert _loaded is not None
     headers = context.get_all_request_header(index) or {}
+    if _header(headers, DRAIN_HEADER):
+        # The gateway's drain marker: answered once every request queued before it has been (see Gateway._drain).
+        context.set_response_content_type(index, codec.JSON)
+        return b'{"drained":true}'
     content_type = _header(headers, "Content-Type")
     try:
         if "body" not in item:

@@ -27,7 +27,7 @@ from aiohttp import web
 from genesig.container.gateway import Gateway
 from genesig.container.memory import MemoryStatus, budget_memory, container_memory
 from genesig.container.model_server import model_server_environ, state_paths
-from genesig.container.nginx import nginx_command, nginx_executable, write_config
+from genesig.container.nginx import nginx_command, nginx_executable, unavailable_dir, write_config
 from genesig.container.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,9 @@ async def _run(settings: ServingSettings, mms_port: int, launcher: subprocess.Po
     nginx = nginx_executable() if settings.front in ("auto", "nginx") else None
     if settings.front == "nginx" and nginx is None:
         raise RuntimeError("GENESIG_FRONT=nginx but no nginx executable was found")
-    gateway = Gateway(settings, mms_url, lambda: memory_probe(settings))
+    nginx_state = state_paths(settings)["root"] / "nginx"
+    flags = unavailable_dir(nginx_state) if nginx else None
+    gateway = Gateway(settings, mms_url, lambda: memory_probe(settings), unavailable_dir=flags)
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()
     gateway_host, gateway_port = ("127.0.0.1", pick_internal_port(None)) if nginx else (settings.host, settings.port)
@@ -167,9 +169,8 @@ async def _run(settings: ServingSettings, mms_port: int, launcher: subprocess.Po
         stopping.cancel()
         starting.result()
         if nginx:
-            state = state_paths(settings)["root"] / "nginx"
-            config = write_config(settings, state, mms_port, gateway_port)
-            children["nginx"] = subprocess.Popen(nginx_command(nginx, config, state))
+            config = write_config(settings, nginx_state, mms_port, gateway_port)
+            children["nginx"] = subprocess.Popen(nginx_command(nginx, config, nginx_state))
         logger.info(
             "serving on %s:%d through %s (model server on 127.0.0.1:%d)",
             settings.host,

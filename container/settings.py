@@ -15,6 +15,9 @@ import msgspec
 from genesig.errors import BadRequest
 
 PREFIX = "GENESIG_"
+# Marks the gateway's own "answer once everything queued before me is answered" invocation (see Gateway._drain);
+# nginx strips it from callers' requests.
+DRAIN_HEADER = "X-Genesig-Drain"
 DEFAULT_HANDLER = "genesig.container.handler:handle"
 
 
@@ -46,11 +49,20 @@ class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
     ] = 0
     load_timeout_s: Annotated[int, _doc("Longest wait for the model server to answer a load.", ge=1)] = 120
     startup_timeout_s: Annotated[int, _doc("Longest wait for the model server to become healthy.", ge=1)] = 120
+    drain_timeout_s: Annotated[
+        float,
+        _doc(
+            "Longest wait, when a model is unloaded, for the requests it already accepted to be answered;"
+            " new requests get 404 at once. 0 unloads without waiting.",
+            ge=0,
+        ),
+    ] = 60.0
     backend_watchdog_s: Annotated[
         float,
         _doc(
-            "How often to check that every loaded model still has its backend process; a model whose backend died"
-            " is unloaded (MMS 1.1.11 would retry the dead socket forever). 0 turns the check off.",
+            "Period of the fallback check that every loaded model still has its backend process (the gateway also"
+            " holds a pidfd per backend, which tells it at once); a model whose backend died is unloaded, since"
+            " MMS 1.1.11 would retry the dead socket forever. 0 turns the fallback check off.",
             ge=0,
         ),
     ] = 1.0

@@ -157,6 +157,10 @@ def test_missing_genes_are_named(client: ModelServerClient, loaded: tuple[str, P
 
 
 def test_unknown_model_is_404(client: ModelServerClient) -> None:
+    # Names that could break a JSON body are not echoed (a quote, a backslash, a control character, non-ASCII).
+    for odd in ('a"b', "a\\b", "a\nb", "\u00e9t\u00e9", "%", "x" * 300):
+        doc = assert_clean_error(client.invoke(odd, b'{"inputs": [[1,2,3]]}'), 404, "model_not_found")
+        assert "(name not shown)" in doc["message"]
     doc = assert_clean_error(client.invoke("never-loaded", b'{"inputs": [[1,2,3]]}'), 404, "model_not_found")
     assert "never-loaded" in doc["message"]  # type: ignore[operator]
 

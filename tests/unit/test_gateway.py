@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from genesig.container.gateway import Gateway
 from genesig.container.memory import MemoryStatus
-from genesig.container.settings import read_settings
+from genesig.container.settings import DRAIN_HEADER, read_settings
 
 MIB = 1024 * 1024
 
@@ -29,6 +30,7 @@ class FakeMms:
         # MMS tearing down a failed load: this many DELETEs answer 404 while the model stays registered.
         self.phantom_deletes = 0
         self.calls: list[tuple[str, str]] = []
+        self.workers: dict[str, asyncio.Lock] = {}
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -84,7 +86,16 @@ class FakeMms:
         name = request.match_info["name"]
         if name not in self.registered:
             return self._missing(name)
-        return web.Response(body=await request.read(), content_type=request.content_type)
+        # One worker per model taking requests in order (asyncio.Lock is FIFO).
+        async with self.workers.setdefault(name, asyncio.Lock()):
+            if name not in self.registered:  # unloaded while queued: MMS never answers these
+                await asyncio.Event().wait()
+            if request.headers.get(DRAIN_HEADER):
+                return web.json_response({"drained": True})
+            payload = await request.read()
+            if payload == b"slow":
+                await asyncio.sleep(0.5)
+            return web.Response(body=payload, content_type=request.content_type)
 
 
 Scenario = Callable[..., Any]
@@ -268,9 +279,9 @@ def test_missing_model_folder_is_404(scenario: Scenario, tmp_path: Path) -> None
 def test_mms_error_bodies_lose_their_java_class_names(scenario: Scenario) -> None:
     async def body(client: TestClient, _fake: FakeMms, _: dict[str, int]) -> None:
         for resp in (
+            await client.post("/models/nope/invoke", data=b"{}"),
             await client.get("/models/nope"),
             await client.delete("/models/nope"),
-            await client.post("/models/nope/invoke", data=b"{}"),
         ):
             doc = await resp.json()
             assert resp.status == 404 and doc == {"error": "model_not_found", "message": "Model not found: nope"}
@@ -307,3 +318,55 @@ def test_unreachable_model_server_is_502(make_model_dir: Callable[..., Path]) ->
             assert (await client.get("/ping")).status == 503
 
     asyncio.run(main())
+
+
+def test_an_unload_waits_for_accepted_invokes_and_turns_new_ones_away(
+    scenario: Scenario, make_model_dir: Callable[..., Path]
+) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        await load(client, "h1", model_dir)
+        slow = asyncio.create_task(client.post("/models/h1/invoke", data=b"slow"))
+        await asyncio.sleep(0.1)
+        queued = asyncio.create_task(client.post("/models/h1/invoke", data=b"[1]"))
+        await asyncio.sleep(0.1)
+        unload = asyncio.create_task(client.delete("/models/h1"))
+        await asyncio.sleep(0.1)
+        turned_away = await client.post("/models/h1/invoke", data=b"{}")
+        assert turned_away.status == 404 and not unload.done()
+        assert (await turned_away.json())["message"] == "model h1 is not loaded"
+        assert [(await r).status for r in (slow, queued)] == [200, 200]
+        assert (await unload).status == 200 and fake.registered == {}
+
+    scenario(body)
+
+
+def test_a_dead_backend_is_unloaded_at_once(
+    scenario: Scenario, make_model_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The gateway watches each backend through a pidfd (the periodic check is off here): its exit unloads."""
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        backend = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", "import time; time.sleep(60)", "--model-name", "h1"
+        )
+        try:
+            await load(client, "h1", model_dir)
+            assert (await client.post("/models/h1/invoke", data=b"{}")).status == 200
+            backend.kill()
+            await backend.wait()
+            for _ in range(100):
+                if "h1" not in fake.registered:
+                    break
+                await asyncio.sleep(0.01)
+            assert ("delete", "h1") in fake.calls and "h1" not in fake.registered
+            assert (await client.post("/models/h1/invoke", data=b"{}")).status == 404
+            assert (await load(client, "h1", model_dir))[0] == 200
+        finally:
+            if backend.returncode is None:
+                backend.kill()
+                await backend.wait()
+
+    scenario(body)

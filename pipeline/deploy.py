@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from genesig.artifact import read_artifact
-from genesig.artifact.package import publish_bytes, sha256_file
+from genesig.artifact.package import publish_bytes, remove_stale_partials, sha256_file
 from genesig.errors import Conflict, GenesigError
 from genesig.pipeline.registry import LocalRegistry, ModelPackage
 
@@ -60,7 +60,13 @@ def deploy_package(package: ModelPackage, prefix: Path) -> Deployment:
 
 
 def sync(registry: LocalRegistry, prefix: Path) -> list[Deployment]:
-    """Deploy the latest Approved package of every group; running it again changes nothing."""
+    """Deploy the latest Approved package of every group; running it again changes nothing.
+
+    Also removes what killed deploys left behind: hidden partial files an hour old (never under a model name).
+    """
+    if prefix.is_dir():
+        for name in remove_stale_partials(prefix):
+            logger.info("removed %s, left by a deploy that never finished", name)
     deployments = []
     for group in registry.list_model_package_groups():
         package = registry.latest_approved(group)

@@ -14,6 +14,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -37,6 +38,9 @@ MAX_EXTRACTED_BYTES = 256 * 1024 * 1024
 # Write errors that mean "this disk is full" (or a file-size limit), not "this artifact is broken".
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 MAX_MEMBERS = 64
+# Marks publish_bytes' hidden temporary files; one older than STALE_PARTIAL_S belongs to a killed publish.
+PARTIAL_MARK = ".partial-"
+STALE_PARTIAL_S = 3600.0
 # A loaded model's process costs ~25-35 MB (Python + numpy, measured); the rest scales with the weights.
 BACKEND_BASELINE_BYTES = 48 * 1024 * 1024
 
@@ -96,8 +100,12 @@ def write_artifact(manifest: Manifest, tensors: Mapping[str, np.ndarray], out_di
 
 
 def publish_bytes(data: bytes, target: Path) -> None:
-    """Create ``target`` with ``data`` all at once: a reader sees nothing or the whole file; existing files stay."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    """Create ``target`` with ``data`` all at once: a reader sees nothing or the whole file; existing files stay.
+
+    The bytes go to a hidden ``.NAME.partial-*`` file first; one whose process was killed is left behind for
+    :func:`remove_stale_partials`.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}{PARTIAL_MARK}", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -106,6 +114,21 @@ def publish_bytes(data: bytes, target: Path) -> None:
         os.link(tmp, target)  # fails if target exists: no overwrite, even under a race
     finally:
         os.unlink(tmp)
+
+
+def remove_stale_partials(folder: Path, older_than_s: float = STALE_PARTIAL_S) -> list[str]:
+    """Delete the hidden files of publishes that never finished (their process was killed) once they are older
+    than ``older_than_s``: a live publish is seconds old. Returns the names removed."""
+    removed = []
+    now = time.time()
+    for path in folder.glob(f".*{PARTIAL_MARK}*"):
+        try:
+            if path.is_file() and now - path.stat().st_mtime > older_than_s:
+                path.unlink()
+                removed.append(path.name)
+        except FileNotFoundError:  # another sync removed it first
+            continue
+    return removed
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

@@ -134,6 +134,7 @@ deploy_package(LocalRegistry(Path(sys.argv[1])).describe_model_package("metagene
 def test_a_deploy_killed_halfway_leaves_no_object_under_the_model_name(
     registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
 ) -> None:
+    import os
     import signal
     import subprocess
     import sys
@@ -153,3 +154,10 @@ def test_a_deploy_killed_halfway_leaves_no_object_under_the_model_name(
     assert all(p.name.startswith(".") for p in prefix.iterdir())
     assert deploy_package(package, prefix).action == "copied"
     assert (prefix / package.artifact_name).read_bytes() == Path(package.artifact).read_bytes()
+    # The next sync removes the killed deploy's partial file once it is an hour old, never a live one.
+    (partial,) = [p for p in prefix.iterdir() if p.name.startswith(".")]
+    assert sync(registry, prefix) and partial.exists(), "a fresh partial may belong to a deploy in progress"
+    hour_ago = time.time() - 3601
+    os.utime(partial, (hour_ago, hour_ago))
+    sync(registry, prefix)
+    assert sorted(p.name for p in prefix.iterdir()) == [package.artifact_name]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,7 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient, Response
+from genesig.local_endpoint import runtime_client, start_local_endpoint
 from genesig.server_process import ServerProcess
 
 from .conftest import GENES, ServerFactory, mms_client, opaque
@@ -246,6 +249,60 @@ def test_any_bytes_with_any_content_type_and_accept(
     content_type = _latin1(content_type)
     accept = _latin1(accept)
     check(server, model, send(server, model[0], body, content_type, accept), "bytes+headers")
+
+
+@pytest.fixture(scope="module")
+def endpoint(server: ServerProcess, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, str]]:
+    """The local endpoint (SageMaker's routing) in front of the same server, and a TargetModel it serves."""
+    workdir = tmp_path_factory.mktemp("endpoint")
+    archive = write_synthetic_artifact(workdir / "prefix", "routed", GENES, seed=12)
+    proc, url = start_local_endpoint(workdir / "prefix", server.url, workdir)
+    try:
+        yield runtime_client(url), archive.name
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert "Traceback" not in next(workdir.glob("local-endpoint-*.log")).read_text()
+
+
+def invoke_endpoint(client: Any, target: str, body: bytes, content_type: str | None, accept: str | None) -> int:
+    """One InvokeEndpoint through boto3, checked against SageMaker's contract; returns the status seen."""
+    kwargs = {"EndpointName": "local", "TargetModel": target, "Body": body}
+    kwargs |= {"ContentType": content_type} if content_type else {}
+    kwargs |= {"Accept": accept} if accept else {}
+    try:
+        response = client.invoke_endpoint(**kwargs)
+    except client.exceptions.ModelError as exc:
+        # The container's 4xx arrives as SageMaker's ModelError (424) with the original status and JSON body.
+        original = exc.response["OriginalStatusCode"]
+        assert 400 <= original < 500, exc.response
+        doc = json.loads(exc.response["OriginalMessage"])
+        assert doc["error"] and doc["message"] and "Traceback" not in doc["message"], doc
+        return int(original)
+    assert response["ResponseMetadata"]["HTTPStatusCode"] == 200
+    payload = response["Body"].read()
+    assert payload and response["ContentType"].split(";")[0] in ("application/json", "text/csv"), payload[:200]
+    return 200
+
+
+@SETTINGS
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        json_values.map(lambda v: json.dumps({"inputs": v}).encode()),
+        st.sampled_from([NORMAL, b"LRIG1,HPGD,GDF15\n1,2,3\n", b""]),
+    ),
+    content_type=st.one_of(st.none(), st.sampled_from(CONTENT_TYPES)),
+    accept=st.sampled_from(ACCEPTS),
+)
+def test_any_body_through_the_local_endpoint(
+    endpoint: tuple[Any, str], body: bytes, content_type: str | None, accept: str | None
+) -> None:
+    client, target = endpoint
+    status = invoke_endpoint(client, target, body, content_type, accept)
+    CASES[f"through the endpoint: {status}"] += 1
+    CASES["total"] += 1
+    assert invoke_endpoint(client, target, NORMAL, "application/json", None) == 200
 
 
 @pytest.mark.parametrize("depth", [1_000, 100_000])

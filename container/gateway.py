@@ -383,14 +383,22 @@ class Gateway:
             await self._drain(name)
             try:
                 result = await self._mms("DELETE", path, timeout=self.settings.load_timeout_s)
-            finally:
-                if (await self._mms("GET", path, timeout=30))[0] == 200:  # still loaded: keep serving it
-                    self._mark_available(name)
-                    await self._watch(name)
+            except ModelServerError:
+                await self._serve_again_if_loaded(name, path)
+                raise
+            if result[0] not in (200, 404):
+                await self._serve_again_if_loaded(name, path)
         if result[0] == 200:
             self._manifests.pop(name, None)
             logger.info("unloaded %s", name)
         return self._relay(*result)
+
+    async def _serve_again_if_loaded(self, name: str, path: str) -> None:
+        """An unload failed: if MMS still has the model, lift the flag and watch its backend again."""
+        with contextlib.suppress(ModelServerError):
+            if (await self._mms("GET", path, timeout=30))[0] == 200:
+                self._mark_available(name)
+                await self._watch(name)
 
     async def invoke(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

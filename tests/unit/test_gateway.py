@@ -31,6 +31,7 @@ class FakeMms:
         self.phantom_deletes = 0
         self.calls: list[tuple[str, str]] = []
         self.workers: dict[str, asyncio.Lock] = {}
+        self.failing_deletes = 0
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -75,6 +76,10 @@ class FakeMms:
     async def delete(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         self.calls.append(("delete", name))
+        if self.failing_deletes:
+            self.failing_deletes -= 1
+            body = {"code": 500, "type": "InternalServerException", "message": "Failed to stop workers"}
+            return web.json_response(body, status=500)
         if self.phantom_deletes and name in self.registered:
             self.phantom_deletes -= 1
             return self._missing(name)
@@ -368,5 +373,19 @@ def test_a_dead_backend_is_unloaded_at_once(
             if backend.returncode is None:
                 backend.kill()
                 await backend.wait()
+
+    scenario(body)
+
+
+def test_a_failed_unload_leaves_the_model_serving(scenario: Scenario, make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+
+    async def body(client: TestClient, fake: FakeMms, _: dict[str, int]) -> None:
+        await load(client, "h1", model_dir)
+        fake.failing_deletes = 1
+        assert (await client.delete("/models/h1")).status == 500
+        assert (await client.post("/models/h1/invoke", data=b"[1]")).status == 200, "still loaded: still served"
+        assert (await client.delete("/models/h1")).status == 200
+        assert (await client.post("/models/h1/invoke", data=b"[1]")).status == 404
 
     scenario(body)

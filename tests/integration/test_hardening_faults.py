@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -80,17 +81,57 @@ def test_a_killed_backend_is_unloaded_and_its_model_can_be_reloaded(
     record_property("statuses_until_unloaded", dict(statuses))
 
 
-def test_an_unload_answers_the_requests_its_model_already_accepted(
-    start_server: ServerFactory, model_dirs: Callable[..., Path], record_property: pytest.RecordProperty
-) -> None:
-    # Without draining, MMS stops the worker under the request inside it (500) and the one queued behind it is
-    # never answered.
-    server = start_server(
+def slow_server(start_server: ServerFactory) -> ServerProcess:
+    """A real server whose backends sleep ``X-Test-Sleep`` seconds before answering a request that carries it."""
+    return start_server(
         {
             "GENESIG_HANDLER": "slow_handler:handle",
             "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
         }
     )
+
+
+def test_a_backend_killed_under_a_request_answers_it_at_once_and_reloads(
+    start_server: ServerFactory, model_dirs: Callable[..., Path], record_property: pytest.RecordProperty
+) -> None:
+    server = slow_server(start_server)
+    model_dir = model_dirs("killed-busy", seed=5)
+    name = opaque(str(model_dir))
+    with ModelServerClient(server.url, timeout=30) as client:
+        assert client.load(name, str(model_dir)).status == 200
+    answer: dict[str, Any] = {}
+
+    def slow_invoke() -> None:
+        with ModelServerClient(server.url, timeout=30) as own:
+            headers = {"Content-Type": "application/json", "X-Test-Sleep": "10"}
+            answer["response"] = own.request("POST", f"/models/{name}/invoke", BODY, headers)
+            answer["at"] = time.monotonic()
+
+    thread = threading.Thread(target=slow_invoke)
+    thread.start()
+    time.sleep(1.0)  # the request is inside the worker, sleeping
+    for process in backend_of(server, name):
+        process.kill()
+    killed_at = time.monotonic()
+    thread.join(timeout=30)
+    response = answer["response"]
+    waited = answer["at"] - killed_at
+    # A clear JSON error right away: MMS's 500 ("worker died"), or 404 once the gateway has flagged the model.
+    assert response.status in (404, 500) and response.json()["message"], response.body
+    assert waited < 5, f"the request hung {waited:.1f} s after its worker died"
+    with ModelServerClient(server.url, timeout=30) as client:
+        assert client.invoke(name, BODY).status == 404
+        assert client.load(name, str(model_dir)).status == 200
+        assert client.invoke(name, BODY).status == 200
+    record_property("in_flight_request", (response.status, round(waited, 2)))
+
+
+def test_an_unload_answers_the_requests_its_model_already_accepted(
+    start_server: ServerFactory, model_dirs: Callable[..., Path], record_property: pytest.RecordProperty
+) -> None:
+    # Without draining, MMS stops the worker under the request inside it (500) and the one queued behind it is
+    # never answered.
+    server = slow_server(start_server)
     model_dir = model_dirs("drained", seed=4)
     name = opaque(str(model_dir))
     with ModelServerClient(server.url, timeout=30) as client:

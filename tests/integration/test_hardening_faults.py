@@ -91,14 +91,20 @@ def slow_server(start_server: ServerFactory) -> ServerProcess:
     )
 
 
+def loaded_model(server: ServerProcess, model_dirs: Callable[..., Path], label: str, seed: int) -> tuple[str, Path]:
+    """Load a fresh test model; returns its name and folder."""
+    model_dir = model_dirs(label, seed=seed)
+    name = opaque(str(model_dir))
+    with ModelServerClient(server.url, timeout=30) as client:
+        assert client.load(name, str(model_dir)).status == 200
+    return name, model_dir
+
+
 def test_a_backend_killed_under_a_request_answers_it_at_once_and_reloads(
     start_server: ServerFactory, model_dirs: Callable[..., Path], record_property: pytest.RecordProperty
 ) -> None:
     server = slow_server(start_server)
-    model_dir = model_dirs("killed-busy", seed=5)
-    name = opaque(str(model_dir))
-    with ModelServerClient(server.url, timeout=30) as client:
-        assert client.load(name, str(model_dir)).status == 200
+    name, model_dir = loaded_model(server, model_dirs, "killed-busy", seed=5)
     answer: dict[str, Any] = {}
 
     def slow_invoke() -> None:
@@ -132,10 +138,7 @@ def test_an_unload_answers_the_requests_its_model_already_accepted(
     # Without draining, MMS stops the worker under the request inside it (500) and the one queued behind it is
     # never answered.
     server = slow_server(start_server)
-    model_dir = model_dirs("drained", seed=4)
-    name = opaque(str(model_dir))
-    with ModelServerClient(server.url, timeout=30) as client:
-        assert client.load(name, str(model_dir)).status == 200
+    name, model_dir = loaded_model(server, model_dirs, "drained", seed=4)
     outcome: dict[str, tuple[int, float]] = {}
     started = time.monotonic()
 

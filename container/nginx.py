@@ -50,6 +50,12 @@ http {
         "~$max_body" 1;
     }
     # Model names are echoed in error bodies only when they cannot break the JSON.
+    # The gateway's flag file for the name; a name no file can have (over 255 bytes) looks at a folder instead,
+    # which -f reports as absent without an error in the log.
+    map $$model_name $$unavailable_flag {
+        default "$unavailable/.";
+        "~^[^/]{1,255}$$" "$unavailable/$$model_name";
+    }
     map $$model_name $$model_label {
         default "(name not shown)";
         "~^[A-Za-z0-9._:@+=-]{1,256}$$" $$model_name;
@@ -83,7 +89,7 @@ http {
             }
             # The gateway flags a name while it is loading, unloading or unloaded: answer here, never reach a
             # worker that is starting or stopping (one stat() per request).
-            if (-f "$unavailable/$$model_name") {
+            if (-f $$unavailable_flag) {
                 return 404 '{"error":"model_not_found","message":"model $$model_label is not loaded"}';
             }
             # Only the gateway may send the drain marker.
@@ -111,13 +117,13 @@ http {
         }
         # A worker stopped under its request because the model is being unloaded: the model is not loaded.
         location @busy {
-            if (-f "$unavailable/$$model_name") {
+            if (-f $$unavailable_flag) {
                 return 404 '{"error":"model_not_found","message":"model $$model_label is not loaded"}';
             }
             return 503 '{"error":"model_unavailable","message":"model $$model_label is busy or restarting; retry"}';
         }
         location @failed {
-            if (-f "$unavailable/$$model_name") {
+            if (-f $$unavailable_flag) {
                 return 404 '{"error":"model_not_found","message":"model $$model_label is not loaded"}';
             }
             return 500 '{"error":"internal_error","message":"prediction failed for model $$model_label; see the server log"}';

@@ -38,6 +38,8 @@ MAX_EXTRACTED_BYTES = 256 * 1024 * 1024
 # Write errors that mean "this disk is full" (or a file-size limit), not "this artifact is broken".
 NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 MAX_MEMBERS = 64
+# A manifest lists genes and metrics: ~0.4 MB for 20,000 genes.
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # Marks publish_bytes' hidden temporary files; one older than STALE_PARTIAL_S belongs to a killed publish.
 PARTIAL_MARK = ".partial-"
 STALE_PARTIAL_S = 3600.0
@@ -183,18 +185,28 @@ def extract_artifact(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACTE
 
 
 def read_manifest(model_dir: Path) -> Manifest:
+    """The folder's manifest. On SageMaker the platform extracts the tarball, so our extraction's checks did not
+    run: a manifest that is a link (to anywhere) or too big to be one is refused before it is read."""
     path = model_dir / MANIFEST_FILENAME
+    if path.is_symlink():
+        raise ArtifactError(f"{MANIFEST_FILENAME} is a link; links are not allowed")
     if not path.is_file():
         raise ArtifactError(f"model folder has no {MANIFEST_FILENAME}")
+    if (size := path.stat().st_size) > MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{MANIFEST_FILENAME} is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")
     return decode_manifest(path.read_bytes())
 
 
 def load_model_dir(model_dir: Path) -> SignatureModel:
     """Verify an extracted artifact (schema, sha256 of every file, tensor shapes and values) and load it."""
     manifest = read_manifest(model_dir)
+    if (total := sum(entry.bytes for entry in manifest.files.values())) > MAX_EXTRACTED_BYTES:
+        raise ArtifactError(f"the artifact's files total {total} bytes, over the {MAX_EXTRACTED_BYTES}-byte limit")
     for fname, entry in manifest.files.items():
         path = model_dir / fname
-        if not path.is_file() or path.is_symlink():
+        if path.is_symlink():
+            raise ArtifactError(f"{fname} is a link; links are not allowed")
+        if not path.is_file():
             raise ArtifactError(f"model folder lacks {fname}, which the manifest lists")
         if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
             raise ArtifactError(f"{fname} does not match the sha256 recorded in the manifest")

@@ -211,3 +211,73 @@ def test_hostile_artifact_is_refused_and_changes_nothing(
     assert invoke(client, "good-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
     with ModelServerClient(server.url) as direct:
         assert len(direct.list().json()["models"]) == 1, "only the good model is loaded"
+
+
+def _link_outside(model_dir: Path, fname: str) -> None:
+    outside = model_dir.parent / f"outside-{fname}"
+    (model_dir / fname).rename(outside)
+    (model_dir / fname).symlink_to(outside)
+
+
+def _edit_manifest(model_dir: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    path = model_dir / "genesig-model.json"
+    doc = json.loads(path.read_text())
+    edit(doc)
+    path.write_text(json.dumps(doc))
+
+
+def _fifo_weights(model_dir: Path) -> None:
+    (model_dir / "weights.safetensors").unlink()
+    os.mkfifo(model_dir / "weights.safetensors")  # opening it would block the load forever
+
+
+FOLDER_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "linked-manifest": (lambda d: _link_outside(d, "genesig-model.json"), "genesig-model.json is a link"),
+    "linked-weights": (lambda d: _link_outside(d, "weights.safetensors"), "weights.safetensors is a link"),
+    "weights-to-device": (
+        lambda d: ((d / "weights.safetensors").unlink(), (d / "weights.safetensors").symlink_to("/dev/zero")),
+        "weights.safetensors is a link",
+    ),
+    "fifo-weights": (_fifo_weights, "lacks weights.safetensors"),
+    "oversized-manifest": (
+        lambda d: os.truncate(d / "genesig-model.json", 16 * 1024 * 1024 + 1),
+        "genesig-model.json is 16777217 bytes",
+    ),
+    "declared-over-limit": (
+        lambda d: _edit_manifest(d, lambda m: m["files"]["weights.safetensors"].update(bytes=1 << 40)),
+        "files total 1099511627776 bytes",
+    ),
+    "escaping-file-name": (
+        lambda d: _edit_manifest(d, lambda m: m["files"].update({"../evil": m["files"]["weights.safetensors"]})),
+        "invalid file name '../evil'",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def container(start_server: ServerFactory, model_dirs: Callable[..., Path]) -> Iterator[tuple[ServerProcess, str]]:
+    """A real server with one good model loaded through the container API."""
+    server = start_server()
+    good = model_dirs("folder-good", seed=7)
+    name = hashlib.sha256(str(good).encode()).hexdigest()[:24]
+    with ModelServerClient(server.url) as client:
+        assert client.load(name, str(good)).status == 200
+    yield server, name
+
+
+@pytest.mark.parametrize("case", list(FOLDER_CASES))
+def test_hostile_model_folder_is_refused_by_the_container(
+    container: tuple[ServerProcess, str], model_dirs: Callable[..., Path], case: str
+) -> None:
+    # On SageMaker the platform extracts the tarball into /opt/ml/models/<hash>/model and hands the container
+    # the folder: whatever a tarball can hold may be there, unchecked by our extraction.
+    server, good = container
+    model_dir = model_dirs(f"folder-{case}", seed=8)
+    damage, reason = FOLDER_CASES[case]
+    damage(model_dir)
+    with ModelServerClient(server.url, timeout=30) as client:
+        response = client.load(f"hostile-{case}", str(model_dir))
+        assert response.status == 422 and response.json()["error"] == "invalid_artifact", response.body
+        assert reason in response.json()["message"], response.json()
+        assert [m["modelName"] for m in client.list().json()["models"]] == [good], "nothing else registered"
+        assert client.invoke(good, b'{"inputs": [[1.5, 0, 3]]}').status == 200

@@ -18,6 +18,7 @@ import safetensors.numpy
 
 from genesig.artifact import extract_artifact, load_model_dir, read_artifact, write_artifact
 from genesig.artifact.manifest import MANIFEST_FILENAME, WEIGHTS_FILENAME, decode_manifest, encode_manifest
+from genesig.artifact.package import MAX_EXTRACTED_BYTES, MAX_MANIFEST_BYTES
 from genesig.artifact.synthetic import synthetic_manifest, synthetic_tensors
 from genesig.errors import ArtifactError, InsufficientStorage
 from tests.tarballs import add_member
@@ -239,3 +240,33 @@ def test_manifest_is_valid_json_for_other_tools(make_model_dir: Callable[..., Pa
     doc = json.loads((make_model_dir() / MANIFEST_FILENAME).read_text())
     assert doc["files"][WEIGHTS_FILENAME]["sha256"]
     assert doc["memory_estimate_bytes"] > 0
+
+
+# SageMaker extracts the tarball itself, so the container sees a folder that our extraction never checked.
+def test_a_linked_manifest_or_weights_file_is_refused_even_pointing_at_valid_bytes(
+    make_model_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    for fname in (MANIFEST_FILENAME, WEIGHTS_FILENAME):
+        model_dir = make_model_dir(f"linked_{fname.split('.')[0]}")
+        outside = tmp_path / f"outside-{fname}"
+        (model_dir / fname).rename(outside)
+        (model_dir / fname).symlink_to(outside)
+        with pytest.raises(ArtifactError, match=f"{fname} is a link"):
+            load_model_dir(model_dir)
+
+
+def test_an_oversized_manifest_is_refused_before_it_is_read(make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+    with open(model_dir / MANIFEST_FILENAME, "ab") as fh:
+        fh.truncate(MAX_MANIFEST_BYTES + 1)
+    with pytest.raises(ArtifactError, match="over the 16777216-byte limit"):
+        load_model_dir(model_dir)
+
+
+def test_files_declared_over_the_size_limit_are_refused_before_hashing(make_model_dir: Callable[..., Path]) -> None:
+    model_dir = make_model_dir()
+    doc = json.loads((model_dir / MANIFEST_FILENAME).read_text())
+    doc["files"][WEIGHTS_FILENAME]["bytes"] = MAX_EXTRACTED_BYTES + 1
+    (model_dir / MANIFEST_FILENAME).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="files total 268435457 bytes"):
+        load_model_dir(model_dir)

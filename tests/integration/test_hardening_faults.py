@@ -151,10 +151,11 @@ def test_an_unload_answers_the_requests_its_model_already_accepted(
     invoke = f"/models/{name}/invoke"
     json_type = {"Content-Type": "application/json"}
     calls = [
-        ("slow", "POST", invoke, {**json_type, "X-Test-Sleep": "1.5"}, 0.0),  # inside the worker for 1.5 s
-        ("queued", "POST", invoke, json_type, 0.2),  # waits in MMS's queue behind it
-        ("unload", "DELETE", f"/models/{name}", {}, 0.4),
-        ("after", "POST", invoke, json_type, 0.7),  # arrives while the unload waits
+        # Spaced by half a second or more, so that a busy machine cannot reorder them.
+        ("slow", "POST", invoke, {**json_type, "X-Test-Sleep": "3"}, 0.0),  # inside the worker for 3 s
+        ("queued", "POST", invoke, json_type, 0.5),  # waits in MMS's queue behind it
+        ("unload", "DELETE", f"/models/{name}", {}, 1.0),
+        ("after", "POST", invoke, json_type, 1.6),  # arrives while the unload waits
     ]
     threads = [threading.Thread(target=call, args=spec) for spec in calls]
     for thread in threads:

@@ -33,6 +33,7 @@ import psutil
 from aiohttp import web
 
 from genesig.artifact import Manifest, load_model_dir, read_manifest
+from genesig.artifact.package import check_model_folder
 from genesig.container.memory import MemoryStatus
 from genesig.container.settings import DRAIN_HEADER, ServingSettings
 from genesig.errors import (
@@ -441,9 +442,7 @@ class Gateway:
             self._mark_available(name)  # MMS has it (e.g. a load whose answer timed out): serve it
             raise Conflict(f"model {name} is already loaded")
         started = time.perf_counter()
-        model_dir = Path(spec.url)
-        if not model_dir.is_dir():
-            raise ModelNotFound(f"model folder {spec.url} does not exist")
+        model_dir = check_model_folder(Path(spec.url))
         # Full verification (schema, checksums, shapes) before MMS registers anything.
         manifest = (await asyncio.to_thread(load_model_dir, model_dir)).manifest
         need = manifest.memory_estimate_bytes

@@ -44,6 +44,19 @@ class LoadedModel:
 _loaded: LoadedModel | None = None
 
 
+class QuietDisconnect(logging.Filter):
+    """Multi Model Server's worker logs "Backend worker process died." with a traceback whenever the frontend
+    closes its connection on purpose (an unload, a scale-down, a shutdown); say so in one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, ValueError) and str(error) == "Frontend disconnected":
+            record.msg, record.args = "the model server closed this worker's connection; the worker exits", ()
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
 def load(model_dir: Path, settings: ServingSettings) -> LoadedModel:
     """Verify and load the artifact, then run a warm-up prediction so the first invoke pays nothing extra."""
     started = time.perf_counter()
@@ -131,6 +144,7 @@ def handle(data: list[dict[str, Any]] | None, context: Any) -> list[bytes] | Non
     """MMS entry point: ``data is None`` means load; otherwise one response per request in the batch."""
     global _loaded
     if data is None:
+        logging.getLogger().addFilter(QuietDisconnect())
         model_dir = Path(context.system_properties["model_dir"])
         _loaded = load(model_dir, read_settings())
         return None

@@ -10,6 +10,7 @@ import contextlib
 import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import psutil
@@ -39,6 +40,7 @@ def model_server_environ(settings: ServingSettings, mms_port: int, base: dict[st
             "SAGEMAKER_MULTI_MODEL": "true",
             "SAGEMAKER_HANDLER": settings.handler,
             "SAGEMAKER_BIND_TO_PORT": str(mms_port),
+            "SAGEMAKER_MODEL_SERVER_VMARGS": settings.jvm_options,
             # MMS reads these over its config file (enable_envvars_config=true): loopback only, the gateway is public.
             "MMS_INFERENCE_ADDRESS": f"http://127.0.0.1:{mms_port}",
             "MMS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mms_port}",
@@ -63,6 +65,9 @@ def main() -> None:
     # The toolkit starts the MMS launcher script without waiting for it and installs its own SIGCHLD reaper only
     # after that script has exited, which leaves a zombie for the server's lifetime; reap from the start.
     signal.signal(signal.SIGCHLD, _reap_children)
+    # The toolkit imports pkg_resources, which setuptools deprecates with a warning on every start; the pin
+    # setuptools<82 keeps it working, so the warning tells an operator nothing.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     # The toolkit reads SAGEMAKER_MULTI_MODEL at import time, so import only once the environment is set.
     from sagemaker_inference import model_server
 

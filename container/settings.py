@@ -66,6 +66,13 @@ class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 1.0
+    jvm_options: Annotated[
+        str,
+        _doc(
+            "Options of Multi Model Server's JVM (SAGEMAKER_MODEL_SERVER_VMARGS). The toolkit's default turns"
+            " container support off, so the JVM sized its heap from the host's memory, not the container's limit."
+        ),
+    ] = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=10 -XX:+ExitOnOutOfMemoryError"
     log_level: Annotated[str, _doc("Python log level of the gateway and model backends.")] = "INFO"
     front: Annotated[
         Literal["auto", "nginx", "gateway"],

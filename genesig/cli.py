@@ -29,7 +29,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
     from genesig.selfcheck import selfcheck
 
-    checks = selfcheck(args.url)
+    if args.models_dir and not args.url:
+        raise GenesigError("--models-dir goes with --url: the folder mounted into the server you check")
+    checks = selfcheck(args.url, args.models_dir, args.container_models_dir)
     for check in checks:
         level = logging.INFO if check.passed else logging.ERROR
         logger.log(
@@ -142,18 +144,26 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
 
     from aiohttp import web
 
+    from genesig.container_server import CONTAINER_MODELS_DIR, ContainerServer
     from genesig.local_endpoint import LocalEndpoint, ModelSource
     from genesig.server_process import ServerProcess
 
-    server = None
+    server: ServerProcess | ContainerServer | None = None
     url = args.model_server_url
-    if not url:
+    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="genesig-model-cache-"))
+    url_root = args.model_url_root
+    if args.image and url:
+        raise GenesigError("give --image or --model-server-url, not both")
+    if args.image:
+        server = ContainerServer(args.image, cache, memory_mb=args.memory_mb).start()
+        url, url_root = server.url, CONTAINER_MODELS_DIR
+        logger.info("started %s at %s; the model cache %s is its %s", args.image, url, cache, url_root)
+    elif not url:
         state = Path(tempfile.mkdtemp(prefix="genesig-local-endpoint-"))
         server = ServerProcess(state / "model-server").start()
         url = server.url
         logger.info("started a model server at %s (logs: %s)", url, server.log_path)
-    cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="genesig-model-cache-"))
-    endpoint = LocalEndpoint(ModelSource(args.prefix), url, cache, args.cache_max_mb * 1024 * 1024)
+    endpoint = LocalEndpoint(ModelSource(args.prefix), url, cache, args.cache_max_mb * 1024 * 1024, url_root)
 
     async def run() -> None:
         runner = web.AppRunner(endpoint.app(), access_log=None)
@@ -194,6 +204,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep_running=args.keep_running,
         on_summary=render_summary,
+        image=args.image,
     )
     render_demo(result, str(args.workdir))
     return 0 if result.predictions else 1
@@ -239,6 +250,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("selfcheck", help="check a model server end to end (starts one unless --url is given)")
     check.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
+    check.add_argument(
+        "--models-dir",
+        type=Path,
+        help="the host folder mounted into the server's container (docker run -v DIR:/opt/ml/models:ro)",
+    )
+    check.add_argument(
+        "--container-models-dir",
+        default="/opt/ml/models",
+        help="where the container sees --models-dir (default /opt/ml/models, as SageMaker mounts it)",
+    )
     check.set_defaults(func=_cmd_selfcheck)
 
     run = sub.add_parser("run-local", help="preprocess, train, evaluate, gate, register and deploy on this machine")
@@ -289,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--patients", type=int, default=120, help="size of the generated cohort")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--keep-running", action="store_true", help="leave the endpoint up until Ctrl-C")
+    demo.add_argument("--image", help="serve with this serving image under Docker (see ./build_and_push.sh)")
     demo.set_defaults(func=_cmd_demo)
 
     local = sub.add_parser("local-endpoint", help="a local multi-model endpoint that routes like SageMaker's")
@@ -298,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--model-server-url", help="a running `genesig serve`; default: start one")
     local.add_argument("--cache-dir", type=Path, help="where artifacts are extracted (default: a temporary folder)")
     local.add_argument("--cache-max-mb", type=int, default=2048, help="disk limit of extracted artifacts")
+    local.add_argument(
+        "--image",
+        help="run this serving image with Docker as the model server (the cache mounted at /opt/ml/models)",
+    )
+    local.add_argument("--memory-mb", type=int, help="with --image: the container's memory limit (docker --memory)")
+    local.add_argument(
+        "--model-url-root", help="where --model-server-url sees --cache-dir (e.g. /opt/ml/models in a container)"
+    )
     local.set_defaults(func=_cmd_local_endpoint)
 
     train = sub.add_parser("train", help="SageMaker training-job entry (the image runs `train`): /opt/ml in, out")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from genesig.client import ModelServerClient
+from genesig.container_server import CONTAINER_MODELS_DIR, ContainerServer
 from genesig.local_endpoint import runtime_client, start_local_endpoint
 from genesig.server_process import ServerProcess
 
@@ -80,6 +82,7 @@ def run_demo(
     seed: int = 0,
     keep_running: bool = False,
     on_summary: Any = None,
+    image: str | None = None,
 ) -> DemoResult:
     from genesig.pipeline.run import RunOptions, run_local
     from genesig.pipeline.signatures import default_signatures
@@ -98,10 +101,19 @@ def run_demo(
         on_summary(summary)
     prefix = workdir / "mme-prefix"
     prefix.mkdir(exist_ok=True)
-    server = ServerProcess(workdir / "model-server").start()
+    cache = workdir / "model-cache"
+    shutil.rmtree(cache, ignore_errors=True)  # a previous demo's extracted models
+    server: ServerProcess | ContainerServer
+    if image:
+        # The serving image under Docker, the model cache mounted where SageMaker mounts it.
+        server = ContainerServer(image, cache, log_path=workdir / "model-server" / "container.log").start()
+        url_root: str | None = CONTAINER_MODELS_DIR
+    else:
+        server = ServerProcess(workdir / "model-server").start()
+        url_root = None
     endpoint, url = None, ""
     try:
-        endpoint, url = start_local_endpoint(prefix, server.url, workdir)
+        endpoint, url = start_local_endpoint(prefix, server.url, workdir, cache_dir=cache, model_url_root=url_root)
         result = invoke_deployed(url, workdir, summary)
         if keep_running:
             _wait_for_interrupt(url, server.url, result)

@@ -46,6 +46,14 @@ class ModelNotFound(GenesigError):
     code = "model_not_found"
 
 
+class ModelUnreadable(GenesigError):
+    """The model server's user may not read a model folder or file (a mount or permission problem, not the
+    artifact's fault)."""
+
+    status = 403
+    code = "model_unreadable"
+
+
 class Conflict(GenesigError):
     status = 409
     code = "conflict"

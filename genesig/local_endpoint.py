@@ -129,10 +129,19 @@ def check_target(target: str | None) -> str:
 class LocalEndpoint:
     """Routing state: extracted artifacts on disk (LRU by size) and loaded models (LRU by use)."""
 
-    def __init__(self, source: ModelSource, model_server_url: str, cache_dir: Path, cache_max_bytes: int) -> None:
+    def __init__(
+        self,
+        source: ModelSource,
+        model_server_url: str,
+        cache_dir: Path,
+        cache_max_bytes: int,
+        model_url_root: str | None = None,
+    ) -> None:
         self.source = source
         self.model_server_url = model_server_url.rstrip("/")
         self.cache_dir = cache_dir.resolve()
+        # Where the model server sees the cache: the same path, or the container's /opt/ml/models mount of it.
+        self.model_url_root = (model_url_root or str(self.cache_dir)).rstrip("/")
         self.cache_max_bytes = cache_max_bytes
         self.loaded: OrderedDict[str, str] = OrderedDict()  # target -> opaque name, least recently used first
         self.on_disk: OrderedDict[str, int] = OrderedDict()  # target -> extracted bytes, least recently used first
@@ -148,6 +157,7 @@ class LocalEndpoint:
 
     async def start(self, _app: web.Application | None = None) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.cache_dir.chmod(0o755)  # a model server running as another user (a container's) reads it
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
 
     async def close(self, _app: web.Application | None = None) -> None:
@@ -303,7 +313,8 @@ class LocalEndpoint:
         model_dir = await self._extract(target)
         opaque = opaque_name(target)
         for attempt in range(MAX_LOAD_ATTEMPTS):
-            status, body, _ = await self._request("POST", "/models", json={"model_name": opaque, "url": str(model_dir)})
+            url = f"{self.model_url_root}/{model_dir.relative_to(self.cache_dir)}"
+            status, body, _ = await self._request("POST", "/models", json={"model_name": opaque, "url": url})
             if status == 200:
                 break
             if status == 409:
@@ -461,9 +472,17 @@ def runtime_client(url: str) -> Any:
 
 
 def start_local_endpoint(
-    prefix: Path, model_server_url: str, workdir: Path, cache_max_mb: int = 2048, timeout_s: float = 60
+    prefix: Path,
+    model_server_url: str | None,
+    workdir: Path,
+    cache_max_mb: int = 2048,
+    timeout_s: float = 60,
+    cache_dir: Path | None = None,
+    model_url_root: str | None = None,
+    image: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """``genesig local-endpoint`` as a child process on a free loopback port; returns it and its URL once healthy."""
+    """``genesig local-endpoint`` as a child process on a free loopback port, in front of ``model_server_url`` or
+    of the serving ``image`` it starts under Docker; returns the process and its URL once healthy."""
     from genesig.client import ModelServerClient
     from genesig.server_process import free_port
 
@@ -480,12 +499,13 @@ def start_local_endpoint(
                 str(prefix),
                 "--port",
                 str(port),
-                "--model-server-url",
-                model_server_url,
+                *(["--model-server-url", model_server_url] if model_server_url else []),
+                *(["--image", image] if image else []),
                 "--cache-dir",
-                str(workdir / f"cache-{port}"),
+                str(cache_dir or workdir / f"cache-{port}"),
                 "--cache-max-mb",
                 str(cache_max_mb),
+                *(["--model-url-root", model_url_root] if model_url_root else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

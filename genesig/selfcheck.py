@@ -4,6 +4,10 @@ Against a running server (``--url``, e.g. the image started with ``docker run``)
 one it starts itself: load seeded artifacts under opaque names as SageMaker does,
 describe, invoke in every request format, check that bad input gets a clear 4xx,
 unload, and (when it started the server) stop it and check no process is left.
+
+A container sees its model folders under its own path (SageMaker mounts them at
+``/opt/ml/models``): with ``models_dir`` (the host folder mounted there) the artifacts
+are written on the host and loaded by their path inside the container.
 """
 
 from __future__ import annotations
@@ -11,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +33,8 @@ from genesig.server_process import ServerProcess
 logger = logging.getLogger(__name__)
 
 GENES = ["LRIG1", "HPGD", "GDF15"]
+# Where SageMaker mounts the model folders in the container.
+CONTAINER_MODELS_DIR = "/opt/ml/models"
 
 
 @dataclass
@@ -40,7 +49,22 @@ def _opaque_name(artifact: str) -> str:
     return hashlib.sha256(artifact.encode()).hexdigest()[:32]
 
 
-def run_checks(client: ModelServerClient, work_dir: Path) -> list[Check]:
+def run_checks(
+    client: ModelServerClient, work_dir: Path, models_dir: Path | None = None, models_url_root: str | None = None
+) -> list[Check]:
+    """Write artifacts under ``work_dir`` and extract them into ``models_dir`` (default ``work_dir/models``), which the
+    server sees as ``models_url_root`` (default: the same path)."""
+    models_dir = models_dir or work_dir / "models"
+    url_root = models_url_root or str(models_dir)
+    run = uuid.uuid4().hex[:8]  # a rerun after an interrupted one never meets its leftovers
+    try:
+        return _checks(client, work_dir, models_dir, url_root, run)
+    finally:
+        for folder in models_dir.glob(f"genesig-selfcheck-{run}-*"):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _checks(client: ModelServerClient, work_dir: Path, models_dir: Path, url_root: str, run: str) -> list[Check]:
     checks: list[Check] = []
 
     def check(name: str, response: Response, expect: int, test: Callable[[Response], bool] = lambda r: True) -> None:
@@ -52,12 +76,15 @@ def run_checks(client: ModelServerClient, work_dir: Path) -> list[Check]:
     for target, seed in targets:
         name = f"selfcheck_{target}"
         archive = write_synthetic_artifact(work_dir / "prefix", name, GENES, target=target, seed=seed)
-        models[name] = (_opaque_name(archive.name), extract_artifact(archive, work_dir / "models" / name / "model"))
+        folder = f"genesig-selfcheck-{run}-{target}"
+        extract_artifact(archive, models_dir / folder / "model")
+        os.chmod(models_dir / folder, 0o755)  # the server may run as another user (a container's uid 1000)
+        models[name] = (_opaque_name(f"{run}/{archive.name}"), f"{url_root.rstrip('/')}/{folder}/model")
 
-    for name, (opaque, model_dir) in models.items():
-        check(f"load {name}", client.load(opaque, str(model_dir)), 200)
-    first, (opaque, model_dir) = next(iter(models.items()))
-    check("load again answers 409", client.load(opaque, str(model_dir)), 409)
+    for name, (opaque, model_url) in models.items():
+        check(f"load {name}", client.load(opaque, model_url), 200)
+    first, (opaque, model_url) = next(iter(models.items()))
+    check("load again answers 409", client.load(opaque, model_url), 409)
     check("describe shows the genes", client.describe(opaque), 200, lambda r: r.json()["genesig"]["genes"] == GENES)
     check("list models", client.list(limit=1), 200, lambda r: len(r.json()["models"]) == 1)
 
@@ -96,14 +123,25 @@ def run_checks(client: ModelServerClient, work_dir: Path) -> list[Check]:
     return checks
 
 
-def selfcheck(url: str | None = None) -> list[Check]:
+def selfcheck(
+    url: str | None = None, models_dir: Path | None = None, models_url_root: str = CONTAINER_MODELS_DIR
+) -> list[Check]:
+    """Check the server at ``url`` (or one started here). ``models_dir``: the host folder mounted into the server's
+    container at ``models_url_root``; without it the server must see this machine's temporary folder."""
+    if models_dir is not None and not models_dir.is_dir():
+        raise ModelServerError(
+            f"--models-dir {models_dir} is not a folder; give the host folder you mount at {models_url_root}"
+        )
     with tempfile.TemporaryDirectory(prefix="genesig-selfcheck-") as tmp:
         work = Path(tmp)
+        os.chmod(work, 0o755)  # a server running as another user must read the models extracted here
         if url:
             with ModelServerClient(url, timeout=30) as client:
                 if not client.ping():
                     raise ModelServerError(f"no healthy model server answers at {url} (GET /ping)")
-                return run_checks(client, work)
+                if models_dir is None:
+                    return run_checks(client, work)
+                return run_checks(client, work, models_dir, models_url_root)
         server = ServerProcess(work / "state")
         server.start()
         try:

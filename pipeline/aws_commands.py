@@ -34,7 +34,8 @@ def _config(args: argparse.Namespace) -> Any:
         role_arn=args.role,
         bucket=args.bucket,
         region=args.region or "us-east-1",
-        image_uri=args.image_uri,
+        training_image_uri=args.training_image_uri,
+        serving_image_uri=args.serving_image_uri,
         name=args.pipeline_name,
     )
 
@@ -237,7 +238,16 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                 "--role", default="arn:aws:iam::123456789012:role/genesig-sagemaker", required=verb == "upsert"
             )
             cmd.add_argument("--bucket", default="genesig-artifacts")
-            cmd.add_argument("--image-uri", default="123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest")
+            cmd.add_argument(
+                "--training-image-uri",
+                default="123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme-train:latest",
+                help="the jobs' image (build_and_push.sh's IMAGE-train)",
+            )
+            cmd.add_argument(
+                "--serving-image-uri",
+                default="123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest",
+                help="the image registered models are served with (build_and_push.sh's IMAGE)",
+            )
         if verb == "definition":
             cmd.add_argument("--out", type=Path)
         if verb in ("upsert", "start-all"):
@@ -266,7 +276,7 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         cmd.add_argument("--name", required=True)
         add_aws_arguments(cmd)
         if verb != "delete":
-            cmd.add_argument("--image-uri", required=True)
+            cmd.add_argument("--image-uri", required=True, help="the serving image (build_and_push.sh's IMAGE)")
             cmd.add_argument("--prefix", required=True, help="s3://bucket/prefix/ holding the model artifacts")
             cmd.add_argument("--role", required=True)
             cmd.add_argument("--instance-type", default="ml.m5.large")

@@ -1,10 +1,11 @@
 """The SageMaker Pipeline (SDK v3): PreprocessCohort → TrainModel → EvaluateModel → CheckMetric →
 RegisterModel → DeployToMme, or a Fail step that states the metric and the threshold.
 
-Every job runs our serving image, which holds the project and its pinned dependencies: the
-processing steps call ``genesig step ...`` (the same code as ``genesig run-local``), the
-training job runs the image's ``train`` entry (SageMaker's training-container contract), and
-nothing is installed at run time. No code is uploaded, so the definition builds offline.
+Every job runs our training image (``IMAGE-train``: the project, its pinned pipeline dependencies and
+CPU torch): the processing steps call ``genesig step ...`` (the same code as ``genesig run-local``),
+the training job runs the image's ``train`` entry (SageMaker's training-container contract), and
+nothing is installed at run time. The registered model package names the serving image, which has no
+torch. No code is uploaded, so the definition builds offline.
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ class PipelineConfig:
     bucket: str = "genesig-artifacts"
     region: str = DEFAULT_REGION
     name: str = PIPELINE_NAME
-    image_uri: str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest"
+    # The jobs' image and the image a registered model is served with (build_and_push.sh builds both).
+    training_image_uri: str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme-train:latest"
+    serving_image_uri: str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest"
     endpoint_url: str | None = None
 
     @property
@@ -83,7 +86,8 @@ def get_pipeline(config: PipelineConfig | None = None):  # type: ignore[no-untyp
     threshold = ParameterFloat("MetricThreshold", default_value=0.6)
     approval = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
     mme_prefix = ParameterString("MmePrefix", default_value=f"{config.base_uri}/mme/")
-    image = ParameterString("ImageUri", default_value=config.image_uri)
+    image = ParameterString("TrainingImageUri", default_value=config.training_image_uri)
+    serving_image = ParameterString("ServingImageUri", default_value=config.serving_image_uri)
     parameters = [
         input_data,
         signature,
@@ -94,6 +98,7 @@ def get_pipeline(config: PipelineConfig | None = None):  # type: ignore[no-untyp
         approval,
         mme_prefix,
         image,
+        serving_image,
     ]
 
     def processor(step: str) -> Processor:
@@ -185,7 +190,7 @@ def get_pipeline(config: PipelineConfig | None = None):  # type: ignore[no-untyp
     register = ModelStep(
         name="RegisterModel",
         step_args=ModelBuilder(
-            image_uri=image, s3_model_data_url=model_uri, role_arn=config.role_arn, sagemaker_session=session
+            image_uri=serving_image, s3_model_data_url=model_uri, role_arn=config.role_arn, sagemaker_session=session
         ).register(
             model_package_group_name=group,
             content_types=["application/json", "text/csv"],

@@ -5,7 +5,8 @@
 #   serve  what `genesig serve` / `genesig selfcheck` need (default)
 #   train  serve plus the pipeline (genesig run-local: torch, pandas, scikit-learn, matplotlib)
 #   dev    serve, train, tests, linters and benchmarks
-# System packages (installed only when missing): a Java 17 runtime for Multi Model Server, nginx.
+# System packages (installed only when missing): a Java 17 runtime for Multi Model Server, nginx; for dev also
+# a Docker engine and debootstrap (the image tests build and run the images, from a base made of Debian packages).
 # Python: $PYTHON (default python3, 3.11 or 3.12); the venv is .venv in the repository.
 set -euo pipefail
 
@@ -19,6 +20,10 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 missing=()
 command -v java > /dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v nginx > /dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx-light)
+if [[ "$extra" == dev ]]; then
+  command -v dockerd > /dev/null 2>&1 || [[ -x /usr/sbin/dockerd ]] || missing+=(docker.io)
+  command -v debootstrap > /dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
+fi
 if ((${#missing[@]})); then
   sudo=()
   [[ "$(id -u)" -eq 0 ]] || sudo=(sudo)

@@ -15,6 +15,7 @@ import shutil
 import tarfile
 import tempfile
 import time
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from genesig.artifact.manifest import (
     encode_manifest,
 )
 from genesig.artifact.model import SignatureModel, check_tensors
-from genesig.errors import ArtifactError, InsufficientStorage
+from genesig.errors import ArtifactError, InsufficientStorage, ModelNotFound, ModelUnreadable
 
 # Generous for kilobyte-sized signature models; a tar bomb stops here.
 MAX_EXTRACTED_BYTES = 256 * 1024 * 1024
@@ -43,6 +44,11 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 # Marks publish_bytes' hidden temporary files; one older than STALE_PARTIAL_S belongs to a killed publish.
 PARTIAL_MARK = ".partial-"
 STALE_PARTIAL_S = 3600.0
+# Extracted folders are readable by any user (a container runs as another uid than the one that extracted them);
+# models are not secrets, and SageMaker hands the container its model folders the same way.
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+_COPY_CHUNK = 1 << 20
 # A loaded model's process costs ~25-35 MB (Python + numpy, measured); the rest scales with the weights.
 BACKEND_BASELINE_BYTES = 48 * 1024 * 1024
 
@@ -136,12 +142,50 @@ def remove_stale_partials(folder: Path, older_than_s: float = STALE_PARTIAL_S) -
 def _check_member(member: tarfile.TarInfo) -> None:
     name = member.name
     parts = Path(name).parts
-    if name.startswith("/") or ".." in parts or not parts:
+    if name.startswith("/") or ".." in parts or (not parts and not member.isdir()):
         raise ArtifactError(f"unsafe path in artifact: {name!r} (absolute or escaping the model folder)")
     if member.issym() or member.islnk():
         raise ArtifactError(f"artifact member {name!r} is a link; links are not allowed")
     if not (member.isfile() or member.isdir()):
         raise ArtifactError(f"artifact member {name!r} is not a regular file or folder")
+
+
+def _make_folders(root: Path, parts: tuple[str, ...]) -> None:
+    folder = root
+    for part in parts:
+        folder = folder / part
+        if not folder.is_dir() or folder.is_symlink():
+            folder.mkdir()  # fails on a file or link of that name: nothing is ever written through one
+            os.chmod(folder, DIR_MODE)  # whatever the umask
+
+
+def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, root: Path) -> None:
+    """Create one checked member under ``root``: folders 0755, files 0644, never through an existing path or link.
+
+    Done by hand rather than with ``extractall(filter="data")``: that filter first shipped in Python 3.11.4, and
+    Debian 12's own Python is 3.11.2. Our member checks are stricter than the filter anyway (regular files and
+    folders only).
+    """
+    parts = Path(member.name).parts
+    target = root.joinpath(*parts)
+    _make_folders(root, parts if member.isdir() else parts[:-1])
+    if member.isdir():
+        return
+    source = tar.extractfile(member)
+    assert source is not None, "regular members always have data"
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, FILE_MODE)
+    except FileExistsError:
+        raise ArtifactError(f"artifact member {member.name!r} appears more than once") from None
+    with os.fdopen(fd, "wb") as out:
+        remaining = member.size
+        while remaining > 0:
+            block = source.read(min(_COPY_CHUNK, remaining))
+            if not block:
+                raise ArtifactError(f"artifact member {member.name!r} is truncated")
+            out.write(block)
+            remaining -= len(block)
+    os.chmod(target, FILE_MODE)  # whatever the umask
 
 
 def extract_artifact(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACTED_BYTES) -> Path:
@@ -155,6 +199,7 @@ def extract_artifact(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACTE
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
+        os.chmod(staging, DIR_MODE)
         try:
             with tarfile.open(archive, mode="r:gz") as tar:
                 members = []
@@ -167,15 +212,15 @@ def extract_artifact(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACTE
                         raise ArtifactError(f"artifact has more than {MAX_MEMBERS} members")
                     if total > max_bytes:
                         raise ArtifactError(f"artifact extracts to more than {max_bytes} bytes")
-                # The "data" filter re-checks paths and strips modes as a second line of defence.
-                tar.extractall(staging, members=members, filter="data")
+                for member in members:
+                    _write_member(tar, member, staging)
         except OSError as exc:
             if exc.errno in NO_SPACE:  # our disk, not the artifact: the caller may free space and retry
                 raise InsufficientStorage(
                     f"no space left to extract {archive.name} into {dest.parent}: {exc.strerror}"
                 ) from None
             raise ArtifactError(f"cannot read artifact {archive.name}: {exc}") from None
-        except (tarfile.TarError, EOFError) as exc:
+        except (tarfile.TarError, EOFError, zlib.error) as exc:
             raise ArtifactError(f"cannot read artifact {archive.name}: {exc}") from None
         staging.rename(dest)
     except BaseException:
@@ -184,10 +229,35 @@ def extract_artifact(archive: Path, dest: Path, *, max_bytes: int = MAX_EXTRACTE
     return dest
 
 
+def _unreadable(path: Path) -> ModelUnreadable:
+    return ModelUnreadable(
+        f"the model server (uid {os.getuid()}) may not read {path}: make the model folder readable by that user "
+        "(chmod -R a+rX on it) or run the server as the folder's owner (docker run --user)"
+    )
+
+
+def check_model_folder(model_dir: Path) -> Path:
+    """``model_dir`` as a folder the server can read: 404 when missing, 403 when permissions deny it."""
+    try:
+        if not model_dir.is_dir():
+            raise ModelNotFound(f"model folder {model_dir} does not exist or is not a folder")
+        os.listdir(model_dir)
+    except PermissionError:
+        raise _unreadable(model_dir) from None
+    return model_dir
+
+
 def read_manifest(model_dir: Path) -> Manifest:
     """The folder's manifest. On SageMaker the platform extracts the tarball, so our extraction's checks did not
     run: a manifest that is a link (to anywhere) or too big to be one is refused before it is read."""
     path = model_dir / MANIFEST_FILENAME
+    try:
+        return _read_manifest(path)
+    except PermissionError as exc:
+        raise _unreadable(Path(exc.filename or path)) from None
+
+
+def _read_manifest(path: Path) -> Manifest:
     if path.is_symlink():
         raise ArtifactError(f"{MANIFEST_FILENAME} is a link; links are not allowed")
     if not path.is_file():
@@ -199,6 +269,13 @@ def read_manifest(model_dir: Path) -> Manifest:
 
 def load_model_dir(model_dir: Path) -> SignatureModel:
     """Verify an extracted artifact (schema, sha256 of every file, tensor shapes and values) and load it."""
+    try:
+        return _load_model_dir(model_dir)
+    except PermissionError as exc:
+        raise _unreadable(Path(exc.filename or model_dir)) from None
+
+
+def _load_model_dir(model_dir: Path) -> SignatureModel:
     manifest = read_manifest(model_dir)
     if (total := sum(entry.bytes for entry in manifest.files.values())) > MAX_EXTRACTED_BYTES:
         raise ArtifactError(f"the artifact's files total {total} bytes, over the {MAX_EXTRACTED_BYTES}-byte limit")

@@ -25,8 +25,8 @@ import boto3
 import pytest
 
 from genesig.server_process import free_port
+from tests.emulators import REGION, _stop, _wait
 
-from .conftest import REGION, _stop, _wait
 from .test_deploy_sagemaker import register
 
 

@@ -246,3 +246,31 @@ def test_unload_stops_the_backend_and_reload_works(
     assert client.load(name, str(model_dir)).status == 200
     assert client.invoke(name, b'{"inputs": [[1,2,3]]}').status == 200
     assert client.unload(name).status == 200
+
+
+def test_the_server_log_is_free_of_false_alarms(start_server: ServerFactory, model_dirs: Callable[..., Path]) -> None:
+    """No pkg_resources deprecation warning at start, no traceback when an unload closes a worker on purpose."""
+    server = start_server()
+    model_dir = model_dirs("quiet", seed=2)
+    with ModelServerClient(server.url) as client:
+        for _ in range(30):  # the traceback reached the log for some unloads only: the log reader races the exit
+            assert client.load("quiet", str(model_dir)).status == 200
+            assert client.invoke("quiet", json.dumps({"inputs": ROWS}).encode()).status == 200
+            assert client.unload("quiet").status == 200
+    time.sleep(0.5)  # the unloaded workers' last lines reach the log
+    log = server.log_path.read_text()
+    assert "pkg_resources" not in log
+    assert "Traceback" not in log, log[log.find("Traceback") - 500 : log.find("Traceback") + 500]
+
+
+def test_the_jvm_heap_follows_the_container_memory_limit(start_server: ServerFactory) -> None:
+    """The toolkit's default JVM options turn container support off (the heap then follows the host's memory)."""
+    server = start_server()
+    jvm = next(
+        p
+        for p in psutil.Process(server.process.pid).children(recursive=True)  # type: ignore[union-attr]
+        if "com.amazonaws.ml.mms.ModelServer" in p.cmdline()
+    )
+    args = jvm.cmdline()
+    assert "-XX:+UseContainerSupport" in args and "-XX:-UseContainerSupport" not in args
+    assert any(a.startswith("-XX:MaxRAMPercentage=") for a in args)

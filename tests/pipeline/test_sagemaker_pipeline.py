@@ -25,7 +25,8 @@ PARAMETERS = {
     "MetricThreshold",
     "ModelApprovalStatus",
     "MmePrefix",
-    "ImageUri",
+    "TrainingImageUri",
+    "ServingImageUri",
 }
 
 
@@ -139,15 +140,16 @@ def test_steps_run_our_image_and_our_step_code(definition: dict[str, Any]) -> No
     steps = {s["Name"]: s for s in definition["Steps"]}
     for name, step in (("PreprocessCohort", "preprocess"), ("EvaluateModel", "evaluate")):
         app = steps[name]["Arguments"]["AppSpecification"]
-        assert app["ImageUri"] == {"Get": "Parameters.ImageUri"}
+        assert app["ImageUri"] == {"Get": "Parameters.TrainingImageUri"}
         assert app["ContainerEntrypoint"] == ["genesig", "step", step]
     train = steps["TrainModel"]["Arguments"]
-    assert train["AlgorithmSpecification"]["TrainingImage"] == {"Get": "Parameters.ImageUri"}
+    assert train["AlgorithmSpecification"]["TrainingImage"] == {"Get": "Parameters.TrainingImageUri"}
     assert train["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == {
         "Get": "Steps.PreprocessCohort.ProcessingOutputConfig.Outputs['prepared'].S3Output.S3Uri"
     }
     register = steps["CheckMetric"]["Arguments"]["IfSteps"][0]["Arguments"]
     assert register["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
+    assert register["InferenceSpecification"]["Containers"][0]["Image"] == {"Get": "Parameters.ServingImageUri"}
     assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == {
         "Get": "Steps.TrainModel.ModelArtifacts.S3ModelArtifacts"
     }

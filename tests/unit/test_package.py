@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import os
 import pickle
+import stat
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +20,9 @@ import safetensors.numpy
 
 from genesig.artifact import extract_artifact, load_model_dir, read_artifact, write_artifact
 from genesig.artifact.manifest import MANIFEST_FILENAME, WEIGHTS_FILENAME, decode_manifest, encode_manifest
-from genesig.artifact.package import MAX_EXTRACTED_BYTES, MAX_MANIFEST_BYTES
+from genesig.artifact.package import MAX_EXTRACTED_BYTES, MAX_MANIFEST_BYTES, check_model_folder
 from genesig.artifact.synthetic import synthetic_manifest, synthetic_tensors
-from genesig.errors import ArtifactError, InsufficientStorage
+from genesig.errors import ArtifactError, InsufficientStorage, ModelNotFound, ModelUnreadable
 from tests.tarballs import add_member
 
 
@@ -210,11 +212,15 @@ def test_too_many_members_are_refused(tmp_path: Path) -> None:
 def test_a_full_disk_is_not_blamed_on_the_artifact(
     make_archive: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def no_space(*_args: object, **_kwargs: object) -> None:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    real_open = os.open
+
+    def no_space(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_CREAT and str(path).startswith(str(tmp_path / "out")):  # creating a file: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
     archive = make_archive()
-    monkeypatch.setattr(tarfile.TarFile, "extractall", no_space)
+    monkeypatch.setattr(os, "open", no_space)
     with pytest.raises(InsufficientStorage, match="no space left to extract"):
         extract_artifact(archive, tmp_path / "out" / "model")
     assert not list((tmp_path / "out").iterdir()), "no staging folder left behind"
@@ -270,3 +276,86 @@ def test_files_declared_over_the_size_limit_are_refused_before_hashing(make_mode
     (model_dir / MANIFEST_FILENAME).write_text(json.dumps(doc))
     with pytest.raises(ArtifactError, match="files total 268435457 bytes"):
         load_model_dir(model_dir)
+
+
+def test_extraction_works_without_the_tarfile_data_filter(
+    make_archive: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Python 3.11.0-3.11.3 (Debian 12's python3 is 3.11.2) have no ``filter=`` argument and no data_filter."""
+
+    def no_filter(self: tarfile.TarFile, *args: object, filter: object = None, **kwargs: object) -> None:  # noqa: A002
+        if filter is not None:
+            raise TypeError("extractall() got an unexpected keyword argument 'filter'")
+        raise AssertionError("extraction must not rely on tarfile's own extraction")
+
+    monkeypatch.setattr(tarfile.TarFile, "extractall", no_filter)
+    monkeypatch.setattr(tarfile.TarFile, "extract", no_filter)
+    monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    model_dir = extract_artifact(make_archive(), tmp_path / "model")
+    assert load_model_dir(model_dir).manifest.name == "metagene_19"
+
+
+def test_extracted_folders_are_readable_by_any_user_whatever_the_umask(
+    make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    archive = make_archive()
+    old = os.umask(0o077)
+    try:
+        model_dir = extract_artifact(archive, tmp_path / "cache" / "model")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(model_dir.stat().st_mode) == 0o755, "a container running as another user must enter it"
+    for path in model_dir.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
+
+
+def test_a_dot_folder_entry_is_accepted_and_a_repeated_member_refused(tmp_path: Path) -> None:
+    good, repeated = tmp_path / "dot.tar.gz", tmp_path / "twice.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        tar.addfile(_dir_member("."))  # what `tar -C /opt/ml/model -czf model.tar.gz .` writes first
+        tar.addfile(*_file_member("./sub/a.txt", b"a"))
+    extract_artifact(good, tmp_path / "dot")
+    assert (tmp_path / "dot" / "sub" / "a.txt").read_bytes() == b"a"
+    with tarfile.open(repeated, "w:gz") as tar:
+        tar.addfile(*_file_member("a.txt", b"a"))
+        tar.addfile(*_file_member("a.txt", b"b"))
+    with pytest.raises(ArtifactError, match="appears more than once"):
+        extract_artifact(repeated, tmp_path / "twice")
+    assert not (tmp_path / "twice").exists()
+
+
+def _dir_member(name: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = tarfile.DIRTYPE
+    info.mode = 0o755
+    return info
+
+
+def _file_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    return info, io.BytesIO(data)
+
+
+def test_an_unreadable_model_folder_names_the_path_and_the_fix(
+    make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model_dir = make_model_dir()
+    real_is_symlink = Path.is_symlink
+
+    def denied(self: Path) -> bool:
+        if self.parent == model_dir:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_is_symlink(self)
+
+    monkeypatch.setattr(Path, "is_symlink", denied)
+    with pytest.raises(ModelUnreadable, match=r"may not read .*genesig-model.json: make the model folder readable"):
+        load_model_dir(model_dir)
+
+
+def test_check_model_folder_tells_missing_from_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ModelNotFound, match="does not exist"):
+        check_model_folder(tmp_path / "nothing")
+    monkeypatch.setattr(os, "listdir", lambda path: (_ for _ in ()).throw(PermissionError(errno.EACCES, "denied")))
+    with pytest.raises(ModelUnreadable, match="chmod -R a\\+rX"):
+        check_model_folder(tmp_path)

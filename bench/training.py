@@ -62,6 +62,7 @@ class TreeMemory(threading.Thread):
 def one_run(args: argparse.Namespace, cohort: Path, work: Path) -> dict[str, float]:
     """In this process: run run-local on the first N sets, report time and peak memory (PSS, all processes)."""
     from genesig.pipeline.run import RunOptions, run_local
+    from genesig.pipeline.settings import GateSettings, TrainSettings
     from genesig.pipeline.signatures import read_signatures
 
     signatures = read_signatures(args.gmt)[: args.child]
@@ -76,8 +77,8 @@ def one_run(args: argparse.Namespace, cohort: Path, work: Path) -> dict[str, flo
             workdir=work,
             signatures_file=subset,
             approve=True,
-            cv_repeats=args.cv_repeats,
-            threshold=args.threshold,
+            train=TrainSettings(cv_repeats=args.cv_repeats),
+            gate=GateSettings(threshold=args.threshold),
             jobs=args.jobs,
         )
     )

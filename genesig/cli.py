@@ -12,7 +12,7 @@ from typing import Any
 from genesig.errors import GenesigError
 from genesig.logs import configure_logging
 from genesig.pipeline.aws_commands import add_aws_arguments, add_aws_parsers
-from genesig.pipeline.entrypoints import add_model_arguments, add_step_parsers, train_config
+from genesig.pipeline.entrypoints import add_step_parsers
 
 logger = logging.getLogger("genesig")
 
@@ -47,26 +47,18 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 
 def _run_options(args: argparse.Namespace) -> Any:
-    from genesig.pipeline.cohort import CohortColumns
     from genesig.pipeline.run import RunOptions
+    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, from_arguments
 
     return RunOptions(
         data=args.data,
         workdir=args.workdir,
         signatures_file=args.signatures,
-        signature=args.signature,
-        columns=CohortColumns(id=args.id_column, event=args.event_column, time=args.time_column),
-        target=args.target,
-        train=train_config(args),
-        test_fraction=args.test_fraction,
-        seed=args.seed,
-        min_genes=args.min_genes,
-        min_events=args.min_events,
-        threshold=args.threshold,
-        gate_on=args.gate_on,
+        signatures=tuple(args.signature) if args.signature else None,
+        cohort=from_arguments(args, CohortSettings),
+        train=from_arguments(args, TrainSettings),
+        gate=from_arguments(args, GateSettings),
         approve=args.approve,
-        cv_folds=args.cv_folds,
-        cv_repeats=args.cv_repeats,
         jobs=args.jobs,
     )
 
@@ -217,21 +209,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, add_arguments
+
     parser.add_argument("--data", type=Path, required=True, help="cohort CSV/TSV/Parquet: id, genes, event [, time]")
     parser.add_argument("--signatures", type=Path, help="gene sets (.gmt or .json); default: the built-in metagenes")
-    parser.add_argument("--signature", help="one signature's name, or ALL (default) for every signature")
+    parser.add_argument(
+        "--signature",
+        action="append",
+        metavar="NAME",
+        help="run only this signature (repeatable); default: every signature in the set",
+    )
     parser.add_argument("--workdir", type=Path, default=Path("genesig-work"), help="outputs (default ./genesig-work)")
-    parser.add_argument("--id-column", default="Case_ID")
-    parser.add_argument("--event-column", default="SurvivalStatus", help="1 = event (death), 0 = no event")
-    parser.add_argument("--time-column", help="follow-up time; with it the target is time-to-event (Cox)")
-    parser.add_argument("--target", choices=["binary", "time_to_event"], help="default: chosen by the data")
-    add_model_arguments(parser)
-    parser.add_argument("--threshold", type=float, default=0.6, help="gate threshold on the metric (default 0.6)")
-    parser.add_argument("--gate-on", choices=["cv_mean", "cv_lower", "test"], default="cv_mean")
+    add_arguments(parser, CohortSettings)
+    add_arguments(parser, TrainSettings)
+    add_arguments(parser, GateSettings)
     parser.add_argument("--approve", action="store_true", help="register passing models as Approved (and deploy)")
-    parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--min-genes", type=int, default=2, help="skip signatures with fewer genes in the data")
-    parser.add_argument("--min-events", type=int, default=10, help="refuse data with fewer events or non-events")
     parser.add_argument(
         "--jobs", type=int, default=1, help="signatures trained in parallel, one process each (0: one per CPU)"
     )
@@ -269,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync_cmd = sub.add_parser("sync", help="deploy the latest Approved package of every signature (idempotent)")
     sync_cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"), help="local registry and prefix")
     sync_cmd.add_argument("--prefix", help="s3://bucket/prefix/: sync the SageMaker Model Registry there instead")
+    sync_cmd.add_argument("--workers", type=int, default=8, help="with --prefix: signatures copied at once (default 8)")
     add_aws_arguments(sync_cmd)
     sync_cmd.set_defaults(func=_cmd_sync)
 

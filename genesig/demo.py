@@ -85,6 +85,7 @@ def run_demo(
     image: str | None = None,
 ) -> DemoResult:
     from genesig.pipeline.run import RunOptions, run_local
+    from genesig.pipeline.settings import TrainSettings
     from genesig.pipeline.signatures import default_signatures
     from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
@@ -96,7 +97,7 @@ def run_demo(
             SyntheticSpec(n_patients=patients, seed=seed, planted=DEMO_PLANTED),
         )
         logger.info("generated %s: %d patients, effects planted in %s", data, patients, ", ".join(DEMO_PLANTED))
-    summary = run_local(RunOptions(data=data, workdir=workdir, approve=True, seed=seed))
+    summary = run_local(RunOptions(data=data, workdir=workdir, approve=True, train=TrainSettings(seed=seed)))
     if on_summary:
         on_summary(summary)
     prefix = workdir / "mme-prefix"

@@ -85,16 +85,12 @@ class ModelSource:
     def fetch(self, target: str, into: Path) -> Path:
         """Copy the artifact to ``into``; raise ``FileNotFoundError`` when the prefix has no such object."""
         if self.prefix.startswith("s3://"):
-            from genesig.errors import ModelNotFound
-            from genesig.pipeline.aws import call, split_s3
+            from genesig.pipeline.aws import AwsNotFound, read_object, s3_join
 
-            bucket, key_prefix = split_s3(self.prefix)
-            key = f"{key_prefix.rstrip('/')}/{target}".lstrip("/")
             try:
-                body = call(f"read s3://{bucket}/{key}", self.s3.get_object, Bucket=bucket, Key=key)["Body"].read()
-            except ModelNotFound:
+                into.write_bytes(read_object(self.s3, s3_join(self.prefix, target)))
+            except AwsNotFound:
                 raise FileNotFoundError(target) from None
-            into.write_bytes(body)
             return into
         source = Path(self.prefix) / target
         if not source.is_file():

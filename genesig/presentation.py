@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -18,6 +20,15 @@ if TYPE_CHECKING:
 console = Console(width=shutil.get_terminal_size((150, 24)).columns)
 # Below this many signatures a progress bar is noise.
 PROGRESS_FROM = 8
+# Rows shown in a table before the rest is summarised (the full list is in the command's output file).
+MAX_ROWS = 40
+STATUS_COLOURS = {
+    "Succeeded": "green",
+    "BelowThreshold": "yellow",
+    "Failed": "red",
+    "NotStarted": "red",
+    "Stopped": "red",
+}
 
 
 class RunProgress:
@@ -154,3 +165,85 @@ def render_demo(result: Any, workdir: str) -> None:
         f"run summary: {workdir}/summary.json; deployed artifacts: {workdir}/mme-prefix/",
         highlight=False,
     )
+
+
+class ExecutionsView:
+    """A live table of pipeline executions: counts by status, then the executions not yet succeeded first."""
+
+    def __init__(self, title: str, live: bool = True) -> None:
+        self.title = title
+        self.live = live and console.is_terminal
+        self._live: Live | None = None
+        self._last: list[Any] = []
+
+    def __enter__(self) -> ExecutionsView:
+        if self.live:
+            self._live = Live(console=console, refresh_per_second=2)
+            self._live.start()
+        return self
+
+    def update(self, states: list[Any]) -> None:
+        self._last = list(states)
+        if self._live is not None:
+            self._live.update(self._table(states))
+
+    def __exit__(self, *_exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()
+        else:
+            console.print(self._table(self._last))
+
+    def _table(self, states: list[Any]) -> Table:
+        counts = Counter(s.status for s in states)
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        table = Table(title=f"{self.title}: {summary or 'none'}", title_justify="left")
+        for column in ("signature", "status", "failed step", "reason", "execution"):
+            table.add_column(column, overflow="fold", max_width=60 if column == "reason" else None)
+        order = {"Failed": 0, "NotStarted": 1, "Stopped": 2, "Executing": 3, "Pending": 4, "BelowThreshold": 5}
+        for state in sorted(states, key=lambda s: order.get(s.status, 6))[:MAX_ROWS]:
+            colour = STATUS_COLOURS.get(state.status, "")
+            table.add_row(
+                shorten(state.signature),
+                f"[{colour}]{state.status}[/]" if colour else state.status,
+                state.failed_step or "",
+                state.reason or "",
+                (state.arn or "").rsplit("/", 1)[-1],
+            )
+        if len(states) > MAX_ROWS:
+            table.caption = f"{len(states) - MAX_ROWS} more not shown"
+        return table
+
+
+def render_deployments(deployments: list[Any]) -> None:
+    counts = Counter(d.action for d in deployments)
+    table = Table(
+        title="sync: " + (", ".join(f"{n} {a}" for a, n in sorted(counts.items())) or "no Approved packages"),
+        title_justify="left",
+    )
+    for column in ("model package group", "version", "result", "object / reason"):
+        table.add_column(column, overflow="fold")
+    for d in sorted(deployments, key=lambda d: (d.action != "failed", d.group))[:MAX_ROWS]:
+        colour = {"failed": "red", "deployed": "green"}.get(d.action, "")
+        table.add_row(
+            d.group, str(d.version or "-"), f"[{colour}]{d.action}[/]" if colour else d.action, d.reason or d.key
+        )
+    console.print(table)
+
+
+def render_aws_packages(packages: list[dict[str, Any]]) -> None:
+    table = Table(title="SageMaker model packages", title_justify="left")
+    for column in ("group", "version", "status", "created"):
+        table.add_column(column)
+    for p in packages:
+        table.add_row(
+            p["ModelPackageGroupName"],
+            str(p.get("ModelPackageVersion")),
+            p["ModelApprovalStatus"],
+            str(p.get("CreationTime", "")),
+        )
+    console.print(table)
+
+
+def shorten(name: str, width: int = 60) -> str:
+    """Long names (GO terms) cut with an ellipsis, so the other columns keep their width."""
+    return name if len(name) <= width else name[: width - 1] + "…"

@@ -1,7 +1,8 @@
-"""``genesig pipeline|endpoint|predict`` and ``genesig sync --prefix s3://``: parse, call, report.
+"""``genesig pipeline|endpoint|predict``, ``genesig registry ... --aws`` and ``genesig sync --prefix s3://``: parse,
+call, report. The work is done in ``sagemaker_executions``, ``sagemaker_registry`` and ``sagemaker_endpoint``.
 
-AWS endpoints come from ``--sagemaker-endpoint-url`` / ``--s3-endpoint-url`` or boto3's own
-``AWS_ENDPOINT_URL_<SERVICE>`` variables, so the same commands run against emulators.
+AWS endpoints come from ``--sagemaker-endpoint-url`` / ``--s3-endpoint-url`` / ``--runtime-endpoint-url`` or
+boto3's own ``AWS_ENDPOINT_URL_<SERVICE>`` variables, so the same commands run against emulators.
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from genesig.errors import DataError
+
 logger = logging.getLogger(__name__)
+
+# For `pipeline definition` only, which reaches no AWS service: placeholders that are plainly placeholders.
+PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/genesig-sagemaker-PLACEHOLDER"
+PLACEHOLDER_BUCKET = "genesig-placeholder-bucket"
 
 
 def _clients(args: argparse.Namespace, *services: str) -> list[Any]:
@@ -27,23 +34,35 @@ def _clients(args: argparse.Namespace, *services: str) -> list[Any]:
     return [client(s, region=args.region, endpoint_url=urls.get(s)) for s in services]
 
 
-def _config(args: argparse.Namespace) -> Any:
+def _config(args: argparse.Namespace, *, offline: bool = False) -> Any:
     from genesig.pipeline.sagemaker_pipeline import PipelineConfig
 
+    missing = [flag for flag, value in (("--role", args.role), ("--bucket", args.bucket)) if not value]
+    if missing and not offline:
+        raise DataError(f"{' and '.join(missing)} required: the pipeline's execution role ARN and its S3 bucket")
+    region = args.region or _default_region() or "us-east-1"
     return PipelineConfig(
-        role_arn=args.role,
-        bucket=args.bucket,
-        region=args.region or "us-east-1",
-        training_image_uri=args.training_image_uri,
-        serving_image_uri=args.serving_image_uri,
+        role_arn=args.role or PLACEHOLDER_ROLE,
+        bucket=args.bucket or PLACEHOLDER_BUCKET,
+        region=region,
+        training_image_uri=args.training_image_uri or "ACCOUNT.dkr.ecr.REGION.amazonaws.com/genesig-mme-train:TAG",
+        serving_image_uri=args.serving_image_uri or "ACCOUNT.dkr.ecr.REGION.amazonaws.com/genesig-mme:TAG",
         name=args.pipeline_name,
     )
+
+
+def _default_region() -> str | None:
+    try:
+        import boto3
+    except ImportError:
+        return None
+    return boto3.Session().region_name
 
 
 def _definition(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker_pipeline import definition_json
 
-    text = json.dumps(json.loads(definition_json(_config(args))), indent=2) + "\n"
+    text = json.dumps(json.loads(definition_json(_config(args, offline=True))), indent=2) + "\n"
     if args.out:
         args.out.write_text(text)
         logger.info("wrote %s", args.out)
@@ -54,28 +73,37 @@ def _definition(args: argparse.Namespace) -> int:
 
 def _upsert(args: argparse.Namespace) -> int:
     from genesig.pipeline.run import load_signatures
-    from genesig.pipeline.sagemaker_ops import upsert_pipeline
+    from genesig.pipeline.sagemaker_executions import upsert_pipeline
 
+    config = _config(args)
+    for flag, value in (
+        ("--training-image-uri", args.training_image_uri),
+        ("--serving-image-uri", args.serving_image_uri),
+    ):
+        if not value:
+            raise DataError(f"{flag} is required: the image URIs build_and_push.sh printed")
     sm, s3 = _clients(args, "sagemaker", "s3")
-    arn = upsert_pipeline(sm, s3, _config(args), load_signatures(args.signatures))
-    logger.info("pipeline %s", arn)
+    arn = upsert_pipeline(sm, s3, config, load_signatures(args.signatures))
+    logger.info("pipeline %s (cohort: one CSV/TSV/Parquet file under %s)", arn, config.data_uri)
     return 0
 
 
 def _parameters(items: list[str]) -> dict[str, str]:
-    from genesig.errors import DataError
+    from genesig.pipeline.sagemaker_pipeline import PARAMETER_NAMES
 
     values = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise DataError(f"--param takes NAME=VALUE, got {item!r}")
+        if key not in PARAMETER_NAMES:
+            raise DataError(f"--param {key}: the pipeline has no such parameter; it has {', '.join(PARAMETER_NAMES)}")
         values[key] = value
     return values
 
 
 def _start(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_ops import start_execution
+    from genesig.pipeline.sagemaker_executions import start_execution
 
     [sm] = _clients(args, "sagemaker")
     logger.info("started %s", start_execution(sm, args.pipeline_name, args.signature, _parameters(args.param)))
@@ -84,80 +112,75 @@ def _start(args: argparse.Namespace) -> int:
 
 def _start_all(args: argparse.Namespace) -> int:
     from genesig.pipeline.run import load_signatures
-    from genesig.pipeline.sagemaker_ops import ExecutionResult, start_all
-    from genesig.presentation import console
+    from genesig.pipeline.sagemaker_executions import start_all
+    from genesig.presentation import ExecutionsView
 
-    [sm] = _clients(args, "sagemaker")
+    sm, s3 = _clients(args, "sagemaker", "s3")
     names = [s.name for s in load_signatures(args.signatures)]
+    with ExecutionsView(f"executions of {args.pipeline_name}") as view:
+        states = start_all(
+            sm,
+            args.pipeline_name,
+            names,
+            max_parallel=args.max_parallel,
+            parameters=_parameters(args.param),
+            poll_s=args.poll_seconds,
+            timeout_s=args.timeout,
+            on_update=view.update,
+            s3=s3,
+        )
+    return _report_executions(states)
 
-    def show(results: list[ExecutionResult]) -> None:
-        finished = sum(r.status in ("Succeeded", "Failed", "Stopped") for r in results)
-        console.print(f"{finished}/{len(names)} finished, {len(results) - finished} running", highlight=False)
 
-    results = start_all(
-        sm,
-        args.pipeline_name,
-        names,
-        max_parallel=args.max_parallel,
-        parameters=_parameters(args.param),
-        poll_s=args.poll_seconds,
-        on_update=show,
-    )
-    for result in results:
-        logger.info("%s: %s", result.signature, result.status)
-    return 0 if all(r.status == "Succeeded" for r in results) else 1
+def _report_executions(states: list[Any]) -> int:
+    running = [s for s in states if not s.finished]
+    bad = [s for s in states if s.status in ("Failed", "Stopped", "NotStarted")]
+    if running:
+        logger.warning(
+            "%d executions are still running (listed above); follow them with `genesig pipeline status`", len(running)
+        )
+    return 1 if running or bad else 0
 
 
 def _status(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    import time
 
-    from genesig.pipeline.sagemaker_ops import execution_status
-    from genesig.presentation import console
+    from genesig.pipeline.sagemaker_executions import execution_status
+    from genesig.presentation import ExecutionsView
 
-    [sm] = _clients(args, "sagemaker")
-    table = Table(title=f"executions of {args.pipeline_name}", title_justify="left")
-    for column in ("signature", "status", "started", "execution"):
-        table.add_column(column, overflow="fold")
-    for row in execution_status(sm, args.pipeline_name, args.limit):
-        table.add_row(row["signature"], row["status"], row["started"], row["arn"].rsplit("/", 1)[-1])
-    console.print(table)
-    return 0
+    sm, s3 = _clients(args, "sagemaker", "s3")
+    with ExecutionsView(f"executions of {args.pipeline_name}", live=args.watch) as view:
+        while True:
+            states = execution_status(sm, args.pipeline_name, args.limit, s3=s3)
+            view.update(states)
+            if not args.watch or all(s.finished for s in states):
+                return 0
+            time.sleep(args.poll_seconds)
 
 
 def sync_s3(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_ops import sync_prefix
+    from genesig.pipeline.sagemaker_registry import sync
+    from genesig.presentation import render_deployments
 
     sm, s3 = _clients(args, "sagemaker", "s3")
-    for deployment in sync_prefix(sm, s3, args.prefix):
-        logger.info("%s: %s", deployment.key or deployment.package_arn, deployment.action)
-    return 0
+    deployments = sync(sm, s3, args.prefix, workers=args.workers)
+    render_deployments(deployments)
+    return 1 if any(d.action == "failed" for d in deployments) else 0
 
 
 def registry_aws(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from genesig.pipeline.aws import group_name
-    from genesig.pipeline.sagemaker_ops import list_packages, package_arn, set_approval
-    from genesig.presentation import console
+    from genesig.pipeline.sagemaker_registry import describe, group_of, groups, package_arn, packages, set_approval
+    from genesig.presentation import console, render_aws_packages
 
     [sm] = _clients(args, "sagemaker")
-    group = args.group if not args.group or args.group.startswith("genesig-") else group_name(args.group)
+    group = group_of(args.group) if args.group else None
     if args.registry_command == "list":
-        table = Table(title="SageMaker model packages", title_justify="left")
-        for column in ("group", "version", "status", "created"):
-            table.add_column(column)
-        for p in list_packages(sm, group):
-            table.add_row(
-                p["ModelPackageGroupName"],
-                str(p.get("ModelPackageVersion")),
-                p["ModelApprovalStatus"],
-                str(p.get("CreationTime", "")),
-            )
-        console.print(table)
+        render_aws_packages([p for g in ([group] if group else groups(sm)) for p in packages(sm, g)])
     elif args.registry_command == "describe":
-        described = sm.describe_model_package(ModelPackageName=package_arn(sm, group, args.version))
-        console.print_json(data=described, default=str)
+        assert group is not None
+        console.print_json(data=describe(sm, package_arn(sm, group, args.version)), default=str)
     else:
+        assert group is not None
         status = "Rejected" if args.registry_command == "reject" else "Approved"
         described = set_approval(sm, group, args.version, status, args.reason)
         logger.info("%s v%d is now %s", group, args.version, described["ModelApprovalStatus"])
@@ -165,7 +188,7 @@ def registry_aws(args: argparse.Namespace) -> int:
 
 
 def _endpoint(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_ops import delete_endpoint, deploy_endpoint
+    from genesig.pipeline.sagemaker_endpoint import delete_endpoint, deploy_endpoint
 
     [sm] = _clients(args, "sagemaker")
     if args.endpoint_command == "delete":
@@ -187,8 +210,8 @@ def _endpoint(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from genesig.errors import DataError
-    from genesig.pipeline.sagemaker_ops import predict, resolve_target_model
+    from genesig.pipeline.sagemaker_endpoint import predict
+    from genesig.pipeline.sagemaker_registry import resolve_target_model
 
     if not args.input.is_file():
         raise DataError(f"input file {args.input} does not exist")
@@ -209,7 +232,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--region", default=None, help="AWS region (default: the AWS CLI's configuration)")
+    parser.add_argument("--region", default=None, help="AWS region (default: AWS_DEFAULT_REGION or the AWS CLI's)")
     parser.add_argument("--sagemaker-endpoint-url", help="e.g. an emulator; default AWS_ENDPOINT_URL_SAGEMAKER")
     parser.add_argument("--s3-endpoint-url", help="default AWS_ENDPOINT_URL_S3")
     parser.add_argument(
@@ -227,33 +250,25 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("definition", _definition, "print the definition JSON (no AWS call)"),
         ("upsert", _upsert, "create or update the pipeline"),
         ("start", _start, "start one execution for one signature"),
-        ("start-all", _start_all, "one execution per signature, bounded concurrency"),
-        ("status", _status, "recent executions"),
+        ("start-all", _start_all, "one execution per signature, bounded concurrency, a live table"),
+        ("status", _status, "recent executions: how each ended and why"),
     ):
         cmd = verbs.add_parser(verb, help=text)
-        cmd.add_argument("--pipeline-name", default="genesig-mme")
+        cmd.add_argument("--pipeline-name", default="genesig-mme", help="the pipeline's name (default genesig-mme)")
         add_aws_arguments(cmd)
         if verb in ("definition", "upsert"):
-            cmd.add_argument(
-                "--role", default="arn:aws:iam::123456789012:role/genesig-sagemaker", required=verb == "upsert"
-            )
-            cmd.add_argument("--bucket", default="genesig-artifacts")
-            cmd.add_argument(
-                "--training-image-uri",
-                default="123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme-train:latest",
-                help="the jobs' image (build_and_push.sh's IMAGE-train)",
-            )
-            cmd.add_argument(
-                "--serving-image-uri",
-                default="123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest",
-                help="the image registered models are served with (build_and_push.sh's IMAGE)",
-            )
+            cmd.add_argument("--role", help="ARN of the IAM role SageMaker runs the pipeline's jobs with")
+            cmd.add_argument("--bucket", help="S3 bucket for the cohort, signature set, models and the MME prefix")
+            cmd.add_argument("--training-image-uri", help="the jobs' image: build_and_push.sh's IMAGE-train URI")
+            cmd.add_argument("--serving-image-uri", help="the endpoint's image: build_and_push.sh's IMAGE URI")
         if verb == "definition":
-            cmd.add_argument("--out", type=Path)
+            cmd.add_argument("--out", type=Path, help="write the definition here instead of standard output")
         if verb in ("upsert", "start-all"):
             cmd.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json); default: built-in metagenes")
         if verb == "start":
-            cmd.add_argument("--signature", required=True)
+            cmd.add_argument(
+                "--signature", default="ALL", help="the signature (default ALL: the built-in all-genes signature)"
+            )
         if verb in ("start", "start-all"):
             cmd.add_argument(
                 "--param",
@@ -263,22 +278,27 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                 help="a pipeline parameter, e.g. MetricThreshold=0.65 (repeatable)",
             )
         if verb == "start-all":
-            cmd.add_argument("--max-parallel", type=int, default=4)
-            cmd.add_argument("--poll-seconds", type=float, default=30.0)
+            cmd.add_argument("--max-parallel", type=int, default=4, help="executions running at once (default 4)")
+            cmd.add_argument(
+                "--timeout", type=float, help="stop waiting after this many seconds (running executions go on)"
+            )
+        if verb in ("start-all", "status"):
+            cmd.add_argument("--poll-seconds", type=float, default=30.0, help="seconds between looks (default 30)")
         if verb == "status":
-            cmd.add_argument("--limit", type=int, default=20)
+            cmd.add_argument("--limit", type=int, default=20, help="how many recent executions (default 20)")
+            cmd.add_argument("--watch", action="store_true", help="keep the table up to date until all have finished")
         cmd.set_defaults(func=func)
 
     endpoint = sub.add_parser("endpoint", help="the multi-model endpoint: create, update, delete")
     endpoint_verbs = endpoint.add_subparsers(dest="endpoint_command", required=True)
     for verb in ("create", "update", "delete"):
         cmd = endpoint_verbs.add_parser(verb)
-        cmd.add_argument("--name", required=True)
+        cmd.add_argument("--name", required=True, help="the endpoint's name")
         add_aws_arguments(cmd)
         if verb != "delete":
-            cmd.add_argument("--image-uri", required=True, help="the serving image (build_and_push.sh's IMAGE)")
+            cmd.add_argument("--image-uri", required=True, help="the serving image (build_and_push.sh's IMAGE URI)")
             cmd.add_argument("--prefix", required=True, help="s3://bucket/prefix/ holding the model artifacts")
-            cmd.add_argument("--role", required=True)
+            cmd.add_argument("--role", required=True, help="ARN of the IAM role the endpoint's model runs with")
             cmd.add_argument("--instance-type", default="ml.m5.large")
             cmd.add_argument("--timeout", type=float, default=1800, help="seconds to wait for InService")
             cmd.add_argument("--poll-seconds", type=float, default=30.0)

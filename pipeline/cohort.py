@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from genesig.errors import DataError
+from genesig.pipeline.settings import CohortSettings
 
 # Lines in messages are file lines: the header is line 1, the first patient line 2.
 _FIRST_DATA_LINE = 2
@@ -25,11 +26,15 @@ _SHOW = 5
 
 @dataclass(frozen=True)
 class CohortColumns:
-    """Column names; the defaults read the seed NSCLC cohort unchanged."""
+    """Column names; the defaults (CohortSettings') read the seed NSCLC cohort unchanged."""
 
-    id: str = "Case_ID"
-    event: str = "SurvivalStatus"
+    id: str = CohortSettings().id_column
+    event: str = CohortSettings().event_column
     time: str | None = None
+
+
+def columns_of(settings: CohortSettings) -> CohortColumns:
+    return CohortColumns(id=settings.id_column, event=settings.event_column, time=settings.time_column)
 
 
 @dataclass(frozen=True)

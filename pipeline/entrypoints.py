@@ -9,30 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from genesig.errors import DataError
 
 logger = logging.getLogger(__name__)
 GATE_FAILED_EXIT = 3
-
-
-def add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    """The model and cross-validation options shared by `run-local` and `step train`."""
-    parser.add_argument("--model", choices=["linear", "mlp"], default="linear")
-    parser.add_argument("--hidden-units", type=int, default=16, help="mlp hidden layer size (8-32 is sensible)")
-    parser.add_argument("--l2", type=float, default=0.1, help="ridge penalty on the weights (default 0.1)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cv-folds", type=int, default=5)
-    parser.add_argument("--cv-repeats", type=int, default=5)
-
-
-def train_config(args: argparse.Namespace) -> Any:
-    from genesig.pipeline.model import TrainConfig
-
-    return TrainConfig(model=args.model, hidden_units=args.hidden_units, l2=args.l2, seed=args.seed)
 
 
 def _model_file(path: Path) -> Path:
@@ -45,19 +27,17 @@ def _model_file(path: Path) -> Path:
 
 
 def _preprocess(args: argparse.Namespace) -> int:
-    from genesig.pipeline.cohort import CohortColumns, read_cohort
+    from genesig.pipeline.cohort import columns_of, read_cohort
     from genesig.pipeline.run import load_signatures
+    from genesig.pipeline.settings import CohortSettings, TrainSettings, from_arguments
     from genesig.pipeline.signatures import match, select
     from genesig.pipeline.steps import preprocess, save_prepared
 
-    cohort = read_cohort(
-        args.data, CohortColumns(args.id_column, args.event_column, args.time_column), min_events=args.min_events
-    )
-    chosen = select(load_signatures(args.signatures), args.signature)
-    if len(chosen) != 1:
-        raise DataError(f"the preprocess step takes one signature; {args.signature!r} selects {len(chosen)}")
-    matched = match(chosen[0], cohort.candidate_genes(), args.min_genes)
-    prepared = preprocess(cohort, matched, target=args.target, test_fraction=args.test_fraction, seed=args.seed)
+    settings = from_arguments(args, CohortSettings)
+    cohort = read_cohort(args.data, columns_of(settings), min_events=settings.min_events)
+    [chosen] = select(load_signatures(args.signatures), [args.signature])
+    matched = match(chosen, cohort.candidate_genes(), settings.min_genes)
+    prepared = preprocess(cohort, matched, target=settings.target, settings=from_arguments(args, TrainSettings))
     save_prepared(prepared, args.out)
     logger.info(
         "prepared %s: %d genes, %d train / %d test patients in %s",
@@ -72,39 +52,45 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from genesig.pipeline.registry import LocalRegistry
+    from genesig.pipeline.settings import TrainSettings, from_arguments
     from genesig.pipeline.steps import cross_validate, load_prepared, train_model
 
     prepared = load_prepared(args.prepared)
     version = args.version or (LocalRegistry(args.registry).next_version(prepared.name) if args.registry else 1)
-    config = train_config(args)
-    cv = cross_validate(prepared, config, folds=args.cv_folds, repeats=args.cv_repeats)
+    config = from_arguments(args, TrainSettings)
+    cv = cross_validate(prepared, config)
     artifact = train_model(prepared, config, version, args.out, cv=cv)
     logger.info("wrote %s (cross-validated %s %.3f)", artifact, cv.metric, cv.mean)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from genesig.pipeline.settings import GateSettings, from_arguments
     from genesig.pipeline.steps import evaluate, load_prepared
 
-    evaluation = evaluate(load_prepared(args.prepared), _model_file(args.model), args.out)
+    evaluation = evaluate(
+        load_prepared(args.prepared), _model_file(args.model), args.out, from_arguments(args, GateSettings)
+    )
     logger.info(
-        "%s: held-out %s %.3f, report %s",
+        "%s: held-out %s %.3f; gate %s: %s; report %s",
         evaluation["name"],
         evaluation["metric"],
         evaluation["test"]["value"],
+        "passed" if evaluation["gate"]["passed"] else "not passed",
+        evaluation["gate"]["reason"],
         args.out / evaluation["report"],
     )
     return 0
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from genesig.pipeline.steps import gate
+    from genesig.pipeline.settings import GateSettings, from_arguments
+    from genesig.pipeline.steps import gate, write_gate
 
     evaluation = json.loads(args.evaluation.read_text())
-    verdict = gate(evaluation, threshold=args.threshold, on=args.on)
+    verdict = gate(evaluation, from_arguments(args, GateSettings))
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gate.json").write_text(json.dumps(asdict(verdict), indent=2) + "\n")
+        write_gate(verdict, args.out)
     logger.log(
         logging.INFO if verdict.passed else logging.WARNING,
         "gate %s: %s",
@@ -121,13 +107,11 @@ def _register(args: argparse.Namespace) -> int:
     artifact = _model_file(args.model)
     evaluation = json.loads(args.evaluation.read_text())
     group = args.group or read_artifact(artifact).manifest.name
-    package = LocalRegistry(args.registry).create_model_package(
-        group,
-        artifact,
-        metrics={k: evaluation[k] for k in ("metric", "cross_validation", "test", "risk_groups")},
-        approval_status="Approved" if args.approve else "PendingManualApproval",
-    )
-    logger.info("registered %s version %d (%s)", group, package.version, package.approval_status)
+    package, created = LocalRegistry(args.registry).register(group, artifact, evaluation, approve=args.approve)
+    if created:
+        logger.info("registered %s version %d (%s)", group, package.version, package.approval_status)
+    else:
+        logger.info("%s is unchanged since version %d; not registered again", group, package.version)
     return 0
 
 
@@ -150,30 +134,68 @@ def _deploy(args: argparse.Namespace) -> int:
 
 def _deploy_sagemaker(args: argparse.Namespace) -> int:
     from genesig.pipeline import aws
+    from genesig.pipeline.sagemaker_registry import deploy_package
 
-    deployment = aws.deploy_model_package(
-        aws.client("sagemaker"), aws.client("s3"), args.model_package_arn, args.prefix
+    deployment = deploy_package(aws.client("sagemaker"), aws.client("s3"), args.model_package_arn, args.prefix)
+    logger.info(
+        "%s: %s %s%s",
+        args.model_package_arn,
+        deployment.action,
+        deployment.key,
+        f" ({deployment.reason})" * bool(deployment.reason),
     )
-    logger.info("%s: %s %s", args.model_package_arn, deployment.action, deployment.key)
     return 0
 
 
+def _register_sagemaker(args: argparse.Namespace) -> int:
+    """The pipeline's RegisterModel job: the trained model.tar.gz from S3, its evaluation, into the registry."""
+    import tempfile
+
+    from genesig.pipeline import aws
+    from genesig.pipeline.sagemaker_registry import register_model
+
+    evaluation = json.loads(_evaluation_file(args.evaluation).read_text())
+    s3 = aws.client("s3")
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = Path(tmp) / "model.tar.gz"
+        artifact.write_bytes(aws.read_object(s3, args.model_uri))
+        registration = register_model(
+            aws.client("sagemaker"),
+            s3,
+            artifact=artifact,
+            evaluation=evaluation,
+            package_prefix=args.package_prefix,
+            serving_image=args.serving_image_uri,
+            approval_status=args.approval_status,
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "registration.json").write_text(json.dumps(registration.to_json(), indent=2) + "\n")
+    logger.info(
+        "%s v%d %s (%s)",
+        registration.group,
+        registration.version,
+        "registered" if registration.created else "unchanged, not registered again",
+        registration.approval_status,
+    )
+    return 0
+
+
+def _evaluation_file(path: Path) -> Path:
+    return path / "evaluation.json" if path.is_dir() else path
+
+
 def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, add_arguments
+
     step = sub.add_parser("step", help="run one pipeline step with explicit folders")
     steps = step.add_subparsers(dest="step", required=True, metavar="STEP")
 
     p = steps.add_parser("preprocess", help="select genes, split, fit preprocessing on train")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--signatures", type=Path)
-    p.add_argument("--signature", required=True)
-    p.add_argument("--id-column", default="Case_ID")
-    p.add_argument("--event-column", default="SurvivalStatus")
-    p.add_argument("--time-column")
-    p.add_argument("--target", choices=["binary", "time_to_event"])
-    p.add_argument("--test-fraction", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--min-genes", type=int, default=2)
-    p.add_argument("--min-events", type=int, default=10)
+    p.add_argument("--signature", required=True, help="the signature's name (ALL: the built-in all-genes signature)")
+    add_arguments(p, CohortSettings)
+    add_arguments(p, TrainSettings, only=("test_fraction", "seed"))
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_preprocess)
 
@@ -182,19 +204,19 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--version", type=int, help="artifact version (default: the registry's next, else 1)")
     t.add_argument("--registry", type=Path, help="local registry folder, to take its next version")
-    add_model_arguments(t)
+    add_arguments(t, TrainSettings)
     t.set_defaults(func=_train)
 
     e = steps.add_parser("evaluate", help="held-out metric, risk groups, evaluation.json, report.png")
     e.add_argument("--prepared", type=Path, required=True)
     e.add_argument("--model", type=Path, required=True, help="the artifact, or the folder holding it")
     e.add_argument("--out", type=Path, required=True)
+    add_arguments(e, GateSettings)
     e.set_defaults(func=_evaluate)
 
     g = steps.add_parser("gate", help=f"check the metric; exit {GATE_FAILED_EXIT} when the model fails")
     g.add_argument("--evaluation", type=Path, required=True)
-    g.add_argument("--threshold", type=float, default=0.6)
-    g.add_argument("--on", choices=["cv_mean", "cv_lower", "test"], default="cv_mean")
+    add_arguments(g, GateSettings)
     g.add_argument("--out", type=Path, help="folder for gate.json")
     g.set_defaults(func=_gate)
 
@@ -212,6 +234,15 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     d.add_argument("--version", type=int, help="default: the latest Approved")
     d.add_argument("--prefix", type=Path, required=True)
     d.set_defaults(func=_deploy)
+
+    rs = steps.add_parser("register-sagemaker", help="register a trained model in the SageMaker Model Registry")
+    rs.add_argument("--model-uri", required=True, help="s3:// URI of the training job's model.tar.gz")
+    rs.add_argument("--evaluation", type=Path, required=True, help="evaluation.json, or the folder holding it")
+    rs.add_argument("--serving-image-uri", required=True, help="the image the package is served with")
+    rs.add_argument("--approval-status", default="PendingManualApproval", help="PendingManualApproval or Approved")
+    rs.add_argument("--package-prefix", required=True, help="s3:// prefix where registered artifacts are kept")
+    rs.add_argument("--out", type=Path, required=True, help="folder for registration.json")
+    rs.set_defaults(func=_register_sagemaker)
 
     ds = steps.add_parser("deploy-sagemaker", help="copy an Approved SageMaker model package into the MME S3 prefix")
     ds.add_argument("--model-package-arn", required=True)

@@ -11,7 +11,7 @@ from genesig.artifact.manifest import TargetKind
 from genesig.pipeline.model import breslow_risk_index
 
 if TYPE_CHECKING:
-    from genesig.pipeline.model import TrainConfig
+    from genesig.pipeline.settings import TrainSettings
 
 
 def cox_loss(eta: torch.Tensor, time: np.ndarray, event: np.ndarray) -> torch.Tensor:
@@ -26,7 +26,7 @@ def cox_loss(eta: torch.Tensor, time: np.ndarray, event: np.ndarray) -> torch.Te
 class _Network(torch.nn.Module):
     """One hidden layer; parameter names are the artifact's tensor names."""
 
-    def __init__(self, n_genes: int, config: TrainConfig) -> None:
+    def __init__(self, n_genes: int, config: TrainSettings) -> None:
         super().__init__()
         self.config = config
         self.hidden = torch.nn.Linear(n_genes, config.hidden_units)
@@ -42,7 +42,7 @@ class _Network(torch.nn.Module):
 
 
 def train_mlp(
-    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainConfig
+    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainSettings
 ) -> dict[str, np.ndarray]:
     torch.manual_seed(config.seed)
     x = torch.as_tensor(z, dtype=torch.float64)

@@ -13,34 +13,14 @@ predictions used for evaluation come from that same code path.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
-
 import numpy as np
 import scipy.optimize
 import scipy.special
 
-from genesig.artifact import Architecture, Preprocessing
+from genesig.artifact import Preprocessing
 from genesig.artifact.manifest import TargetKind
 from genesig.errors import DataError
-
-ModelKind = Literal["linear", "mlp"]
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    model: ModelKind = "linear"
-    hidden_units: int = 16
-    activation: Literal["relu", "tanh"] = "tanh"
-    # Ridge penalty on the weights (not the bias), per patient: loss + l2 * ||w||^2 / 2.
-    l2: float = 0.1
-    max_iter: int = 200
-    seed: int = 0
-
-    def architecture(self) -> Architecture:
-        if self.model == "linear":
-            return Architecture(kind="linear")
-        return Architecture(kind="mlp", hidden_units=self.hidden_units, activation=self.activation)
+from genesig.pipeline.settings import TrainSettings
 
 
 def fit_preprocessing(raw: np.ndarray) -> Preprocessing:
@@ -94,7 +74,7 @@ def cox_loss_grad(eta: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple
 
 
 def _train_linear(
-    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainConfig
+    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainSettings
 ) -> dict[str, np.ndarray]:
     """Ridge logistic or Cox regression; the Cox bias stays 0 (the partial likelihood ignores a shift)."""
     n_genes = z.shape[1]
@@ -124,7 +104,7 @@ def _train_linear(
 
 
 def train(
-    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainConfig
+    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainSettings
 ) -> dict[str, np.ndarray]:
     """Fit on preprocessed values ``z``; returns the weights named like the artifact expects."""
     if target == "time_to_event" and time is None:

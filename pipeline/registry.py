@@ -20,11 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from genesig.artifact import read_artifact
+from genesig.artifact import Manifest, read_artifact
+from genesig.artifact.manifest import model_identity
 from genesig.artifact.package import sha256_file
 from genesig.errors import Conflict, DataError, ModelNotFound
 
 ApprovalStatus = Literal["PendingManualApproval", "Approved", "Rejected"]
+# The parts of evaluation.json a package records as its metrics.
+REGISTERED_METRICS = ("metric", "cross_validation", "test", "risk_groups")
 APPROVAL_STATUSES: tuple[str, ...] = ("PendingManualApproval", "Approved", "Rejected")
 
 
@@ -133,6 +136,33 @@ class LocalRegistry:
             _write_json(folder / "packages" / f"{version}.json", asdict(package))
             return package
 
+    def register(
+        self,
+        group: str,
+        artifact: Path,
+        evaluation: dict[str, Any],
+        *,
+        approve: bool,
+        description: str = "",
+    ) -> tuple[ModelPackage, bool]:
+        """Register a gated model as the group's next version, unless it is the model of the latest version (same
+        weights, genes, preprocessing and training data): then that version is returned and nothing is written.
+        The second value says whether a package was created. ``run-local`` and ``genesig step register`` both
+        register through here."""
+        packages = self.list_model_packages(group)
+        latest = packages[-1] if packages else None
+        new = read_artifact(artifact).manifest
+        if latest is not None and same_model(read_artifact(Path(latest.artifact)).manifest, new):
+            return latest, False
+        package = self.create_model_package(
+            group,
+            artifact,
+            metrics={k: evaluation[k] for k in REGISTERED_METRICS if k in evaluation},
+            approval_status="Approved" if approve else "PendingManualApproval",
+            description=description,
+        )
+        return package, True
+
     def list_model_packages(self, group: str, approval_status: str | None = None) -> list[ModelPackage]:
         folder = self._group_dir(group) / "packages"
         if not folder.is_dir():
@@ -164,3 +194,8 @@ class LocalRegistry:
     def latest_approved(self, group: str) -> ModelPackage | None:
         approved = self.list_model_packages(group, "Approved")
         return approved[-1] if approved else None
+
+
+def same_model(a: Manifest, b: Manifest) -> bool:
+    """Same weights, genes, preprocessing, target and training data: registering again would duplicate it."""
+    return model_identity(a) == model_identity(b)

@@ -16,17 +16,15 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from genesig.artifact import Manifest, read_artifact
-from genesig.artifact.manifest import TargetKind
 from genesig.errors import DataError, GenesigError
-from genesig.pipeline.cohort import Cohort, CohortColumns, read_cohort
+from genesig.pipeline.cohort import Cohort, columns_of, read_cohort
 from genesig.pipeline.deploy import deploy_package
-from genesig.pipeline.model import TrainConfig
-from genesig.pipeline.registry import LocalRegistry, ModelPackage
+from genesig.pipeline.registry import LocalRegistry
+from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
 from genesig.pipeline.signatures import (
     GeneSignature,
     MatchedSignature,
@@ -36,29 +34,24 @@ from genesig.pipeline.signatures import (
     read_signatures,
     select,
 )
-from genesig.pipeline.steps import GateMetric, cross_validate, evaluate, gate, preprocess, save_prepared, train_model
+from genesig.pipeline.steps import cross_validate, evaluate, preprocess, save_prepared, train_model
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RunOptions:
+    """One run: the data and signatures, the typed settings (defaults in ``genesig.pipeline.settings``), and how."""
+
     data: Path
     workdir: Path = Path("genesig-work")
     signatures_file: Path | None = None
-    signature: str | None = None
-    columns: CohortColumns = field(default_factory=CohortColumns)
-    target: TargetKind | None = None
-    train: TrainConfig = field(default_factory=TrainConfig)
-    test_fraction: float = 0.2
-    seed: int = 0
-    min_genes: int = 2
-    min_events: int = 10
-    threshold: float = 0.6
-    gate_on: GateMetric = "cv_mean"
+    # Names of the signatures to run (as defined, or their artifact names); None runs every signature.
+    signatures: tuple[str, ...] | None = None
+    cohort: CohortSettings = CohortSettings()
+    train: TrainSettings = TrainSettings()
+    gate: GateSettings = GateSettings()
     approve: bool = False
-    cv_folds: int = 5
-    cv_repeats: int = 5
     # Signatures trained at the same time, each in its own process (0: one per CPU).
     jobs: int = 1
 
@@ -114,30 +107,18 @@ def load_signatures(path: Path | None) -> list[GeneSignature]:
     return signatures
 
 
-def same_model(a: Manifest, b: Manifest) -> bool:
-    """Same weights, genes, preprocessing, target and training data: registering again would duplicate it."""
-    keys = ("genes", "target", "model", "preprocessing", "output", "training_data")
-    return a.files == b.files and all(getattr(a, k) == getattr(b, k) for k in keys)
-
-
 def _register_and_deploy(
     options: RunOptions, registry: LocalRegistry, artifact: Path, evaluation: dict[str, Any], result: SignatureResult
 ) -> None:
-    group = result.name
-    latest = (registry.list_model_packages(group) or [None])[-1]
-    new = read_artifact(artifact).manifest
-    package: ModelPackage
-    if latest is not None and same_model(read_artifact(Path(latest.artifact)).manifest, new):
-        package = latest
-        result.reason += f"; unchanged since version {latest.version}, not registered again"
-    else:
-        package = registry.create_model_package(
-            group,
-            artifact,
-            metrics={k: evaluation[k] for k in ("metric", "cross_validation", "test", "risk_groups")},
-            approval_status="Approved" if options.approve else "PendingManualApproval",
-            description=f"signature {result.signature}; {result.reason}",
-        )
+    package, created = registry.register(
+        result.name,
+        artifact,
+        evaluation,
+        approve=options.approve,
+        description=f"signature {result.signature}; {result.reason}",
+    )
+    if not created:
+        result.reason += f"; unchanged since version {package.version}, not registered again"
     result.version = package.version
     result.approval_status = package.approval_status
     if package.approval_status == "Approved":
@@ -154,28 +135,25 @@ def run_signature(
         return result
     folder = options.workdir / "signatures" / matched.artifact_name
     try:
-        prepared = preprocess(
-            cohort, matched, target=options.target, test_fraction=options.test_fraction, seed=options.seed
-        )
+        prepared = preprocess(cohort, matched, target=options.cohort.target, settings=options.train)
         save_prepared(prepared, folder / "prepared")
         result.n_train, result.n_test = len(prepared.train.ids), len(prepared.test.ids)
-        cv = cross_validate(prepared, options.train, folds=options.cv_folds, repeats=options.cv_repeats)
+        cv = cross_validate(prepared, options.train)
         version = registry.next_version(matched.artifact_name)
         model_dir = folder / "model"
         stale = model_dir / f"{matched.artifact_name}-v{version}.tar.gz"
         stale.unlink(missing_ok=True)  # left by an earlier run that was not registered
         artifact = train_model(prepared, options.train, version, model_dir, cv=cv)
-        evaluation = evaluate(prepared, artifact, folder / "evaluation")
-        verdict = gate(evaluation, threshold=options.threshold, on=options.gate_on)
+        evaluation = evaluate(prepared, artifact, folder / "evaluation", options.gate)
+        verdict = evaluation["gate"]
         result.metric = evaluation["metric"]
         result.cv_mean = evaluation["cross_validation"]["mean"]
         result.cv_interval = evaluation["cross_validation"]["interval"]
         result.test_value = evaluation["test"]["value"]
         result.report = str(folder / "evaluation" / evaluation["report"])
-        result.passed = verdict.passed
-        result.reason = verdict.reason
-        (folder / "evaluation" / "gate.json").write_text(json.dumps(asdict(verdict), indent=2) + "\n")
-        if verdict.passed:
+        result.passed = verdict["passed"]
+        result.reason = verdict["reason"]
+        if result.passed:
             _register_and_deploy(options, registry, artifact, evaluation, result)
         result.status = "done"
     except GenesigError as exc:
@@ -291,13 +269,11 @@ def run_local(
     """Run every selected signature; one signature's failure is recorded and never stops the others."""
     if options.jobs < 0:
         raise DataError(f"--jobs must be 0 (one per CPU) or more, not {options.jobs}")
-    cohort = read_cohort(options.data, options.columns, min_events=options.min_events)
-    signatures = select(load_signatures(options.signatures_file), options.signature)
-    if options.min_genes < 1:
-        raise DataError("--min-genes must be at least 1")
+    cohort = read_cohort(options.data, columns_of(options.cohort), min_events=options.cohort.min_events)
+    signatures = select(load_signatures(options.signatures_file), options.signatures)
     registry = LocalRegistry(options.workdir / "registry")
     available = cohort.candidate_genes()
-    matched = [match(signature, available, options.min_genes) for signature in signatures]
+    matched = [match(signature, available, options.cohort.min_genes) for signature in signatures]
     jobs = min(options.jobs or os.cpu_count() or 1, len(matched))
     if on_start:
         on_start(len(signatures))
@@ -312,8 +288,8 @@ def run_local(
     summary = RunSummary(
         data=str(options.data),
         workdir=str(options.workdir),
-        threshold=options.threshold,
-        gate_on=options.gate_on,
+        threshold=options.gate.threshold,
+        gate_on=options.gate.gate_on,
         results=results,
     )
     options.workdir.mkdir(parents=True, exist_ok=True)

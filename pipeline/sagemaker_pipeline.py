@@ -1,39 +1,92 @@
-"""The SageMaker Pipeline (SDK v3): PreprocessCohort → TrainModel → EvaluateModel → CheckMetric →
-RegisterModel → DeployToMme, or a Fail step that states the metric and the threshold.
+"""The one-signature SageMaker Pipeline (SDK v3), for one-off retrains: PreprocessCohort → TrainModel →
+EvaluateModel → CheckMetric → RegisterModel → DeployToMme, each step a small builder.
 
 Every job runs our training image (``IMAGE-train``: the project, its pinned pipeline dependencies and
 CPU torch): the processing steps call ``genesig step ...`` (the same code as ``genesig run-local``),
 the training job runs the image's ``train`` entry (SageMaker's training-container contract), and
 nothing is installed at run time. The registered model package names the serving image, which has no
 torch. No code is uploaded, so the definition builds offline.
+
+The gate is decided in EvaluateModel by the same code as ``run-local`` and written into evaluation.json;
+CheckMetric reads that verdict. A model below the gate is a result, not a failure: the execution
+succeeds without registering it, and ``genesig pipeline status`` says "below threshold" with the reason.
+RegisterModel is our own job (``genesig step register-sagemaker``), the registration code of the
+signature-set run, rather than the SDK's ModelBuilder, which looks up (and creates) a default S3 bucket
+while the definition is built.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
+
+from genesig.pipeline.settings import GateSettings, TrainSettings, as_strings
 
 PIPELINE_NAME = "genesig-mme"
 DEFAULT_REGION = "us-east-1"
 PROCESSING = "/opt/ml/processing"
+# Step names, also read back by `genesig pipeline status`.
+PREPROCESS, TRAIN, EVALUATE, CHECK, REGISTER, DEPLOY = (
+    "PreprocessCohort",
+    "TrainModel",
+    "EvaluateModel",
+    "CheckMetric",
+    "RegisterModel",
+    "DeployToMme",
+)
+
+
+# What an execution may be started with (genesig pipeline start --param NAME=VALUE).
+PARAMETER_NAMES = (
+    "InputDataUri",
+    "Signature",
+    "SignatureSetUri",
+    "ProcessingInstanceType",
+    "TrainingInstanceType",
+    "MetricThreshold",
+    "GateOn",
+    "ModelApprovalStatus",
+    "MmePrefix",
+    "TrainingImageUri",
+    "ServingImageUri",
+)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     """What is fixed when the pipeline is created (per-execution choices are pipeline Parameters)."""
 
-    role_arn: str = "arn:aws:iam::123456789012:role/genesig-sagemaker"
-    bucket: str = "genesig-artifacts"
+    role_arn: str
+    bucket: str
     region: str = DEFAULT_REGION
     name: str = PIPELINE_NAME
     # The jobs' image and the image a registered model is served with (build_and_push.sh builds both).
-    training_image_uri: str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme-train:latest"
-    serving_image_uri: str = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:latest"
+    training_image_uri: str = "ACCOUNT.dkr.ecr.REGION.amazonaws.com/genesig-mme-train:latest"
+    serving_image_uri: str = "ACCOUNT.dkr.ecr.REGION.amazonaws.com/genesig-mme:latest"
     endpoint_url: str | None = None
 
     @property
     def base_uri(self) -> str:
         return f"s3://{self.bucket}/genesig"
+
+    @property
+    def data_uri(self) -> str:
+        """Where the cohort goes by default: ``s3://BUCKET/genesig/data/`` holding one CSV/TSV/Parquet file."""
+        return f"{self.base_uri}/data/"
+
+    @property
+    def signatures_uri(self) -> str:
+        return f"{self.base_uri}/signatures/"
+
+    @property
+    def packages_uri(self) -> str:
+        """Where registered artifacts are kept (each package's ModelDataUrl)."""
+        return f"{self.base_uri}/packages/"
+
+    @property
+    def mme_prefix(self) -> str:
+        return f"{self.base_uri}/mme/"
 
 
 def _sdk_environment() -> None:
@@ -43,135 +96,193 @@ def _sdk_environment() -> None:
     os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")
 
 
-def get_pipeline(config: PipelineConfig | None = None):  # type: ignore[no-untyped-def]
-    """Build the pipeline; no AWS call is made until it is upserted or started."""
-    config = config or PipelineConfig()
+def import_sdk() -> None:
+    """Import the SDK with its environment set; a missing ``pipeline`` extra is one clear line."""
     _sdk_environment()
-    import boto3
-    from sagemaker.core.processing import Processor
-    from sagemaker.core.shapes import (
-        MetricsSource,
-        ModelMetrics,
-        ModelQuality,
-        ProcessingInput,
-        ProcessingOutput,
-        ProcessingS3Input,
-        ProcessingS3Output,
-    )
-    from sagemaker.core.workflow.conditions import ConditionGreaterThanOrEqualTo
-    from sagemaker.core.workflow.execution_variables import ExecutionVariables
-    from sagemaker.core.workflow.functions import Join, JsonGet
+    try:
+        import sagemaker.mlops.workflow.pipeline  # noqa: F401
+    except ImportError:
+        from genesig.errors import GenesigError
+
+        raise GenesigError(
+            "the SageMaker Pipeline needs the SageMaker Python SDK: install the pipeline extra "
+            "(scripts/bootstrap.sh dev, or pip install 'genesig-mme[pipeline]')"
+        ) from None
+
+
+@dataclass
+class _Context:
+    """What every step builder needs: the configuration, the session and the pipeline parameters."""
+
+    config: PipelineConfig
+    session: Any
+    parameters: dict[str, Any]
+
+    def __getitem__(self, name: str) -> Any:
+        return self.parameters[name]
+
+
+def _parameters(config: PipelineConfig) -> dict[str, Any]:
+    """Everything an operator may change per execution (a plain value in ``parameters=`` is dropped by the SDK)."""
     from sagemaker.core.workflow.parameters import ParameterFloat, ParameterString
-    from sagemaker.core.workflow.pipeline_context import PipelineSession
-    from sagemaker.core.workflow.properties import PropertyFile
-    from sagemaker.mlops.workflow.condition_step import ConditionStep
-    from sagemaker.mlops.workflow.fail_step import FailStep
-    from sagemaker.mlops.workflow.model_step import ModelStep
-    from sagemaker.mlops.workflow.pipeline import Pipeline
-    from sagemaker.mlops.workflow.steps import ProcessingStep, TrainingStep
-    from sagemaker.serve.model_builder import ModelBuilder
-    from sagemaker.train.configs import Compute, InputData, OutputDataConfig
-    from sagemaker.train.model_trainer import ModelTrainer
 
-    boto_session = boto3.Session(region_name=config.region)
-    session = PipelineSession(boto_session=boto_session, default_bucket=config.bucket)
-    # The SDK checks that even an explicitly named default bucket exists (an S3 call); we upload nothing.
-    session._default_bucket = config.bucket
+    gate = GateSettings()
+    parameters = {
+        p.name: p
+        for p in (
+            ParameterString("InputDataUri", default_value=config.data_uri),
+            ParameterString("Signature", default_value="ALL"),
+            ParameterString("SignatureSetUri", default_value=config.signatures_uri),
+            ParameterString("ProcessingInstanceType", default_value="ml.m5.large"),
+            ParameterString("TrainingInstanceType", default_value="ml.m5.large"),
+            ParameterFloat("MetricThreshold", default_value=gate.threshold),
+            ParameterString("GateOn", default_value=gate.gate_on),
+            ParameterString("ModelApprovalStatus", default_value="PendingManualApproval"),
+            ParameterString("MmePrefix", default_value=config.mme_prefix),
+            ParameterString("TrainingImageUri", default_value=config.training_image_uri),
+            ParameterString("ServingImageUri", default_value=config.serving_image_uri),
+        )
+    }
+    assert tuple(parameters) == PARAMETER_NAMES
+    return parameters
 
-    input_data = ParameterString("InputDataUri", default_value=f"{config.base_uri}/data/")
-    signature = ParameterString("Signature", default_value="ALL")
-    signature_set = ParameterString("SignatureSetUri", default_value=f"{config.base_uri}/signatures/")
-    processing_type = ParameterString("ProcessingInstanceType", default_value="ml.m5.large")
-    training_type = ParameterString("TrainingInstanceType", default_value="ml.m5.large")
-    threshold = ParameterFloat("MetricThreshold", default_value=0.6)
-    approval = ParameterString("ModelApprovalStatus", default_value="PendingManualApproval")
-    mme_prefix = ParameterString("MmePrefix", default_value=f"{config.base_uri}/mme/")
-    image = ParameterString("TrainingImageUri", default_value=config.training_image_uri)
-    serving_image = ParameterString("ServingImageUri", default_value=config.serving_image_uri)
-    parameters = [
-        input_data,
-        signature,
-        signature_set,
-        processing_type,
-        training_type,
-        threshold,
-        approval,
-        mme_prefix,
-        image,
-        serving_image,
+
+def _retry_policies(job: bool) -> list[Any]:
+    """Throttling and service faults are retried for every step; capacity, limits and internal errors for jobs."""
+    from sagemaker.mlops.workflow.retry import (
+        SageMakerJobExceptionTypeEnum,
+        SageMakerJobStepRetryPolicy,
+        StepExceptionTypeEnum,
+        StepRetryPolicy,
+    )
+
+    policies: list[Any] = [
+        StepRetryPolicy(
+            exception_types=[StepExceptionTypeEnum.THROTTLING, StepExceptionTypeEnum.SERVICE_FAULT],
+            interval_seconds=5,
+            backoff_rate=2.0,
+            max_attempts=5,
+        )
     ]
-
-    def processor(step: str) -> Processor:
-        return Processor(
-            role=config.role_arn,
-            image_uri=image,
-            instance_count=1,
-            instance_type=processing_type,
-            entrypoint=["genesig", "step", step],
-            sagemaker_session=session,
-            base_job_name=f"genesig-{step}",
+    if job:
+        policies.append(
+            SageMakerJobStepRetryPolicy(
+                exception_types=[
+                    SageMakerJobExceptionTypeEnum.CAPACITY_ERROR,
+                    SageMakerJobExceptionTypeEnum.RESOURCE_LIMIT,
+                    SageMakerJobExceptionTypeEnum.INTERNAL_ERROR,
+                ],
+                interval_seconds=60,
+                backoff_rate=2.0,
+                max_attempts=3,
+            )
         )
+    return policies
 
-    def s3_input(name: str, uri: object, local: str) -> ProcessingInput:
-        return ProcessingInput(
-            input_name=name,
-            s3_input=ProcessingS3Input(s3_uri=uri, local_path=local, s3_data_type="S3Prefix", s3_input_mode="File"),
-        )
 
-    def s3_output(name: str, local: str) -> ProcessingOutput:
-        # Per execution: executions for different signatures run at the same time and must not share outputs.
-        destination = Join(on="/", values=[config.base_uri, "runs", ExecutionVariables.PIPELINE_EXECUTION_ID, name])
-        return ProcessingOutput(
-            output_name=name,
-            s3_output=ProcessingS3Output(s3_uri=destination, local_path=local, s3_upload_mode="EndOfJob"),
-        )
+def _processor(ctx: _Context, step: str) -> Any:
+    from sagemaker.core.processing import Processor
 
-    preprocess = ProcessingStep(
-        name="PreprocessCohort",
-        step_args=processor("preprocess").run(
+    return Processor(
+        role=ctx.config.role_arn,
+        image_uri=ctx["TrainingImageUri"],
+        instance_count=1,
+        instance_type=ctx["ProcessingInstanceType"],
+        entrypoint=["genesig", "step", step],
+        sagemaker_session=ctx.session,
+        base_job_name=f"genesig-{step}",
+    )
+
+
+def _input(name: str, uri: object, local: str) -> Any:
+    from sagemaker.core.shapes import ProcessingInput, ProcessingS3Input
+
+    return ProcessingInput(
+        input_name=name,
+        s3_input=ProcessingS3Input(s3_uri=uri, local_path=local, s3_data_type="S3Prefix", s3_input_mode="File"),
+    )
+
+
+def _output(ctx: _Context, name: str, local: str) -> Any:
+    """Per execution: executions for different signatures run at the same time and must not share outputs."""
+    from sagemaker.core.shapes import ProcessingOutput, ProcessingS3Output
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join
+
+    destination = Join(on="/", values=[ctx.config.base_uri, "runs", ExecutionVariables.PIPELINE_EXECUTION_ID, name])
+    return ProcessingOutput(
+        output_name=name,
+        s3_output=ProcessingS3Output(s3_uri=destination, local_path=local, s3_upload_mode="EndOfJob"),
+    )
+
+
+def _preprocess_step(ctx: _Context) -> Any:
+    """The cohort and signature set in, the signature's prepared split out."""
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    return ProcessingStep(
+        name=PREPROCESS,
+        step_args=_processor(ctx, "preprocess").run(
             inputs=[
-                s3_input("data", input_data, f"{PROCESSING}/input/data"),
-                s3_input("signatures", signature_set, f"{PROCESSING}/input/signatures"),
+                _input("data", ctx["InputDataUri"], f"{PROCESSING}/input/data"),
+                _input("signatures", ctx["SignatureSetUri"], f"{PROCESSING}/input/signatures"),
             ],
-            outputs=[s3_output("prepared", f"{PROCESSING}/prepared")],
+            outputs=[_output(ctx, "prepared", f"{PROCESSING}/prepared")],
             arguments=[
                 "--data",
                 f"{PROCESSING}/input/data",
                 "--signatures",
                 f"{PROCESSING}/input/signatures",
                 "--signature",
-                signature,
+                ctx["Signature"],
                 "--out",
                 f"{PROCESSING}/prepared",
             ],
         ),
+        retry_policies=_retry_policies(job=True),
     )
-    prepared_uri = preprocess.properties.ProcessingOutputConfig.Outputs["prepared"].S3Output.S3Uri
+
+
+def _train_step(ctx: _Context, preprocess: Any) -> Any:
+    from sagemaker.mlops.workflow.steps import TrainingStep
+    from sagemaker.train.configs import Compute, InputData, OutputDataConfig
+    from sagemaker.train.model_trainer import ModelTrainer
 
     trainer = ModelTrainer(
-        training_image=image,
-        role=config.role_arn,
-        sagemaker_session=session,
-        compute=Compute(instance_type=training_type, instance_count=1),
-        hyperparameters={"model": "linear", "l2": "0.1", "cv_repeats": "5", "model_package_group_prefix": "genesig"},
-        output_data_config=OutputDataConfig(s3_output_path=f"{config.base_uri}/models"),
+        training_image=ctx["TrainingImageUri"],
+        role=ctx.config.role_arn,
+        sagemaker_session=ctx.session,
+        compute=Compute(instance_type=ctx["TrainingInstanceType"], instance_count=1),
+        hyperparameters=as_strings(TrainSettings()),
+        output_data_config=OutputDataConfig(s3_output_path=f"{ctx.config.base_uri}/models"),
         base_job_name="genesig-train",
     )
-    train = TrainingStep(
-        name="TrainModel",
+    prepared_uri = preprocess.properties.ProcessingOutputConfig.Outputs["prepared"].S3Output.S3Uri
+    return TrainingStep(
+        name=TRAIN,
         step_args=trainer.train(input_data_config=[InputData(channel_name="prepared", data_source=prepared_uri)]),
+        retry_policies=_retry_policies(job=True),
     )
-    model_uri = train.properties.ModelArtifacts.S3ModelArtifacts
 
-    evaluation_file = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
-    evaluate = ProcessingStep(
-        name="EvaluateModel",
-        step_args=processor("evaluate").run(
+
+def _evaluate_step(ctx: _Context, preprocess: Any, train: Any) -> tuple[Any, Any]:
+    """Held-out evaluation and the gate's verdict (the same code as run-local) in evaluation.json."""
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    evaluation = PropertyFile(name="EvaluationReport", output_name="evaluation", path="evaluation.json")
+    step = ProcessingStep(
+        name=EVALUATE,
+        step_args=_processor(ctx, "evaluate").run(
             inputs=[
-                s3_input("prepared", prepared_uri, f"{PROCESSING}/prepared"),
-                s3_input("model", model_uri, f"{PROCESSING}/model"),
+                _input(
+                    "prepared",
+                    preprocess.properties.ProcessingOutputConfig.Outputs["prepared"].S3Output.S3Uri,
+                    f"{PROCESSING}/prepared",
+                ),
+                _input("model", train.properties.ModelArtifacts.S3ModelArtifacts, f"{PROCESSING}/model"),
             ],
-            outputs=[s3_output("evaluation", f"{PROCESSING}/evaluation")],
+            outputs=[_output(ctx, "evaluation", f"{PROCESSING}/evaluation")],
             arguments=[
                 "--prepared",
                 f"{PROCESSING}/prepared",
@@ -179,53 +290,101 @@ def get_pipeline(config: PipelineConfig | None = None):  # type: ignore[no-untyp
                 f"{PROCESSING}/model",
                 "--out",
                 f"{PROCESSING}/evaluation",
+                "--threshold",
+                ctx["MetricThreshold"],
+                "--gate-on",
+                ctx["GateOn"],
             ],
         ),
-        property_files=[evaluation_file],
+        property_files=[evaluation],
+        retry_policies=_retry_policies(job=True),
     )
-    evaluation_uri = evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
-    metric = JsonGet(step_name=evaluate.name, property_file=evaluation_file, json_path="cross_validation.mean")
+    return step, evaluation
 
-    group = Join(on="-", values=["genesig", signature])
-    register = ModelStep(
-        name="RegisterModel",
-        step_args=ModelBuilder(
-            image_uri=serving_image, s3_model_data_url=model_uri, role_arn=config.role_arn, sagemaker_session=session
-        ).register(
-            model_package_group_name=group,
-            content_types=["application/json", "text/csv"],
-            response_types=["application/json", "text/csv"],
-            inference_instances=["ml.m5.large"],
-            approval_status=approval,
-            model_metrics=ModelMetrics(
-                model_quality=ModelQuality(
-                    statistics=MetricsSource(
-                        content_type="application/json", s3_uri=Join(on="/", values=[evaluation_uri, "evaluation.json"])
-                    )
-                )
-            ),
+
+def _register_step(ctx: _Context, train: Any, evaluate: Any) -> tuple[Any, Any]:
+    """The model package in the signature's group, through the same registration code as the signature-set run:
+    the group is created if missing, an unchanged model is not registered again, evaluation.json is attached as
+    model-quality statistics, and the artifact's file name and sha256 are recorded as package metadata."""
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    registered = PropertyFile(name="Registration", output_name="registration", path="registration.json")
+    evaluation_uri = evaluate.properties.ProcessingOutputConfig.Outputs["evaluation"].S3Output.S3Uri
+    step = ProcessingStep(
+        name=REGISTER,
+        step_args=_processor(ctx, "register-sagemaker").run(
+            inputs=[_input("evaluation", evaluation_uri, f"{PROCESSING}/evaluation")],
+            outputs=[_output(ctx, "registration", f"{PROCESSING}/registration")],
+            arguments=[
+                "--model-uri",
+                train.properties.ModelArtifacts.S3ModelArtifacts,
+                "--evaluation",
+                f"{PROCESSING}/evaluation",
+                "--serving-image-uri",
+                ctx["ServingImageUri"],
+                "--approval-status",
+                ctx["ModelApprovalStatus"],
+                "--package-prefix",
+                ctx.config.packages_uri,
+                "--out",
+                f"{PROCESSING}/registration",
+            ],
         ),
+        property_files=[registered],
+        retry_policies=_retry_policies(job=True),
     )
-    deploy = ProcessingStep(
-        name="DeployToMme",
-        step_args=processor("deploy-sagemaker").run(
-            arguments=["--model-package-arn", register.properties.ModelPackageArn, "--prefix", mme_prefix],
+    return step, registered
+
+
+def _deploy_step(ctx: _Context, registered: Any) -> Any:
+    """Copies the package into the MME prefix when it is Approved (else reports it skipped; `genesig sync` later)."""
+    from sagemaker.core.workflow.functions import JsonGet
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    package = JsonGet(step_name=REGISTER, property_file=registered, json_path="package_arn")
+    return ProcessingStep(
+        name=DEPLOY,
+        step_args=_processor(ctx, "deploy-sagemaker").run(
+            arguments=["--model-package-arn", package, "--prefix", ctx["MmePrefix"]],
         ),
+        retry_policies=_retry_policies(job=True),
     )
-    fail = FailStep(
-        name="MetricBelowThreshold",
-        error_message=Join(on=" ", values=["cross-validated metric", metric, "is below the threshold", threshold]),
-    )
+
+
+def get_pipeline(config: PipelineConfig) -> Any:
+    """Build the pipeline; no AWS call is made until it is upserted or started."""
+    import_sdk()
+    import boto3
+    from sagemaker.core.workflow.conditions import ConditionEquals
+    from sagemaker.core.workflow.functions import JsonGet
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.mlops.workflow.condition_step import ConditionStep
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+
+    session = PipelineSession(boto_session=boto3.Session(region_name=config.region), default_bucket=config.bucket)
+    ctx = _Context(config, session, _parameters(config))
+    preprocess = _preprocess_step(ctx)
+    train = _train_step(ctx, preprocess)
+    evaluate, evaluation = _evaluate_step(ctx, preprocess, train)
+    register, registered = _register_step(ctx, train, evaluate)
     check = ConditionStep(
-        name="CheckMetric",
-        conditions=[ConditionGreaterThanOrEqualTo(left=metric, right=threshold)],
-        if_steps=[register, deploy],
-        else_steps=[fail],
+        name=CHECK,
+        conditions=[
+            ConditionEquals(
+                left=JsonGet(step_name=EVALUATE, property_file=evaluation, json_path="gate.passed"), right=True
+            )
+        ],
+        if_steps=[register, _deploy_step(ctx, registered)],
+        else_steps=[],
     )
     return Pipeline(
-        name=config.name, parameters=parameters, steps=[preprocess, train, evaluate, check], sagemaker_session=session
+        name=config.name,
+        parameters=list(ctx.parameters.values()),
+        steps=[preprocess, train, evaluate, check],
+        sagemaker_session=session,
     )
 
 
-def definition_json(config: PipelineConfig | None = None) -> str:
+def definition_json(config: PipelineConfig) -> str:
     return str(get_pipeline(config).definition())

@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from genesig.artifact import extract_artifact
-from genesig.errors import DataError, GenesigError
+from genesig.errors import GenesigError
 
 logger = logging.getLogger(__name__)
 CHANNEL = "prepared"
+PROVISIONAL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -53,31 +54,18 @@ def _hyperparameters(path: Path) -> dict[str, Any]:
     return {k: json.loads(v) if isinstance(v, str) and v[:1] in '[{"' else v for k, v in raw.items()}
 
 
-def run_training(paths: TrainingPaths, *, version: int | None = None) -> Path:
-    """Train from the ``prepared`` channel into ``/opt/ml/model``; returns the model folder."""
-    from genesig.pipeline import aws
-    from genesig.pipeline.model import TrainConfig
+def run_training(paths: TrainingPaths, *, version: int = PROVISIONAL_VERSION) -> Path:
+    """Train from the ``prepared`` channel into ``/opt/ml/model``; returns the model folder.
+
+    The artifact is written as version 1: the RegisterModel job renumbers it to the version its model package gets
+    (SageMaker assigns it when the package is created, the only moment it can be done without a race)."""
+    from genesig.pipeline.settings import TrainSettings, convert
     from genesig.pipeline.steps import cross_validate, load_prepared, train_model
 
-    hp = _hyperparameters(paths.hyperparameters)
+    config = convert(_hyperparameters(paths.hyperparameters), TrainSettings, label=lambda f: f"hyperparameter {f}")
     prepared = load_prepared(paths.channel)
-    try:
-        config = TrainConfig(
-            model=hp.get("model", "linear"),
-            hidden_units=int(hp.get("hidden_units", 16)),
-            l2=float(hp.get("l2", 0.1)),
-            seed=int(hp.get("seed", 0)),
-        )
-        repeats = int(hp.get("cv_repeats", 5))
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"invalid hyperparameter: {exc}") from None
-    if version is None:
-        # The artifact carries the version its model package will get in the registry.
-        version = aws.next_package_version(aws.client("sagemaker"), aws.group_name(prepared.name))
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = train_model(
-            prepared, config, version, Path(tmp), cv=cross_validate(prepared, config, repeats=repeats)
-        )
+        artifact = train_model(prepared, config, version, Path(tmp), cv=cross_validate(prepared, config))
         extracted = extract_artifact(artifact, Path(tmp) / "extracted")
         paths.model.mkdir(parents=True, exist_ok=True)
         for item in extracted.iterdir():

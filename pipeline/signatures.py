@@ -6,13 +6,13 @@ quotes, parentheses); the original name is kept in the manifest.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from genesig.errors import DataError
+from genesig.pipeline.names import artifact_name
 
 # Zhou et al., Radiology 2018: the metagenes of the NSCLC radiogenomics cohort.
 METAGENES: dict[str, tuple[str, ...]] = {
@@ -24,8 +24,6 @@ METAGENES: dict[str, tuple[str, ...]] = {
     "metagene_21": ("BGN", "COL4A1", "COL5A1", "COL5A2"),
 }
 ALL = "ALL"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_MAX_NAME = 96
 
 
 @dataclass(frozen=True)
@@ -52,15 +50,6 @@ def default_signatures() -> list[GeneSignature]:
     signatures = [GeneSignature(name, genes) for name, genes in METAGENES.items()]
     all_genes = tuple(g for genes in METAGENES.values() for g in genes)
     return signatures + [GeneSignature(ALL, all_genes, description="all 21 metagene genes")]
-
-
-def artifact_name(name: str) -> str:
-    """A safe, stable object name: unsafe runs become ``_``; a short hash keeps changed names distinct."""
-    cleaned = _UNSAFE.sub("_", name.strip()).strip("._-")
-    if cleaned == name and len(name) <= _MAX_NAME and cleaned[:1].isalnum():
-        return name
-    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{(cleaned or 'signature')[:_MAX_NAME]}-{digest}"
 
 
 def _unique_genes(genes: list[str]) -> tuple[str, ...]:
@@ -136,14 +125,22 @@ def check_unique(signatures: list[GeneSignature], source: str) -> None:
         seen[name] = signature.name
 
 
-def select(signatures: list[GeneSignature], name: str | None) -> list[GeneSignature]:
-    """``None`` or ``"ALL"`` selects every signature (the built-in set's ``ALL`` signature included)."""
-    if name is None or name == ALL:
+def select(signatures: list[GeneSignature], names: Sequence[str] | None) -> list[GeneSignature]:
+    """The signatures named (as defined, or by artifact name), in file order; every signature when ``names`` is
+    None. ``ALL`` is a name like any other (the built-in set's all-genes signature)."""
+    if names is None:
         return list(signatures)
-    chosen = [s for s in signatures if name in (s.name, artifact_name(s.name))]
-    if not chosen:
+    if isinstance(names, str):
+        raise TypeError("select() takes a sequence of names, not one string")
+    wanted = set(names)
+    chosen = [s for s in signatures if wanted & {s.name, artifact_name(s.name)}]
+    found = {n for s in chosen for n in (s.name, artifact_name(s.name))}
+    unknown = [n for n in names if n not in found]
+    if unknown:
         known = ", ".join(s.name for s in signatures[:10])
-        raise DataError(f"no signature named {name!r}; known: {known}{'...' if len(signatures) > 10 else ''}")
+        raise DataError(
+            f"no signature named {', '.join(map(repr, unknown))}; known: {known}{'...' if len(signatures) > 10 else ''}"
+        )
     return chosen
 
 

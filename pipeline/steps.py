@@ -13,7 +13,7 @@ import platform
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -34,18 +34,20 @@ from genesig.artifact import (
 )
 from genesig.artifact.manifest import TargetKind
 from genesig.artifact.model import apply_preprocessing
+from genesig.artifact.package import sha256_file
 from genesig.errors import DataError
 from genesig.pipeline.cohort import Cohort
 from genesig.pipeline.metrics import discrimination
-from genesig.pipeline.model import TrainConfig, fit_preprocessing, train
+from genesig.pipeline.model import fit_preprocessing, train
+from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import MatchedSignature
 
 logger = logging.getLogger(__name__)
 
-GateMetric = Literal["cv_mean", "cv_lower", "test"]
 PREPARED_FILE = "prepared.json"
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.csv"
+GATE_FILE = "gate.json"
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,11 @@ def preprocess(
     matched: MatchedSignature,
     *,
     target: TargetKind | None = None,
-    test_fraction: float = 0.2,
-    seed: int = 0,
+    settings: TrainSettings | None = None,
 ) -> Prepared:
     """Select the signature's genes, split stratified by event (seeded), fit preprocessing on the train side."""
+    settings = settings or TrainSettings()
+    test_fraction, seed = settings.test_fraction, settings.seed
     if matched.skip_reason:
         raise DataError(f"signature {matched.signature.name!r} is skipped: {matched.skip_reason}")
     if not 0.05 <= test_fraction <= 0.5:
@@ -165,7 +168,7 @@ def _fit_predict(
     raw_score: np.ndarray,
     target: TargetKind,
     genes: list[str],
-    config: TrainConfig,
+    config: TrainSettings,
 ) -> np.ndarray:
     """Preprocessing and model fitted on one side, linear predictor on the other (no information leaks)."""
     preprocessing = fit_preprocessing(raw_fit)
@@ -174,8 +177,9 @@ def _fit_predict(
     return SignatureModel(manifest, weights).linear_predictor(raw_score)
 
 
-def cross_validate(prepared: Prepared, config: TrainConfig, *, folds: int = 5, repeats: int = 5) -> CrossValidation:
+def cross_validate(prepared: Prepared, config: TrainSettings) -> CrossValidation:
     """Repeated stratified k-fold on the training split; the held-out split is never touched."""
+    folds, repeats = config.cv_folds, config.cv_repeats
     train_side = prepared.train
     n_minority = int(min(train_side.event.sum(), len(train_side.event) - train_side.event.sum()))
     folds = max(2, min(folds, n_minority))
@@ -202,7 +206,9 @@ def cross_validate(prepared: Prepared, config: TrainConfig, *, folds: int = 5, r
     return CrossValidation(metric_name(prepared.target), folds, repeats, values)
 
 
-def _manifest_stub(genes: list[str], target: TargetKind, preprocessing: Preprocessing, config: TrainConfig) -> Manifest:
+def _manifest_stub(
+    genes: list[str], target: TargetKind, preprocessing: Preprocessing, config: TrainSettings
+) -> Manifest:
     """Enough of a manifest to evaluate weights with the serving code during cross-validation."""
     return Manifest(
         schema_version=SCHEMA_VERSION,
@@ -236,7 +242,7 @@ def _output(target: TargetKind, cutpoints: list[float]) -> Output:
     )
 
 
-def train_model(prepared: Prepared, config: TrainConfig, version: int, out_dir: Path, *, cv: CrossValidation) -> Path:
+def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir: Path, *, cv: CrossValidation) -> Path:
     """Fit on the whole training split and write the artifact (with the CV metrics) through the contract's writer."""
     train_side = prepared.train
     z = apply_preprocessing(prepared.preprocessing, prepared.genes, train_side.raw)
@@ -316,8 +322,10 @@ def risk_group_summary(
     return summary
 
 
-def evaluate(prepared: Prepared, artifact: Path, out_dir: Path) -> dict[str, Any]:
-    """Score the held-out split through the serving code path and write ``evaluation.json`` and the report."""
+def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: GateSettings) -> dict[str, Any]:
+    """Score the held-out split through the serving code path, gate the model, and write ``evaluation.json`` (the
+    gate's verdict under ``gate``, the artifact's file and sha256 under ``artifact``), ``gate.json`` and the
+    report. run-local and the pipeline's EvaluateModel job both come here."""
     from genesig.pipeline.report import write_report
 
     model = read_artifact(artifact)
@@ -361,6 +369,10 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path) -> dict[str, Any
     table.to_csv(out_dir / PREDICTIONS_FILE, index=False, float_format="%.17g")
     evaluation["predictions"] = PREDICTIONS_FILE
     evaluation["report"] = write_report(prepared, predictions.values, predictions.groups, risk, out_dir).name
+    evaluation["artifact"] = {"file": artifact.name, "sha256": sha256_file(artifact)}
+    verdict = gate(evaluation, gate_settings)
+    evaluation["gate"] = asdict(verdict)
+    write_gate(verdict, out_dir)
     (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
     return evaluation
 
@@ -378,8 +390,9 @@ class GateResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def gate(evaluation: dict[str, Any], *, threshold: float, on: GateMetric = "cv_mean") -> GateResult:
+def gate(evaluation: dict[str, Any], settings: GateSettings) -> GateResult:
     """Pass when the chosen metric clears the threshold; the reason says why either way."""
+    threshold, on = settings.threshold, settings.gate_on
     metric = evaluation["metric"]
     values = {
         "cv_mean": evaluation["cross_validation"]["mean"],
@@ -395,6 +408,14 @@ def gate(evaluation: dict[str, Any], *, threshold: float, on: GateMetric = "cv_m
     passed = value >= threshold
     reason = f"{label} {value:.3f} {'>=' if passed else '<'} threshold {threshold:.3f}"
     return GateResult(passed, f"{on}:{metric}", value, threshold, reason, details={"all": values})
+
+
+def write_gate(verdict: GateResult, out_dir: Path) -> Path:
+    """``gate.json`` beside the evaluation: what the gate saw and decided (run-local and ``genesig step gate``)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / GATE_FILE
+    path.write_text(json.dumps(asdict(verdict), indent=2) + "\n")
+    return path
 
 
 # --- folders ------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ every model backend process can afford to validate it.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from typing import Annotated, Literal
@@ -112,6 +113,14 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
 
 class _VersionProbe(msgspec.Struct):
     schema_version: str
+
+
+def model_identity(manifest: Manifest) -> str:
+    """What makes two artifacts the same model whatever their version and creation time: weights, genes,
+    preprocessing, target, architecture, output and training data. A registry registers a model only once."""
+    parts = {k: getattr(manifest, k) for k in ("files", "genes", "target", "model", "preprocessing", "output")}
+    parts["training_data"] = manifest.training_data
+    return hashlib.sha256(msgspec.json.encode(parts, order="sorted")).hexdigest()
 
 
 def artifact_filename(name: str, version: int) -> str:

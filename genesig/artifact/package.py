@@ -92,6 +92,15 @@ def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
     return info, io.BytesIO(data)
 
 
+def _pack(manifest: Manifest, weights: bytes) -> bytes:
+    """The artifact's bytes: a gzipped tar of the manifest and the weights, the same bytes for the same model."""
+    buffer = io.BytesIO()
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
+        for name, data in ((MANIFEST_FILENAME, encode_manifest(manifest)), (WEIGHTS_FILENAME, weights)):
+            tar.addfile(*_tar_member(name, data))
+    return buffer.getvalue()
+
+
 def write_artifact(manifest: Manifest, tensors: Mapping[str, np.ndarray], out_dir: Path) -> Path:
     """Write ``<out_dir>/<name>-v<version>.tar.gz`` atomically and never over an existing file."""
     complete, weights = build_manifest(manifest, tensors)
@@ -99,12 +108,18 @@ def write_artifact(manifest: Manifest, tensors: Mapping[str, np.ndarray], out_di
     target = out_dir / complete.artifact_name
     if target.exists():
         raise FileExistsError(f"{target} already exists; artifact names are immutable, bump the version")
-    buffer = io.BytesIO()
-    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
-        for name, data in ((MANIFEST_FILENAME, encode_manifest(complete)), (WEIGHTS_FILENAME, weights)):
-            tar.addfile(*_tar_member(name, data))
-    publish_bytes(buffer.getvalue(), target)
+    publish_bytes(_pack(complete, weights), target)
     return target
+
+
+def with_version(archive: Path, version: int) -> tuple[Manifest, bytes]:
+    """The verified artifact again as ``version``: the registry assigns versions when it registers, so a model
+    trained before it knew its version is renumbered. Only the manifest changes; the weights are the same bytes."""
+    with tempfile.TemporaryDirectory(prefix="genesig-artifact-") as tmp:
+        model = load_model_dir(extract_artifact(archive, Path(tmp) / "model"))
+        weights = (Path(tmp) / "model" / WEIGHTS_FILENAME).read_bytes()
+    manifest = msgspec.structs.replace(model.manifest, version=version)
+    return manifest, _pack(manifest, weights)
 
 
 def publish_bytes(data: bytes, target: Path) -> None:

@@ -25,9 +25,9 @@ import boto3
 import pytest
 
 from genesig.server_process import free_port
-from tests.emulators import REGION, _stop, _wait
+from tests.emulators import REGION, strict_moto
 
-from .test_deploy_sagemaker import register
+from .packages import register
 
 
 class StallingProxy:
@@ -85,17 +85,8 @@ class StallingProxy:
 
 @pytest.fixture
 def own_moto(aws_env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        _wait(f"http://127.0.0.1:{port}/moto-api/", proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        _stop(proc)
+    with strict_moto() as (url, _strict):
+        yield url
 
 
 def test_a_sync_killed_mid_upload_leaves_no_object_and_the_next_sync_publishes_whole(

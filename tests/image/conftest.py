@@ -23,8 +23,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.emulators import aws_env  # noqa: F401  (a fixture)
-
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "genesig-stand-in-base:bookworm"
 TAG = "imagetest"

@@ -10,6 +10,7 @@ import pytest
 from genesig.artifact import extract_artifact
 from genesig.client import ModelServerClient
 from genesig.pipeline.run import RunOptions, run_local
+from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import default_signatures
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
@@ -24,7 +25,15 @@ def test_served_predictions_equal_evaluation_predictions_exactly(start_server: S
         default_signatures(),
         SyntheticSpec(seed=7, planted={"metagene_19": 2.0, "metagene_10": 1.5}),
     )
-    summary = run_local(RunOptions(data=data, workdir=tmp_path / "w", approve=True, cv_repeats=2, threshold=0.5))
+    summary = run_local(
+        RunOptions(
+            data=data,
+            workdir=tmp_path / "w",
+            approve=True,
+            train=TrainSettings(cv_repeats=2),
+            gate=GateSettings(threshold=0.5),
+        )
+    )
     deployed = [r for r in summary.results if r.deployed]
     assert deployed, "at least one signature passed and was deployed"
     cohort_text = data.read_text().splitlines()

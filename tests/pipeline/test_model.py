@@ -12,7 +12,8 @@ from sklearn.linear_model import LogisticRegression
 from genesig.artifact.model import apply_preprocessing
 from genesig.pipeline.metrics import c_index
 from genesig.pipeline.mlp import cox_loss
-from genesig.pipeline.model import TrainConfig, cox_loss_grad, fit_preprocessing, train
+from genesig.pipeline.model import cox_loss_grad, fit_preprocessing, train
+from genesig.pipeline.settings import TrainSettings
 
 
 def data(seed: int = 0, n: int = 150, genes: int = 5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -38,7 +39,7 @@ def test_preprocessing_is_log1p_then_standardised() -> None:
 def test_logistic_model_matches_scikit_learn() -> None:
     z, event, _ = data()
     l2 = 0.05
-    weights = train(z, event, None, "binary", TrainConfig(l2=l2))
+    weights = train(z, event, None, "binary", TrainSettings(l2=l2))
     # scikit-learn minimises C * sum(loss) + ||w||^2 / 2, i.e. mean(loss) + ||w||^2 / (2 C n).
     reference = LogisticRegression(C=1 / (l2 * len(z)), tol=1e-10, max_iter=10_000).fit(z, event)
     np.testing.assert_allclose(weights["linear.weight"][0], reference.coef_[0], atol=1e-4)
@@ -47,7 +48,7 @@ def test_logistic_model_matches_scikit_learn() -> None:
 
 def test_training_is_deterministic() -> None:
     z, event, time = data(1)
-    for config in (TrainConfig(), TrainConfig(model="mlp", hidden_units=8, seed=3)):
+    for config in (TrainSettings(), TrainSettings(model="mlp", hidden_units=8, seed=3)):
         a = train(z, event, None, "binary", config)
         b = train(z, event, None, "binary", config)
         assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -55,7 +56,7 @@ def test_training_is_deterministic() -> None:
 
 def test_cox_model_recovers_the_direction_of_the_effect() -> None:
     z, event, time = data(2, n=300)
-    weights = train(z, event, time, "time_to_event", TrainConfig(l2=0.01))
+    weights = train(z, event, time, "time_to_event", TrainSettings(l2=0.01))
     w = weights["linear.weight"][0]
     assert w[0] > 0.5 and w[2] < -0.3 and abs(w[1]) < 0.3
     assert c_index(time=time, event=event, risk_score=z @ w) > 0.65
@@ -77,7 +78,7 @@ def test_cox_loss_and_gradient_equal_autograd_with_tied_times() -> None:
 
 def test_unpenalised_cox_model_matches_lifelines() -> None:
     z, event, time = data(5, n=300)
-    weights = train(z, event, time, "time_to_event", TrainConfig(l2=0.0))
+    weights = train(z, event, time, "time_to_event", TrainSettings(l2=0.0))
     frame = pd.DataFrame(z, columns=[f"G{i}" for i in range(z.shape[1])]).assign(T=time, E=event.astype(int))
     reference = CoxPHFitter(penalizer=0.0).fit(frame, duration_col="T", event_col="E", fit_options={"precision": 1e-12})
     np.testing.assert_allclose(weights["linear.weight"][0], reference.params_.to_numpy(), atol=1e-6)
@@ -86,11 +87,11 @@ def test_unpenalised_cox_model_matches_lifelines() -> None:
 
 def test_mlp_shapes() -> None:
     z, event, _ = data(3)
-    weights = train(z, event, None, "binary", TrainConfig(model="mlp", hidden_units=12))
+    weights = train(z, event, None, "binary", TrainSettings(model="mlp", hidden_units=12))
     assert weights["hidden.weight"].shape == (12, 5) and weights["output.weight"].shape == (1, 12)
 
 
 def test_time_to_event_needs_time() -> None:
     z, event, _ = data()
     with pytest.raises(Exception, match="needs a time column"):
-        train(z, event, None, "time_to_event", TrainConfig())
+        train(z, event, None, "time_to_event", TrainSettings())

@@ -13,6 +13,7 @@ import pytest
 from genesig.artifact import read_artifact
 from genesig.errors import DataError
 from genesig.pipeline.run import RunOptions, run_local
+from genesig.pipeline.settings import TrainSettings
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
 from .conftest import noise_and_planted
@@ -36,7 +37,10 @@ def test_planted_signatures_pass_and_noise_fails_over_seeds(
         data = write_synthetic_cohort(tmp_path / f"c{seed}.csv", noise_and_planted(4), spec)
         summary = run_local(
             RunOptions(
-                data=data, workdir=tmp_path / f"w{seed}", signatures_file=signatures_file, seed=seed, cv_repeats=3
+                data=data,
+                workdir=tmp_path / f"w{seed}",
+                signatures_file=signatures_file,
+                train=TrainSettings(seed=seed, cv_repeats=3),
             )
         )
         for result in summary.results:
@@ -50,7 +54,7 @@ def test_planted_signatures_pass_and_noise_fails_over_seeds(
 
 
 def test_rerun_registers_and_deploys_nothing_new(synthetic_csv: Path, tmp_path: Path) -> None:
-    options = RunOptions(data=synthetic_csv, workdir=tmp_path / "w", approve=True, cv_repeats=2)
+    options = RunOptions(data=synthetic_csv, workdir=tmp_path / "w", approve=True, train=TrainSettings(cv_repeats=2))
     first = run_local(options)
     deployed = sorted(p.name for p in (tmp_path / "w" / "mme-prefix").iterdir())
     assert "metagene_19-v1.tar.gz" in deployed
@@ -63,10 +67,14 @@ def test_rerun_registers_and_deploys_nothing_new(synthetic_csv: Path, tmp_path: 
 
 
 def test_parallel_jobs_give_the_same_models_verdicts_and_order_as_one_job(synthetic_csv: Path, tmp_path: Path) -> None:
-    serial = run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "one", approve=True, cv_repeats=2))
+    serial = run_local(
+        RunOptions(data=synthetic_csv, workdir=tmp_path / "one", approve=True, train=TrainSettings(cv_repeats=2))
+    )
     seen: list[str] = []
     parallel = run_local(
-        RunOptions(data=synthetic_csv, workdir=tmp_path / "two", approve=True, cv_repeats=2, jobs=2),
+        RunOptions(
+            data=synthetic_csv, workdir=tmp_path / "two", approve=True, train=TrainSettings(cv_repeats=2), jobs=2
+        ),
         on_result=lambda r: seen.append(r.signature),
     )
     assert [r.signature for r in parallel.results] == [r.signature for r in serial.results], "input order kept"
@@ -92,7 +100,7 @@ def test_a_worker_that_dies_fails_only_its_signature(synthetic_csv: Path, tmp_pa
 
     from .dying_worker import VICTIM, run_or_die
 
-    options = RunOptions(data=synthetic_csv, workdir=tmp_path / "w", cv_repeats=1, jobs=2)
+    options = RunOptions(data=synthetic_csv, workdir=tmp_path / "w", train=TrainSettings(cv_repeats=1), jobs=2)
     cohort = read_cohort(synthetic_csv)
     matched = [match(s, cohort.candidate_genes(), 2) for s in load_signatures(None)]
     reported: list[str] = []
@@ -110,14 +118,18 @@ def test_negative_jobs_are_refused(synthetic_csv: Path, tmp_path: Path) -> None:
 
 
 def test_without_approval_nothing_is_deployed(synthetic_csv: Path, tmp_path: Path) -> None:
-    summary = run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", cv_repeats=2, signature="metagene_19"))
+    summary = run_local(
+        RunOptions(
+            data=synthetic_csv, workdir=tmp_path / "w", train=TrainSettings(cv_repeats=2), signatures=("metagene_19",)
+        )
+    )
     [result] = summary.results
     assert (result.passed, result.approval_status, result.deployed) == (True, "PendingManualApproval", None)
     assert not (tmp_path / "w" / "mme-prefix").exists()
 
 
 def test_summary_json_has_each_signatures_verdict_and_reason(synthetic_csv: Path, tmp_path: Path) -> None:
-    run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", cv_repeats=2))
+    run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", train=TrainSettings(cv_repeats=2)))
     doc = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert len(doc["results"]) == 7
     for row in doc["results"]:
@@ -133,7 +145,9 @@ def test_small_signatures_are_skipped_with_a_reason_and_failures_stay_isolated(t
 
     frame = write_synthetic_cohort(data, default_signatures(), SyntheticSpec(seed=2, planted={"metagene_19": 1.5}))
     text = frame.read_text().splitlines()
-    summary = run_local(RunOptions(data=data, workdir=tmp_path / "w", signatures_file=sigs, cv_repeats=2))
+    summary = run_local(
+        RunOptions(data=data, workdir=tmp_path / "w", signatures_file=sigs, train=TrainSettings(cv_repeats=2))
+    )
     tiny, fine = summary.results
     assert (
         tiny.status == "skipped"

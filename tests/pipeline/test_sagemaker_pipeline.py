@@ -23,6 +23,7 @@ PARAMETERS = {
     "ProcessingInstanceType",
     "TrainingInstanceType",
     "MetricThreshold",
+    "GateOn",
     "ModelApprovalStatus",
     "MmePrefix",
     "TrainingImageUri",
@@ -39,7 +40,7 @@ def corrected_schema() -> dict[str, Any]:
     3. Top-level ``PipelineExperimentConfig`` and ``MlflowConfig``, and a training input's
        ``S3DataDistributionType`` and output ``CompressionType``, postdate the schema; the SDK always writes them.
     4. A processing step's ``PropertyFiles`` (what ``JsonGet`` reads) is missing.
-    5. RegisterModel lacks ``ModelApprovalStatus``, ``SkipModelValidation`` and a container's ``Environment``.
+    5. ``RetryPolicies`` on steps (the SDK's StepRetryPolicy and SageMakerJobStepRetryPolicy) postdate it.
     """
     schema = copy.deepcopy(json.loads(SCHEMA.read_text()))
     d = schema["definitions"]
@@ -102,17 +103,14 @@ def corrected_schema() -> dict[str, Any]:
         "type": "array",
         "items": {"type": "object", "required": ["PropertyFileName", "OutputName", "FilePath"]},
     }
-    register = d["RegisterModelStep"]["properties"]["Arguments"]["properties"]
-    register["ModelApprovalStatus"] = {"$ref": "#/definitions/StringArgumentValue"}
-    register["SkipModelValidation"] = {"$ref": "#/definitions/StringArgumentValue"}
-    container = register["InferenceSpecification"]["properties"]["Containers"]["items"]["properties"]
-    container["Environment"] = {"type": "object", "additionalProperties": {"$ref": "#/definitions/StringArgumentValue"}}
+    for kind in ("ProcessingStep", "TrainingStep"):
+        d[kind]["properties"]["RetryPolicies"] = {"type": "array", "items": {"type": "object"}}
     return schema
 
 
 @pytest.fixture(scope="module")
 def definition() -> dict[str, Any]:
-    return json.loads(definition_json(PipelineConfig()))
+    return json.loads(definition_json(PipelineConfig(role_arn="arn:aws:iam::123456789012:role/genesig", bucket="b")))
 
 
 def test_definition_names_its_steps_and_parameters(definition: dict[str, Any]) -> None:
@@ -120,25 +118,29 @@ def test_definition_names_its_steps_and_parameters(definition: dict[str, Any]) -
     assert {p["Name"] for p in definition["Parameters"]} == PARAMETERS
     check = definition["Steps"][3]["Arguments"]
     assert [s["Name"] for s in check["IfSteps"]] == ["RegisterModel", "DeployToMme"]
-    assert [s["Name"] for s in check["ElseSteps"]] == ["MetricBelowThreshold"]
 
 
-def test_condition_reads_the_evaluation_report_against_the_threshold(definition: dict[str, Any]) -> None:
+def test_the_gate_is_decided_by_the_evaluation_job_and_a_miss_is_not_a_failure(definition: dict[str, Any]) -> None:
     [condition] = definition["Steps"][3]["Arguments"]["Conditions"]
-    assert condition["Type"] == "GreaterThanOrEqualTo"
-    assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "cross_validation.mean"
-    assert condition["RightValue"] == {"Get": "Parameters.MetricThreshold"}
+    assert condition["Type"] == "Equals" and condition["RightValue"] is True
+    assert condition["LeftValue"]["Std:JsonGet"]["Path"] == "gate.passed"
     evaluate = definition["Steps"][2]
     assert evaluate["PropertyFiles"][0]["FilePath"] == "evaluation.json"
-    fail = definition["Steps"][3]["Arguments"]["ElseSteps"][0]["Arguments"]["ErrorMessage"]["Std:Join"]["Values"]
-    assert {"Get": "Parameters.MetricThreshold"} in fail and any(
-        "Std:JsonGet" in v for v in fail if isinstance(v, dict)
-    )
+    arguments = evaluate["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert arguments[arguments.index("--threshold") + 1] == {"Get": "Parameters.MetricThreshold"}
+    assert arguments[arguments.index("--gate-on") + 1] == {"Get": "Parameters.GateOn"}
+    assert definition["Steps"][3]["Arguments"]["ElseSteps"] == [], "below threshold: the execution still succeeds"
 
 
-def test_steps_run_our_image_and_our_step_code(definition: dict[str, Any]) -> None:
+def test_steps_run_our_images_and_our_step_code(definition: dict[str, Any]) -> None:
     steps = {s["Name"]: s for s in definition["Steps"]}
-    for name, step in (("PreprocessCohort", "preprocess"), ("EvaluateModel", "evaluate")):
+    steps.update({s["Name"]: s for s in steps["CheckMetric"]["Arguments"]["IfSteps"]})
+    for name, step in (
+        ("PreprocessCohort", "preprocess"),
+        ("EvaluateModel", "evaluate"),
+        ("RegisterModel", "register-sagemaker"),
+        ("DeployToMme", "deploy-sagemaker"),
+    ):
         app = steps[name]["Arguments"]["AppSpecification"]
         assert app["ImageUri"] == {"Get": "Parameters.TrainingImageUri"}
         assert app["ContainerEntrypoint"] == ["genesig", "step", step]
@@ -147,12 +149,23 @@ def test_steps_run_our_image_and_our_step_code(definition: dict[str, Any]) -> No
     assert train["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == {
         "Get": "Steps.PreprocessCohort.ProcessingOutputConfig.Outputs['prepared'].S3Output.S3Uri"
     }
-    register = steps["CheckMetric"]["Arguments"]["IfSteps"][0]["Arguments"]
-    assert register["ModelApprovalStatus"] == {"Get": "Parameters.ModelApprovalStatus"}
-    assert register["InferenceSpecification"]["Containers"][0]["Image"] == {"Get": "Parameters.ServingImageUri"}
-    assert register["InferenceSpecification"]["Containers"][0]["ModelDataUrl"] == {
-        "Get": "Steps.TrainModel.ModelArtifacts.S3ModelArtifacts"
-    }
+    register = steps["RegisterModel"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert {"Get": "Parameters.ServingImageUri"} in register and {"Get": "Parameters.ModelApprovalStatus"} in register
+    deploy = steps["DeployToMme"]["Arguments"]["AppSpecification"]["ContainerArguments"]
+    assert deploy[1]["Std:JsonGet"]["Path"] == "package_arn"
+
+
+def test_every_step_retries_throttling_and_jobs_retry_capacity(definition: dict[str, Any]) -> None:
+    steps = definition["Steps"][:3] + definition["Steps"][3]["Arguments"]["IfSteps"]
+    for step in steps:
+        kinds = {kind for policy in step["RetryPolicies"] for kind in policy["ExceptionType"]}
+        assert {"Step.THROTTLING", "Step.SERVICE_FAULT", "SageMaker.CAPACITY_ERROR"} <= kinds, step["Name"]
+
+
+def test_training_hyperparameters_come_from_the_typed_settings(definition: dict[str, Any]) -> None:
+    from genesig.pipeline.settings import TrainSettings, as_strings
+
+    assert definition["Steps"][1]["Arguments"]["HyperParameters"] == as_strings(TrainSettings())
 
 
 def test_definition_validates_against_the_corrected_published_schema(definition: dict[str, Any]) -> None:

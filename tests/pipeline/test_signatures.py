@@ -95,10 +95,11 @@ def test_bad_signature_files(tmp_path: Path, name: str, text: str, message: str)
 
 def test_select_by_name_or_all() -> None:
     signatures = default_signatures()
-    assert select(signatures, ALL) == signatures and select(signatures, None) == signatures
-    assert [s.name for s in select(signatures, "metagene_3")] == ["metagene_3"]
+    assert select(signatures, None) == signatures, "no names: every signature"
+    assert [s.name for s in select(signatures, [ALL])] == [ALL], "ALL is the all-genes signature's name"
+    assert [s.name for s in select(signatures, ["metagene_3", "metagene_19"])] == ["metagene_19", "metagene_3"]
     with pytest.raises(DataError, match="no signature named 'nope'"):
-        select(signatures, "nope")
+        select(signatures, ["nope"])
 
 
 def test_match_reports_missing_genes_and_skips_small_signatures() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 from genesig.artifact import read_artifact
 from genesig.errors import DataError
 from genesig.pipeline.cohort import read_cohort
-from genesig.pipeline.model import TrainConfig
+from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import default_signatures, match, select
 from genesig.pipeline.steps import (
     EVALUATION_FILE,
@@ -25,13 +26,13 @@ from genesig.pipeline.steps import (
     train_model,
 )
 
-FAST = {"folds": 5, "repeats": 2}
+FAST = TrainSettings(cv_repeats=2)
 
 
-def prepared_for(path: Path, name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+def prepared_for(path: Path, name: str, seed: int = 0):  # type: ignore[no-untyped-def]
     cohort = read_cohort(path)
     signature = next(s for s in default_signatures() if s.name == name)
-    return cohort, preprocess(cohort, match(signature, cohort.candidate_genes(), 2), **kwargs)  # type: ignore[arg-type]
+    return cohort, preprocess(cohort, match(signature, cohort.candidate_genes(), 2), settings=TrainSettings(seed=seed))
 
 
 def test_split_is_stratified_seeded_and_disjoint(seed_cohort: Path) -> None:
@@ -54,9 +55,9 @@ def test_preprocessing_is_fitted_on_the_training_split_only(seed_cohort: Path) -
 def test_evaluation_uses_the_signatures_own_genes_and_scikit_learn_agrees(seed_cohort: Path, tmp_path: Path) -> None:
     for name in ("metagene_19", "metagene_4", "ALL"):
         _, prepared = prepared_for(seed_cohort, name)
-        config = TrainConfig()
-        artifact = train_model(prepared, config, 1, tmp_path / name, cv=cross_validate(prepared, config, **FAST))
-        evaluation = evaluate(prepared, artifact, tmp_path / name / "eval")
+        config = FAST
+        artifact = train_model(prepared, config, 1, tmp_path / name, cv=cross_validate(prepared, config))
+        evaluation = evaluate(prepared, artifact, tmp_path / name / "eval", GateSettings())
         model = read_artifact(artifact)
         expected_genes = list(next(s for s in default_signatures() if s.name == name).genes)
         assert model.genes == expected_genes == evaluation["genes"]
@@ -85,10 +86,8 @@ def test_evaluation_never_reads_other_genes(seed_cohort: Path, tmp_path: Path) -
 
 def test_manifest_carries_preprocessing_fingerprint_and_metrics(synthetic_csv: Path, tmp_path: Path) -> None:
     cohort, prepared = prepared_for(synthetic_csv, "metagene_19")
-    config = TrainConfig()
-    manifest = read_artifact(
-        train_model(prepared, config, 4, tmp_path, cv=cross_validate(prepared, config, **FAST))
-    ).manifest
+    config = FAST
+    manifest = read_artifact(train_model(prepared, config, 4, tmp_path, cv=cross_validate(prepared, config))).manifest
     assert manifest.name == "metagene_19" and manifest.version == 4
     assert manifest.preprocessing == prepared.preprocessing
     assert manifest.training_data.fingerprint == cohort.fingerprint(["LRIG1", "HPGD", "GDF15"])
@@ -112,12 +111,18 @@ def test_time_to_event_target_from_a_time_column(tmp_path: Path) -> None:
         tmp_path / "t.csv", default_signatures(), SyntheticSpec(seed=4, planted={"metagene_9": 1.2}, with_time=True)
     )
     cohort = read_cohort(path, CohortColumns(time="SurvivalMonths"))
-    [signature] = select(default_signatures(), "metagene_9")
+    [signature] = select(default_signatures(), ["metagene_9"])
     prepared = preprocess(cohort, match(signature, cohort.candidate_genes(), 2))
     assert prepared.target == "time_to_event"
-    config = TrainConfig()
-    artifact = train_model(prepared, config, 1, tmp_path, cv=cross_validate(prepared, config, **FAST))
-    evaluation = evaluate(prepared, artifact, tmp_path / "eval")
+    config = FAST
+    artifact = train_model(prepared, config, 1, tmp_path, cv=cross_validate(prepared, config))
+    evaluation = evaluate(prepared, artifact, tmp_path / "eval", GateSettings())
+    assert evaluation["gate"]["passed"] == (evaluation["cross_validation"]["mean"] >= 0.6), "the gate's verdict"
+    assert evaluation["artifact"] == {
+        "file": artifact.name,
+        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
+    }
+    assert json.loads((tmp_path / "eval" / "gate.json").read_text())["reason"] == evaluation["gate"]["reason"]
     assert evaluation["metric"] == "c_index" and evaluation["cross_validation"]["mean"] > 0.6
     assert read_artifact(artifact).manifest.output.name == "risk_score"
 
@@ -128,8 +133,8 @@ def test_gate_reports_its_reason() -> None:
         "cross_validation": {"mean": 0.64, "interval": [0.52, 0.77]},
         "test": {"value": 0.58},
     }
-    passed = gate(evaluation, threshold=0.6)
+    passed = gate(evaluation, GateSettings(threshold=0.6))
     assert passed.passed and passed.reason == "cross-validated mean auc 0.640 >= threshold 0.600"
-    failed = gate(evaluation, threshold=0.6, on="cv_lower")
+    failed = gate(evaluation, GateSettings(threshold=0.6, gate_on="cv_lower"))
     assert not failed.passed and failed.reason == "lower CV bound of auc 0.520 < threshold 0.600"
-    assert not gate(evaluation, threshold=0.6, on="test").passed
+    assert not gate(evaluation, GateSettings(threshold=0.6, gate_on="test")).passed

@@ -1,0 +1,125 @@
+"""Typed settings of the pipeline, one default per field: how a cohort is read, how models are trained and
+evaluated, and the gate. The command line, ``run-local``, the step entry points, the training job's
+hyperparameters and the SageMaker Pipeline definition all read them from here.
+
+msgspec structs, like the serving settings: every field has a description (the command line's help) and its
+constraints, and a bad value is refused with the option's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from genesig.artifact import Architecture
+from genesig.artifact.manifest import TargetKind
+from genesig.errors import DataError
+
+GateMetric = Literal["cv_mean", "cv_lower", "test"]
+ModelKind = Literal["linear", "mlp"]
+
+
+def _doc(text: str, **constraints: Any) -> msgspec.Meta:
+    return msgspec.Meta(description=text, **constraints)
+
+
+class CohortSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How the cohort file is read and which signatures it can train."""
+
+    id_column: Annotated[str, _doc("the patient id column")] = "Case_ID"
+    event_column: Annotated[str, _doc("the event column: 1 = event (death), 0 = no event")] = "SurvivalStatus"
+    time_column: Annotated[str | None, _doc("follow-up time; with it the target is time-to-event (Cox)")] = None
+    target: Annotated[TargetKind | None, _doc("binary or time_to_event; default: chosen by the data")] = None
+    min_events: Annotated[int, _doc("refuse data with fewer events or non-events than this", ge=2)] = 10
+    min_genes: Annotated[int, _doc("skip signatures with fewer of their genes in the data", ge=1)] = 2
+
+
+class TrainSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """How each signature's model is fitted and evaluated."""
+
+    model: Annotated[ModelKind, _doc("linear (ridge logistic or Cox) or mlp (one hidden layer)")] = "linear"
+    hidden_units: Annotated[int, _doc("mlp hidden layer size (8-32 is sensible)", ge=1, le=1024)] = 16
+    activation: Annotated[Literal["relu", "tanh"], _doc("mlp activation")] = "tanh"
+    l2: Annotated[float, _doc("ridge penalty on the weights, per patient", ge=0)] = 0.1
+    max_iter: Annotated[int, _doc("most L-BFGS iterations per fit", ge=1)] = 200
+    seed: Annotated[int, _doc("seed of the split, the folds and the mlp's initial weights", ge=0)] = 0
+    test_fraction: Annotated[float, _doc("share of patients held out for the test split", ge=0.05, le=0.5)] = 0.2
+    cv_folds: Annotated[int, _doc("folds of the repeated stratified cross-validation", ge=2, le=20)] = 5
+    cv_repeats: Annotated[int, _doc("repeats of the cross-validation", ge=1, le=100)] = 5
+
+    def architecture(self) -> Architecture:
+        if self.model == "linear":
+            return Architecture(kind="linear")
+        return Architecture(kind="mlp", hidden_units=self.hidden_units, activation=self.activation)
+
+
+class GateSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """Which models are registered: the metric a model must reach."""
+
+    threshold: Annotated[float, _doc("gate threshold on the metric (AUC or C-index)", ge=0, le=1)] = 0.6
+    gate_on: Annotated[GateMetric, _doc("cv_mean, cv_lower (the CV interval's lower bound) or test (held-out)")] = (
+        "cv_mean"
+    )
+
+
+Settings = TypeVar("Settings", CohortSettings, TrainSettings, GateSettings)
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, settings_type: type[msgspec.Struct], *, only: tuple[str, ...] = ()
+) -> None:
+    """One ``--field-name`` option per field (or per field in ``only``), typed, with its default in the help."""
+    schema = msgspec.json.schema(settings_type)
+    properties = schema["$defs"][settings_type.__name__]["properties"]
+    for field in msgspec.structs.fields(settings_type):
+        if only and field.name not in only:
+            continue
+        spec = properties[field.name]
+        options = [s for s in spec.get("anyOf", [spec]) if s.get("type") != "null"]
+        kind = options[0]
+        kwargs: dict[str, Any] = {"default": None, "dest": field.name}
+        if "enum" in kind:
+            kwargs["choices"] = kind["enum"]
+        else:
+            kwargs["type"] = {"integer": int, "number": float}.get(kind.get("type", "string"), str)
+        default = "none" if field.default is None else field.default
+        parser.add_argument(
+            "--" + field.name.replace("_", "-"), help=f"{spec.get('description', '')} (default {default})", **kwargs
+        )
+
+
+def from_arguments(args: argparse.Namespace, settings_type: type[Settings]) -> Settings:
+    """The settings given on the command line, the defaults for the rest; a bad value names its option."""
+    given = {
+        f.name: getattr(args, f.name)
+        for f in msgspec.structs.fields(settings_type)
+        if getattr(args, f.name, None) is not None
+    }
+    return convert(given, settings_type, label=lambda field: "--" + field.replace("_", "-"))
+
+
+# msgspec's words for types, as a user reads them.
+_PLAIN = {"`float`": "a number", "`int`": "a whole number", "`str`": "text", "`null`": "nothing"}
+
+
+def convert(
+    values: dict[str, Any], settings_type: type[Settings], *, label: Callable[[str], str] = lambda field: field
+) -> Settings:
+    """``values`` (strings accepted, as hyperparameters arrive) checked against the settings' types and ranges; a
+    bad one is refused in one line that names it with ``label``."""
+    try:
+        return msgspec.convert(values, type=settings_type, strict=False)
+    except msgspec.ValidationError as exc:
+        reason, _, where = str(exc).partition(" - at `$.")
+        for word, plain in _PLAIN.items():
+            reason = reason.replace(word, plain)
+        name = label(where.rstrip("`").split(".")[0]) if where else "settings"
+        raise DataError(f"{name}: {reason[0].lower() + reason[1:]}") from None
+
+
+def as_strings(settings: msgspec.Struct) -> dict[str, str]:
+    """The settings as SageMaker hyperparameters (every value a string; unset values left out)."""
+    return {k: str(v) for k, v in msgspec.structs.asdict(settings).items() if v is not None}

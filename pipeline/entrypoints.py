@@ -51,15 +51,13 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from genesig.pipeline.registry import LocalRegistry
     from genesig.pipeline.settings import TrainSettings, from_arguments
-    from genesig.pipeline.steps import cross_validate, load_prepared, train_model
+    from genesig.pipeline.steps import PROVISIONAL_VERSION, cross_validate, load_prepared, train_model
 
     prepared = load_prepared(args.prepared)
-    version = args.version or (LocalRegistry(args.registry).next_version(prepared.name) if args.registry else 1)
     config = from_arguments(args, TrainSettings)
     cv = cross_validate(prepared, config)
-    artifact = train_model(prepared, config, version, args.out, cv=cv)
+    artifact = train_model(prepared, config, PROVISIONAL_VERSION, args.out, cv=cv)
     logger.info("wrote %s (cross-validated %s %.3f)", artifact, cv.metric, cv.mean)
     return 0
 
@@ -199,11 +197,11 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p.add_argument("--out", type=Path, required=True)
     p.set_defaults(func=_preprocess)
 
-    t = steps.add_parser("train", help="cross-validate on train, fit, write the artifact")
+    t = steps.add_parser(
+        "train", help="cross-validate on train, fit, write the artifact (version 1: registering gives it its version)"
+    )
     t.add_argument("--prepared", type=Path, required=True)
     t.add_argument("--out", type=Path, required=True)
-    t.add_argument("--version", type=int, help="artifact version (default: the registry's next, else 1)")
-    t.add_argument("--registry", type=Path, help="local registry folder, to take its next version")
     add_arguments(t, TrainSettings)
     t.set_defaults(func=_train)
 

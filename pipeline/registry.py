@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,7 +21,7 @@ from typing import Any, Literal
 
 from genesig.artifact import Manifest, read_artifact
 from genesig.artifact.manifest import model_identity
-from genesig.artifact.package import sha256_file
+from genesig.artifact.package import publish_bytes, sha256_file, with_version
 from genesig.errors import Conflict, DataError, ModelNotFound
 
 ApprovalStatus = Literal["PendingManualApproval", "Approved", "Rejected"]
@@ -104,28 +103,26 @@ class LocalRegistry:
         approval_status: ApprovalStatus = "PendingManualApproval",
         description: str = "",
     ) -> ModelPackage:
-        """Register a verified artifact as the next version; its manifest version must be that number."""
+        """Register a verified artifact as the group's next version: the registry assigns versions, under the group's
+        lock, and the stored artifact is renumbered to it (a model is trained before it knows its version)."""
         if approval_status not in APPROVAL_STATUSES:
             raise DataError(f"approval status must be one of {', '.join(APPROVAL_STATUSES)}")
-        manifest = read_artifact(artifact).manifest
+        read_artifact(artifact)  # verified before anything is written
         self.create_model_package_group(group)
         with self._locked(group) as folder:
             version = self.next_version(group)
-            if manifest.version != version:
-                raise Conflict(
-                    f"{artifact.name} is version {manifest.version} but group {group} is at version {version}"
-                )
-            stored = folder / "artifacts" / artifact.name
+            manifest, body = with_version(artifact, version)
+            stored = folder / "artifacts" / manifest.artifact_name
             stored.parent.mkdir(parents=True, exist_ok=True)
             if stored.exists():
                 raise Conflict(f"{stored} already exists; artifact names are immutable")
-            shutil.copyfile(artifact, stored)
+            publish_bytes(body, stored)
             now = datetime.now(UTC).isoformat(timespec="seconds")
             package = ModelPackage(
                 group=group,
                 version=version,
                 artifact=str(stored.resolve()),
-                artifact_name=artifact.name,
+                artifact_name=manifest.artifact_name,
                 sha256=sha256_file(stored),
                 approval_status=approval_status,
                 created_at=now,

@@ -11,6 +11,7 @@ import json
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from collections import deque
 from collections.abc import Callable
@@ -34,7 +35,15 @@ from genesig.pipeline.signatures import (
     read_signatures,
     select,
 )
-from genesig.pipeline.steps import cross_validate, evaluate, preprocess, save_prepared, train_model
+from genesig.pipeline.steps import (
+    EVALUATION_FILE,
+    PROVISIONAL_VERSION,
+    cross_validate,
+    evaluate,
+    preprocess,
+    save_prepared,
+    train_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +84,8 @@ class SignatureResult:
     approval_status: str | None = None
     deployed: str | None = None
     report: str | None = None
+    # The provisional artifact (version 1) this run trained; the registry renumbers what it registers.
+    artifact: str | None = None
     seconds: float = 0.0
 
     @classmethod
@@ -107,12 +118,51 @@ def load_signatures(path: Path | None) -> list[GeneSignature]:
     return signatures
 
 
-def _register_and_deploy(
-    options: RunOptions, registry: LocalRegistry, artifact: Path, evaluation: dict[str, Any], result: SignatureResult
-) -> None:
+def evaluate_signature(
+    cohort: Cohort, matched: MatchedSignature, folder: Path, options: RunOptions
+) -> SignatureResult:
+    """One signature: preprocess → cross-validate → fit → evaluate and gate, into ``folder`` (``prepared/``,
+    ``model/`` with the artifact as provisional version 1, ``evaluation/``). No registry: ``run-local`` registers
+    afterwards, and the SageMaker signature-set run calls this for each signature of its shard."""
+    started = time.perf_counter()
+    result = SignatureResult.of(matched, "skipped")
+    if matched.skip_reason:
+        result.reason = matched.skip_reason
+        return result
+    try:
+        prepared = preprocess(cohort, matched, target=options.cohort.target, settings=options.train)
+        save_prepared(prepared, folder / "prepared")
+        result.n_train, result.n_test = len(prepared.train.ids), len(prepared.test.ids)
+        cv = cross_validate(prepared, options.train)
+        model_dir = folder / "model"
+        shutil.rmtree(model_dir, ignore_errors=True)  # an earlier run's provisional artifact
+        artifact = train_model(prepared, options.train, PROVISIONAL_VERSION, model_dir, cv=cv)
+        evaluation = evaluate(prepared, artifact, folder / "evaluation", options.gate)
+        result.metric = evaluation["metric"]
+        result.cv_mean = evaluation["cross_validation"]["mean"]
+        result.cv_interval = evaluation["cross_validation"]["interval"]
+        result.test_value = evaluation["test"]["value"]
+        result.report = str(folder / "evaluation" / evaluation["report"])
+        result.artifact = str(artifact)
+        result.passed = bool(evaluation["gate"]["passed"])
+        result.reason = str(evaluation["gate"]["reason"])
+        result.status = "done"
+    except GenesigError as exc:
+        result.status = "failed"
+        result.reason = exc.message
+        logger.warning("signature %s failed: %s", matched.signature.name, exc.message)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: SignatureResult) -> None:
+    """A model that passed the gate into the local registry (the next version, unless unchanged), and into the MME
+    prefix when its package is Approved."""
+    assert result.artifact is not None
+    evaluation = json.loads((Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE).read_text())
     package, created = registry.register(
         result.name,
-        artifact,
+        Path(result.artifact),
         evaluation,
         approve=options.approve,
         description=f"signature {result.signature}; {result.reason}",
@@ -123,45 +173,6 @@ def _register_and_deploy(
     result.approval_status = package.approval_status
     if package.approval_status == "Approved":
         result.deployed = deploy_package(package, options.workdir / "mme-prefix").name
-
-
-def run_signature(
-    options: RunOptions, cohort: Cohort, matched: MatchedSignature, registry: LocalRegistry
-) -> SignatureResult:
-    started = time.perf_counter()
-    result = SignatureResult.of(matched, "skipped")
-    if matched.skip_reason:
-        result.reason = matched.skip_reason
-        return result
-    folder = options.workdir / "signatures" / matched.artifact_name
-    try:
-        prepared = preprocess(cohort, matched, target=options.cohort.target, settings=options.train)
-        save_prepared(prepared, folder / "prepared")
-        result.n_train, result.n_test = len(prepared.train.ids), len(prepared.test.ids)
-        cv = cross_validate(prepared, options.train)
-        version = registry.next_version(matched.artifact_name)
-        model_dir = folder / "model"
-        stale = model_dir / f"{matched.artifact_name}-v{version}.tar.gz"
-        stale.unlink(missing_ok=True)  # left by an earlier run that was not registered
-        artifact = train_model(prepared, options.train, version, model_dir, cv=cv)
-        evaluation = evaluate(prepared, artifact, folder / "evaluation", options.gate)
-        verdict = evaluation["gate"]
-        result.metric = evaluation["metric"]
-        result.cv_mean = evaluation["cross_validation"]["mean"]
-        result.cv_interval = evaluation["cross_validation"]["interval"]
-        result.test_value = evaluation["test"]["value"]
-        result.report = str(folder / "evaluation" / evaluation["report"])
-        result.passed = verdict["passed"]
-        result.reason = verdict["reason"]
-        if result.passed:
-            _register_and_deploy(options, registry, artifact, evaluation, result)
-        result.status = "done"
-    except GenesigError as exc:
-        result.status = "failed"
-        result.reason = exc.message
-        logger.warning("signature %s failed: %s", matched.signature.name, exc.message)
-    result.seconds = time.perf_counter() - started
-    return result
 
 
 def _worker_init(options: RunOptions, cohort: Cohort, log_level: int) -> None:
@@ -176,7 +187,7 @@ def _worker_init(options: RunOptions, cohort: Cohort, log_level: int) -> None:
         import torch
 
         torch.set_num_threads(1)
-    _WORKER_STATE.update(options=options, cohort=cohort, registry=LocalRegistry(options.workdir / "registry"))
+    _WORKER_STATE.update(options=options, cohort=cohort)
 
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -185,7 +196,12 @@ WORKER_ATTEMPTS = 3
 
 def _worker_run(matched: MatchedSignature) -> SignatureResult:
     state = _WORKER_STATE
-    return run_signature(state["options"], state["cohort"], matched, state["registry"])
+    options: RunOptions = state["options"]
+    return evaluate_signature(state["cohort"], matched, signature_folder(options, matched), options)
+
+
+def signature_folder(options: RunOptions, matched: MatchedSignature) -> Path:
+    return options.workdir / "signatures" / matched.artifact_name
 
 
 def _lost(matched: MatchedSignature, attempts: int) -> SignatureResult:
@@ -282,9 +298,16 @@ def run_local(
     else:
         results = []
         for one in matched:
-            results.append(run_signature(options, cohort, one, registry))
+            results.append(evaluate_signature(cohort, one, signature_folder(options, one), options))
             if on_result:
                 on_result(results[-1])
+    for result in results:
+        if result.passed:
+            try:
+                register_and_deploy(options, registry, result)
+            except GenesigError as exc:
+                result.status, result.reason = "failed", f"registration failed: {exc.message}"
+                logger.warning("signature %s: %s", result.signature, result.reason)
     summary = RunSummary(
         data=str(options.data),
         workdir=str(options.workdir),

@@ -22,7 +22,6 @@ from genesig.errors import GenesigError
 
 logger = logging.getLogger(__name__)
 CHANNEL = "prepared"
-PROVISIONAL_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -54,23 +53,23 @@ def _hyperparameters(path: Path) -> dict[str, Any]:
     return {k: json.loads(v) if isinstance(v, str) and v[:1] in '[{"' else v for k, v in raw.items()}
 
 
-def run_training(paths: TrainingPaths, *, version: int = PROVISIONAL_VERSION) -> Path:
+def run_training(paths: TrainingPaths) -> Path:
     """Train from the ``prepared`` channel into ``/opt/ml/model``; returns the model folder.
 
     The artifact is written as version 1: the RegisterModel job renumbers it to the version its model package gets
     (SageMaker assigns it when the package is created, the only moment it can be done without a race)."""
     from genesig.pipeline.settings import TrainSettings, convert
-    from genesig.pipeline.steps import cross_validate, load_prepared, train_model
+    from genesig.pipeline.steps import PROVISIONAL_VERSION, cross_validate, load_prepared, train_model
 
     config = convert(_hyperparameters(paths.hyperparameters), TrainSettings, label=lambda f: f"hyperparameter {f}")
     prepared = load_prepared(paths.channel)
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = train_model(prepared, config, version, Path(tmp), cv=cross_validate(prepared, config))
+        artifact = train_model(prepared, config, PROVISIONAL_VERSION, Path(tmp), cv=cross_validate(prepared, config))
         extracted = extract_artifact(artifact, Path(tmp) / "extracted")
         paths.model.mkdir(parents=True, exist_ok=True)
         for item in extracted.iterdir():
             shutil.copyfile(item, paths.model / item.name)
-    logger.info("trained %s version %d into %s", prepared.name, version, paths.model)
+    logger.info("trained %s into %s", prepared.name, paths.model)
     return paths.model
 
 

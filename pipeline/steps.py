@@ -48,6 +48,8 @@ PREPARED_FILE = "prepared.json"
 EVALUATION_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.csv"
 GATE_FILE = "gate.json"
+# Models are trained as version 1; a registry gives a model its version when it registers it (renumbering it).
+PROVISIONAL_VERSION = 1
 
 
 @dataclass(frozen=True)

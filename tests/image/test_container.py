@@ -250,8 +250,6 @@ def test_processing_entry_points_the_pipeline_uses(images: Images, tmp_path: Pat
         "/opt/ml/processing/prepared",
         "--out",
         "/opt/ml/processing/model",
-        "--version",
-        "1",
         "--cv-repeats",
         "2",
     )

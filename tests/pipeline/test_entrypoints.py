@@ -21,7 +21,7 @@ def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> Non
     registry, prefix = tmp_path / "registry", tmp_path / "prefix"
     for args in (
         ("preprocess", "--data", synthetic_csv, "--signature", "metagene_19", "--out", prepared),
-        ("train", "--prepared", prepared, "--out", model, "--registry", registry, "--cv-repeats", "2"),
+        ("train", "--prepared", prepared, "--out", model, "--cv-repeats", "2"),
         ("evaluate", "--prepared", prepared, "--model", model, "--out", evaluation),
         ("gate", "--evaluation", evaluation / "evaluation.json", "--threshold", "0.55", "--out", evaluation),
         (

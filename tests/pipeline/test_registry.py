@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from genesig.artifact import read_artifact
 from genesig.errors import Conflict, ModelNotFound
 from genesig.pipeline.deploy import DeployRefused, deploy_package, sync
 from genesig.pipeline.registry import LocalRegistry
@@ -38,33 +39,33 @@ def test_versions_approval_and_history(registry: LocalRegistry, make_archive: Ca
         registry.describe_model_package("metagene_19", 9)
 
 
-def test_version_must_match_the_artifact(registry: LocalRegistry, make_archive: Callable[..., Path]) -> None:
-    with pytest.raises(Conflict, match="is version 3 but group metagene_19 is at version 1"):
-        registry.create_model_package("metagene_19", make_archive(version=3), metrics={})
+def test_the_registry_assigns_the_version_and_renumbers_the_artifact(
+    registry: LocalRegistry, make_archive: Callable[..., Path]
+) -> None:
+    package = registry.create_model_package("metagene_19", make_archive(version=3), metrics={})
+    assert (package.version, package.artifact_name) == (1, "metagene_19-v1.tar.gz")
+    stored = read_artifact(Path(package.artifact)).manifest
+    assert stored.version == 1, "a model is trained before it knows its version; the registry gives it"
 
 
 def test_concurrent_registration_gets_distinct_versions(
     registry: LocalRegistry, make_archive: Callable[..., Path]
 ) -> None:
-    archives = {v: make_archive(version=v, seed=v) for v in (1, 2, 3, 4)}
-    outcomes: list[object] = []
+    archives = [make_archive(version=v, seed=v) for v in (1, 2, 3, 4, 5, 6, 7, 8)]
+    outcomes: list[int] = []
 
-    def worker() -> None:
-        for _ in range(20):
-            version = registry.next_version("metagene_19")
-            if version > 4:
-                return
-            try:
-                outcomes.append(registry.create_model_package("metagene_19", archives[version], metrics={}).version)
-            except Conflict:
-                continue
+    def worker(mine: list[Path]) -> None:
+        for archive in mine:
+            outcomes.append(registry.create_model_package("metagene_19", archive, metrics={}).version)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
+    threads = [threading.Thread(target=worker, args=(archives[i::4],)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(outcomes) == [1, 2, 3, 4]  # type: ignore[type-var]
+    assert sorted(outcomes) == list(range(1, 9)), "every registration got its own version"
+    for package in registry.list_model_packages("metagene_19"):
+        assert read_artifact(Path(package.artifact)).manifest.version == package.version
 
 
 def test_only_approved_packages_are_deployed(

@@ -90,6 +90,10 @@ def _cmd_sync(args: argparse.Namespace) -> int:
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
+    if getattr(args, "from_report", None) and not args.aws:
+        raise GenesigError("--from-report approves in the SageMaker Model Registry: add --aws")
+    if args.registry_command == "approve" and not getattr(args, "from_report", None) and args.version is None:
+        raise GenesigError("registry approve takes GROUP VERSION, or --from-report REPORT --where RULE with --aws")
     if args.aws:
         from genesig.pipeline.aws_commands import registry_aws
 
@@ -271,10 +275,19 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--group", help="one signature's package group")
     for verb in ("describe", "approve", "reject"):
         cmd = registry_sub.add_parser(verb)
-        cmd.add_argument("group")
-        cmd.add_argument("version", type=int)
+        cmd.add_argument("group", nargs="?" if verb == "approve" else None, help="a signature, or its package group")
+        cmd.add_argument("version", type=int, nargs="?" if verb == "approve" else None)
         if verb != "describe":
             cmd.add_argument("--reason", default="", help="recorded in the package's status history")
+        if verb == "approve":
+            cmd.add_argument(
+                "--from-report",
+                metavar="REPORT",
+                help="with --aws: a signature-set run's report.json (a file or s3:// URI); approves the registered "
+                "signatures that --where selects",
+            )
+            cmd.add_argument("--where", help='the rule, e.g. "cv_lower >= 0.6 and test >= 0.6" (fields of the report)')
+            cmd.add_argument("--dry-run", action="store_true", help="with --from-report: list what would be approved")
     for cmd in (listing, *(registry_sub.choices[v] for v in ("describe", "approve", "reject"))):
         cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"))
         cmd.add_argument("--aws", action="store_true", help="the SageMaker Model Registry instead of the local one")

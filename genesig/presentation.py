@@ -247,3 +247,69 @@ def render_aws_packages(packages: list[dict[str, Any]]) -> None:
 def shorten(name: str, width: int = 60) -> str:
     """Long names (GO terms) cut with an ellipsis, so the other columns keep their width."""
     return name if len(name) <= width else name[: width - 1] + "…"
+
+
+def render_plan(estimate: dict[str, Any]) -> None:
+    table = Table(
+        title=f"{estimate['signatures']} signatures: the SageMaker work, before you pay", title_justify="left"
+    )
+    for column in ("design", "SageMaker jobs", "instances", "instance-minutes", "wall time", "cost (USD)"):
+        table.add_column(column, justify="left" if column == "design" else "right")
+    for key in ("signature_set", "per_signature"):
+        e = estimate[key]
+        label = f"{e['design']} ({estimate['shards']} shards)" if key == "signature_set" else e["design"]
+        table.add_row(
+            label,
+            f"{e['jobs']:,}",
+            f"{e['instances']:,}",
+            f"{e['instance_minutes']:,.0f}",
+            _duration(e["wall_minutes"]),
+            f"{e['cost_usd']:,.2f}",
+        )
+    console.print(table)
+    a = estimate["assumptions"]
+    console.print(
+        f"Assumed: {a['processing_startup_minutes']} min to start a processing job, {a['training_startup_minutes']} "
+        f"min a training job; {a['seconds_per_signature']} s to train one signature; {a['pass_rate']:.0%} pass; "
+        f"${a['price_per_instance_hour']}/instance-hour; {a['max_parallel']} executions at once "
+        "(each is an option of `genesig pipeline plan`).",
+        highlight=False,
+    )
+
+
+def _duration(minutes: float) -> str:
+    if minutes < 90:
+        return f"{minutes:.0f} min"
+    if minutes < 48 * 60:
+        return f"{minutes / 60:.1f} h"
+    return f"{minutes / 1440:.1f} days"
+
+
+def render_approvals(decisions: list[Any], dry_run: bool) -> None:
+    counts = Counter(d.action for d in decisions)
+    table = Table(
+        title=("would approve: " if dry_run else "approval: ")
+        + (", ".join(f"{n} {a}" for a, n in counts.items()) or "nothing selected"),
+        title_justify="left",
+    )
+    for column in ("signature", "group", "version", "result"):
+        table.add_column(column, overflow="fold")
+    for d in sorted(decisions, key=lambda d: (d.action != "failed", d.signature))[:MAX_ROWS]:
+        table.add_row(
+            shorten(d.signature), d.group, str(d.version or "-"), d.action + (f": {d.reason}" if d.reason else "")
+        )
+    console.print(table)
+
+
+def render_execution(record: Any) -> None:
+    table = Table(title=f"{record.pipeline}: {record.status} in {record.seconds:.0f} s", title_justify="left")
+    for column in ("step", "status", "seconds", "job", "reason"):
+        table.add_column(column, overflow="fold")
+    for step in record.steps:
+        table.add_row(step.name, step.status, f"{step.seconds:.1f}", step.job, step.failure_reason or step.outcome)
+    console.print(table)
+    console.print(
+        f"SageMaker jobs created: {record.jobs_created['processing']} processing, {record.jobs_created['training']} "
+        f"training; {record.instances} instances in all",
+        highlight=False,
+    )

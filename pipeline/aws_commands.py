@@ -88,16 +88,17 @@ def _upsert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parameters(items: list[str]) -> dict[str, str]:
-    from genesig.pipeline.sagemaker_pipeline import PARAMETER_NAMES
+def _parameters(items: list[str], *, set_run: bool = False) -> dict[str, str]:
+    from genesig.pipeline.sagemaker_pipeline import PARAMETER_NAMES, SET_PARAMETER_NAMES
 
+    known = SET_PARAMETER_NAMES if set_run else PARAMETER_NAMES
     values = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise DataError(f"--param takes NAME=VALUE, got {item!r}")
-        if key not in PARAMETER_NAMES:
-            raise DataError(f"--param {key}: the pipeline has no such parameter; it has {', '.join(PARAMETER_NAMES)}")
+        if key not in known:
+            raise DataError(f"--param {key}: the pipeline has no such parameter; it has {', '.join(known)}")
         values[key] = value
     return values
 
@@ -130,6 +131,65 @@ def _start_all(args: argparse.Namespace) -> int:
             s3=s3,
         )
     return _report_executions(states)
+
+
+def _start_set(args: argparse.Namespace) -> int:
+    from genesig.pipeline.sagemaker_executions import start_set
+
+    [sm] = _clients(args, "sagemaker")
+    parameters = {"ShardCount": str(args.shards), **_parameters(args.param, set_run=True)}
+    arn = start_set(sm, f"{args.pipeline_name}-set", parameters)
+    logger.info("started %s; run `genesig pipeline status --pipeline-name %s-set`", arn, args.pipeline_name)
+    return 0
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from genesig.pipeline.plan import Assumptions, plan
+    from genesig.pipeline.run import load_signatures
+    from genesig.presentation import render_plan
+
+    assumptions = Assumptions(
+        processing_startup_minutes=args.processing_startup_minutes,
+        training_startup_minutes=args.training_startup_minutes,
+        seconds_per_signature=args.seconds_per_signature,
+        pass_rate=args.pass_rate,
+        price_per_instance_hour=args.price_per_hour,
+        max_parallel=args.max_parallel,
+    )
+    estimate = plan(len(load_signatures(args.signatures)), args.shards, assumptions)
+    if args.json:
+        sys.stdout.write(json.dumps(estimate, indent=2) + "\n")
+    else:
+        render_plan(estimate)
+    return 0
+
+
+def _run_here(args: argparse.Namespace) -> int:
+    from genesig.container_server import check_engine
+    from genesig.pipeline.local_pipeline import DockerRunner, LocalPipelineRunner, ProcessRunner
+    from genesig.pipeline.sagemaker_executions import start_execution, start_set
+    from genesig.presentation import render_execution
+
+    sm, s3 = _clients(args, "sagemaker", "s3")
+    if args.docker:
+        check_engine()
+    arn = args.execution_arn
+    if arn is None:
+        if args.signature:
+            arn = start_execution(sm, args.pipeline_name, args.signature, _parameters(args.param))
+        else:
+            parameters = {"ShardCount": str(args.shards), **_parameters(args.param, set_run=True)}
+            arn = start_set(sm, f"{args.pipeline_name}-set", parameters)
+    runner = LocalPipelineRunner(
+        sm,
+        s3,
+        DockerRunner() if args.docker else ProcessRunner(),
+        args.workdir,
+        on_step=lambda step: logger.info("%s: %s %s", step.name, step.status, step.failure_reason),
+    )
+    record = runner.run(arn)
+    render_execution(record)
+    return 0 if record.status == "Succeeded" else 1
 
 
 def _report_executions(states: list[Any]) -> int:
@@ -172,6 +232,8 @@ def registry_aws(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker_registry import describe, group_of, groups, package_arn, packages, set_approval
     from genesig.presentation import console, render_aws_packages
 
+    if getattr(args, "from_report", None):
+        return _approve_from_report(args)
     [sm] = _clients(args, "sagemaker")
     group = group_of(args.group) if args.group else None
     if args.registry_command == "list":
@@ -185,6 +247,19 @@ def registry_aws(args: argparse.Namespace) -> int:
         described = set_approval(sm, group, args.version, status, args.reason)
         logger.info("%s v%d is now %s", group, args.version, described["ModelApprovalStatus"])
     return 0
+
+
+def _approve_from_report(args: argparse.Namespace) -> int:
+    from genesig.pipeline.approval import approve_by_rule, parse_rule, read_report
+    from genesig.presentation import render_approvals
+
+    if args.registry_command != "approve":
+        raise DataError("--from-report goes with `registry approve` (or `registry reject`)")
+    rule = parse_rule(args.where)
+    sm, s3 = _clients(args, "sagemaker", "s3")
+    decisions = approve_by_rule(sm, read_report(args.from_report, s3), rule, reason=args.reason, dry_run=args.dry_run)
+    render_approvals(decisions, dry_run=args.dry_run)
+    return 1 if any(d.action == "failed" for d in decisions) else 0
 
 
 def _endpoint(args: argparse.Namespace) -> int:
@@ -244,6 +319,8 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from genesig.pipeline.plan import Assumptions
+
     pipeline = sub.add_parser("pipeline", help="the SageMaker Pipeline: definition, upsert, start, start-all, status")
     verbs = pipeline.add_subparsers(dest="pipeline_command", required=True)
     for verb, func, text in (
@@ -251,6 +328,9 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ("upsert", _upsert, "create or update the pipeline"),
         ("start", _start, "start one execution for one signature"),
         ("start-all", _start_all, "one execution per signature, bounded concurrency, a live table"),
+        ("start-set", _start_set, "one execution of the signature-set run over the whole set"),
+        ("plan", _plan, "SageMaker jobs, time and cost of a signature set, before you pay (no AWS call)"),
+        ("run-here", _run_here, "run an execution's jobs on this machine, as SageMaker would (emulators, rehearsal)"),
         ("status", _status, "recent executions: how each ended and why"),
     ):
         cmd = verbs.add_parser(verb, help=text)
@@ -269,7 +349,43 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             cmd.add_argument(
                 "--signature", default="ALL", help="the signature (default ALL: the built-in all-genes signature)"
             )
-        if verb in ("start", "start-all"):
+        if verb in ("start-set", "plan", "run-here"):
+            cmd.add_argument("--shards", type=int, default=4, help="training instances of the signature-set run (4)")
+        if verb == "plan":
+            cmd.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json); default: built-in metagenes")
+            cmd.add_argument("--json", action="store_true", help="print the estimate as JSON, one object per design")
+            a = Assumptions()
+            cmd.add_argument("--processing-startup-minutes", type=float, default=a.processing_startup_minutes)
+            cmd.add_argument("--training-startup-minutes", type=float, default=a.training_startup_minutes)
+            cmd.add_argument("--seconds-per-signature", type=float, default=a.seconds_per_signature)
+            cmd.add_argument("--pass-rate", type=float, default=a.pass_rate, help="share of signatures that pass")
+            cmd.add_argument(
+                "--price-per-hour",
+                type=float,
+                default=a.price_per_instance_hour,
+                help="USD per instance-hour (default: ml.m5.large on demand, us-east-1)",
+            )
+            cmd.add_argument(
+                "--max-parallel",
+                type=int,
+                default=a.max_parallel,
+                help="one execution per signature: executions at once",
+            )
+        if verb == "run-here":
+            cmd.add_argument("--execution-arn", help="an execution already started (default: start one here)")
+            cmd.add_argument(
+                "--signature", help="start the one-signature pipeline for this signature instead of a set run"
+            )
+            cmd.add_argument(
+                "--docker",
+                action=argparse.BooleanOptionalAction,
+                default=True,
+                help="run jobs in their image with Docker (default), or in this Python environment",
+            )
+            cmd.add_argument(
+                "--workdir", type=Path, default=Path("genesig-pipeline-runs"), help="jobs' /opt/ml folders"
+            )
+        if verb in ("start", "start-all", "start-set", "run-here"):
             cmd.add_argument(
                 "--param",
                 action="append",

@@ -34,7 +34,8 @@ class CohortColumns:
 
 
 def columns_of(settings: CohortSettings) -> CohortColumns:
-    return CohortColumns(id=settings.id_column, event=settings.event_column, time=settings.time_column)
+    # An empty time column (a pipeline parameter's way of saying none) means none.
+    return CohortColumns(id=settings.id_column, event=settings.event_column, time=settings.time_column or None)
 
 
 @dataclass(frozen=True)

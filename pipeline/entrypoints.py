@@ -178,6 +178,36 @@ def _register_sagemaker(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prepare_set(args: argparse.Namespace) -> int:
+    from genesig.pipeline.settings import CohortSettings, from_arguments
+    from genesig.pipeline.signature_set import prepare_set
+
+    prepare_set(args.data, args.signatures, args.out, shards=args.shards, settings=from_arguments(args, CohortSettings))
+    return 0
+
+
+def _register_set(args: argparse.Namespace) -> int:
+    """The signature-set run's RegisterSignatures job: the report, registrations and (when Approved) deployments."""
+    from genesig.pipeline import aws
+    from genesig.pipeline.signature_set import collect, register_passing, write_report
+
+    rows = collect(args.results, args.set)
+    register_passing(
+        rows,
+        args.results,
+        sm=aws.client("sagemaker"),
+        s3=aws.client("s3"),
+        package_prefix=args.package_prefix,
+        serving_image=args.serving_image_uri,
+        approval_status=args.approval_status,
+        mme_prefix=args.mme_prefix,
+    )
+    report = write_report(rows, args.out, {"approval_status": args.approval_status})
+    counts = report["run"]["counts"]
+    logger.info("%d signatures: %s", len(rows), ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    return 0
+
+
 def _evaluation_file(path: Path) -> Path:
     return path / "evaluation.json" if path.is_dir() else path
 
@@ -241,6 +271,24 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     rs.add_argument("--package-prefix", required=True, help="s3:// prefix where registered artifacts are kept")
     rs.add_argument("--out", type=Path, required=True, help="folder for registration.json")
     rs.set_defaults(func=_register_sagemaker)
+
+    ps = steps.add_parser("prepare-set", help="a signature set dealt into shards for the signature-set run")
+    ps.add_argument("--data", type=Path, required=True, help="the cohort (or the folder holding it)")
+    ps.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json, or the folder holding one)")
+    ps.add_argument("--shards", type=int, required=True, help="how many shards (the training job's instances)")
+    add_arguments(ps, CohortSettings)
+    ps.add_argument("--out", type=Path, required=True)
+    ps.set_defaults(func=_prepare_set)
+
+    gs = steps.add_parser("register-set", help="the signature-set run's report, registrations and deployments")
+    gs.add_argument("--results", type=Path, required=True, help="the training instances' results")
+    gs.add_argument("--set", type=Path, required=True, help="the prepare-set output (plan, skipped signatures)")
+    gs.add_argument("--package-prefix", required=True, help="s3:// prefix where registered artifacts are kept")
+    gs.add_argument("--serving-image-uri", required=True, help="the image the packages are served with")
+    gs.add_argument("--approval-status", default="PendingManualApproval", help="PendingManualApproval or Approved")
+    gs.add_argument("--mme-prefix", help="s3:// MME prefix: Approved registrations are deployed there")
+    gs.add_argument("--out", type=Path, required=True, help="folder for report.json and report.csv")
+    gs.set_defaults(func=_register_set)
 
     ds = steps.add_parser("deploy-sagemaker", help="copy an Approved SageMaker model package into the MME S3 prefix")
     ds.add_argument("--model-package-arn", required=True)

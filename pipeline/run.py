@@ -118,9 +118,7 @@ def load_signatures(path: Path | None) -> list[GeneSignature]:
     return signatures
 
 
-def evaluate_signature(
-    cohort: Cohort, matched: MatchedSignature, folder: Path, options: RunOptions
-) -> SignatureResult:
+def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, options: RunOptions) -> SignatureResult:
     """One signature: preprocess → cross-validate → fit → evaluate and gate, into ``folder`` (``prepared/``,
     ``model/`` with the artifact as provisional version 1, ``evaluation/``). No registry: ``run-local`` registers
     afterwards, and the SageMaker signature-set run calls this for each signature of its shard."""
@@ -277,6 +275,27 @@ def _run_parallel(
     return [r for r in results if r is not None]
 
 
+def evaluate_all(
+    options: RunOptions,
+    cohort: Cohort,
+    matched: list[MatchedSignature],
+    on_result: Callable[[SignatureResult], None] | None = None,
+) -> list[SignatureResult]:
+    """:func:`evaluate_signature` for each signature, ``options.jobs`` at a time, into ``options.workdir``; results in
+    input order. One signature's failure (even a dying worker) is its own and never stops the others."""
+    if options.jobs < 0:
+        raise DataError(f"--jobs must be 0 (one per CPU) or more, not {options.jobs}")
+    jobs = min(options.jobs or os.cpu_count() or 1, max(len(matched), 1))
+    if jobs > 1:
+        return _run_parallel(options, cohort, matched, jobs, on_result)
+    results = []
+    for one in matched:
+        results.append(evaluate_signature(cohort, one, signature_folder(options, one), options))
+        if on_result:
+            on_result(results[-1])
+    return results
+
+
 def run_local(
     options: RunOptions,
     on_result: Callable[[SignatureResult], None] | None = None,
@@ -290,17 +309,9 @@ def run_local(
     registry = LocalRegistry(options.workdir / "registry")
     available = cohort.candidate_genes()
     matched = [match(signature, available, options.cohort.min_genes) for signature in signatures]
-    jobs = min(options.jobs or os.cpu_count() or 1, len(matched))
     if on_start:
         on_start(len(signatures))
-    if jobs > 1:
-        results = _run_parallel(options, cohort, matched, jobs, on_result)
-    else:
-        results = []
-        for one in matched:
-            results.append(evaluate_signature(cohort, one, signature_folder(options, one), options))
-            if on_result:
-                on_result(results[-1])
+    results = evaluate_all(options, cohort, matched, on_result)
     for result in results:
         if result.passed:
             try:

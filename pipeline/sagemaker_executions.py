@@ -18,8 +18,14 @@ from typing import Any
 
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.aws import AwsNotFound, call, paginate, read_object, s3_join, split_s3, write_object
-from genesig.pipeline.names import names_for
-from genesig.pipeline.sagemaker_pipeline import CHECK, EVALUATE, PipelineConfig, definition_json
+from genesig.pipeline.names import STAMP_FORMAT, names_for
+from genesig.pipeline.sagemaker_pipeline import (
+    CHECK,
+    EVALUATE,
+    PipelineConfig,
+    definition_json,
+    set_definition_json,
+)
 from genesig.pipeline.sagemaker_registry import ensure_group
 from genesig.pipeline.signatures import GeneSignature
 
@@ -30,37 +36,60 @@ SIGNATURE_SET_KEY = "signatures.json"
 
 
 def upsert_pipeline(sm: Any, s3: Any, config: PipelineConfig, signatures: list[GeneSignature]) -> str:
-    """Create or update the pipeline; publish the signature set beside it unless one is there already."""
+    """Create or update both pipelines (the signature-set run and the one-signature retrain); publish the signature
+    set beside them unless one is there already. Returns the signature-set pipeline's ARN."""
     set_uri = s3_join(config.signatures_uri, SIGNATURE_SET_KEY)
     bucket, key = split_s3(config.signatures_uri)
     listed = call(f"list {config.signatures_uri}", s3.list_objects_v2, Bucket=bucket, Prefix=key, MaxKeys=1)
     if not listed.get("Contents"):
         body = json.dumps({s.name: list(s.genes) for s in signatures}, indent=2).encode()
         write_object(s3, set_uri, body)
-    definition = definition_json(config)
+    _put_pipeline(sm, config, config.name, definition_json(config), "genesig-mme: retrain one signature's model")
+    return _put_pipeline(
+        sm,
+        config,
+        config.set_name,
+        set_definition_json(config),
+        "genesig-mme: train, gate and register a signature set",
+    )
+
+
+def _put_pipeline(sm: Any, config: PipelineConfig, name: str, definition: str, description: str) -> str:
     try:
-        call(f"look up pipeline {config.name}", sm.describe_pipeline, PipelineName=config.name)
+        call(f"look up pipeline {name}", sm.describe_pipeline, PipelineName=name)
         exists = True
     except AwsNotFound:
         exists = False
     if exists:
         response = call(
-            f"update pipeline {config.name}",
+            f"update pipeline {name}",
             sm.update_pipeline,
-            PipelineName=config.name,
+            PipelineName=name,
             PipelineDefinition=definition,
             RoleArn=config.role_arn,
         )
     else:
         response = call(
-            f"create pipeline {config.name}",
+            f"create pipeline {name}",
             sm.create_pipeline,
-            PipelineName=config.name,
+            PipelineName=name,
             PipelineDefinition=definition,
             RoleArn=config.role_arn,
-            PipelineDescription="genesig-mme: one survival model per gene signature",
+            PipelineDescription=description,
         )
     return str(response["PipelineArn"])
+
+
+def start_set(sm: Any, pipeline: str, parameters: dict[str, str] | None = None) -> str:
+    """One execution of the signature-set pipeline over the whole set."""
+    response = call(
+        f"start {pipeline}",
+        sm.start_pipeline_execution,
+        PipelineName=pipeline,
+        PipelineExecutionDisplayName=f"set-{datetime.now(UTC).strftime(STAMP_FORMAT)}",
+        PipelineParameters=[{"Name": k, "Value": str(v)} for k, v in (parameters or {}).items()],
+    )
+    return str(response["PipelineExecutionArn"])
 
 
 def start_execution(sm: Any, pipeline: str, signature: str, parameters: dict[str, str] | None = None) -> str:

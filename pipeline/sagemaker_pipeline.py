@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from genesig.pipeline.settings import GateSettings, TrainSettings, as_strings
+from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, as_strings
 
 PIPELINE_NAME = "genesig-mme"
 DEFAULT_REGION = "us-east-1"
@@ -37,11 +37,14 @@ PREPROCESS, TRAIN, EVALUATE, CHECK, REGISTER, DEPLOY = (
 )
 
 
-# What an execution may be started with (genesig pipeline start --param NAME=VALUE).
+# What an execution may be started with (genesig pipeline start --param NAME=VALUE), per pipeline.
 PARAMETER_NAMES = (
     "InputDataUri",
     "Signature",
     "SignatureSetUri",
+    "IdColumn",
+    "EventColumn",
+    "TimeColumn",
     "ProcessingInstanceType",
     "TrainingInstanceType",
     "MetricThreshold",
@@ -51,6 +54,10 @@ PARAMETER_NAMES = (
     "TrainingImageUri",
     "ServingImageUri",
 )
+SET_PARAMETER_NAMES = tuple(n for n in PARAMETER_NAMES if n != "Signature") + ("ShardCount",)
+# The signature-set run's steps.
+PREPARE_SET, TRAIN_SET, REGISTER_SET = "PrepareSignatureSet", "TrainSignatures", "RegisterSignatures"
+DEFAULT_SHARDS = 4
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,11 @@ class PipelineConfig:
     @property
     def signatures_uri(self) -> str:
         return f"{self.base_uri}/signatures/"
+
+    @property
+    def set_name(self) -> str:
+        """The signature-set run's pipeline, beside the one-signature pipeline."""
+        return f"{self.name}-set"
 
     @property
     def packages_uri(self) -> str:
@@ -122,17 +134,21 @@ class _Context:
         return self.parameters[name]
 
 
-def _parameters(config: PipelineConfig) -> dict[str, Any]:
+def _parameters(config: PipelineConfig, names: tuple[str, ...]) -> dict[str, Any]:
     """Everything an operator may change per execution (a plain value in ``parameters=`` is dropped by the SDK)."""
-    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterString
+    from sagemaker.core.workflow.parameters import ParameterFloat, ParameterInteger, ParameterString
 
-    gate = GateSettings()
-    parameters = {
+    gate, cohort = GateSettings(), CohortSettings()
+    known = {
         p.name: p
         for p in (
             ParameterString("InputDataUri", default_value=config.data_uri),
             ParameterString("Signature", default_value="ALL"),
             ParameterString("SignatureSetUri", default_value=config.signatures_uri),
+            ParameterString("IdColumn", default_value=cohort.id_column),
+            ParameterString("EventColumn", default_value=cohort.event_column),
+            ParameterString("TimeColumn", default_value=cohort.time_column or ""),
+            ParameterInteger("ShardCount", default_value=DEFAULT_SHARDS),
             ParameterString("ProcessingInstanceType", default_value="ml.m5.large"),
             ParameterString("TrainingInstanceType", default_value="ml.m5.large"),
             ParameterFloat("MetricThreshold", default_value=gate.threshold),
@@ -143,8 +159,26 @@ def _parameters(config: PipelineConfig) -> dict[str, Any]:
             ParameterString("ServingImageUri", default_value=config.serving_image_uri),
         )
     }
-    assert tuple(parameters) == PARAMETER_NAMES
-    return parameters
+    return {name: known[name] for name in names}
+
+
+def _text(value: Any) -> Any:
+    """A numeric parameter as text: container arguments and hyperparameters are strings."""
+    from sagemaker.core.workflow.functions import Join
+
+    return Join(on="", values=[value])
+
+
+def _column_arguments(ctx: _Context) -> list[Any]:
+    """The cohort's column names, as the step entry points take them."""
+    return [
+        "--id-column",
+        ctx["IdColumn"],
+        "--event-column",
+        ctx["EventColumn"],
+        "--time-column",
+        ctx["TimeColumn"],
+    ]
 
 
 def _retry_policies(job: bool) -> list[Any]:
@@ -235,6 +269,7 @@ def _preprocess_step(ctx: _Context) -> Any:
                 f"{PROCESSING}/input/signatures",
                 "--signature",
                 ctx["Signature"],
+                *_column_arguments(ctx),
                 "--out",
                 f"{PROCESSING}/prepared",
             ],
@@ -291,7 +326,7 @@ def _evaluate_step(ctx: _Context, preprocess: Any, train: Any) -> tuple[Any, Any
                 "--out",
                 f"{PROCESSING}/evaluation",
                 "--threshold",
-                ctx["MetricThreshold"],
+                _text(ctx["MetricThreshold"]),
                 "--gate-on",
                 ctx["GateOn"],
             ],
@@ -363,7 +398,7 @@ def get_pipeline(config: PipelineConfig) -> Any:
     from sagemaker.mlops.workflow.pipeline import Pipeline
 
     session = PipelineSession(boto_session=boto3.Session(region_name=config.region), default_bucket=config.bucket)
-    ctx = _Context(config, session, _parameters(config))
+    ctx = _Context(config, session, _parameters(config, PARAMETER_NAMES))
     preprocess = _preprocess_step(ctx)
     train = _train_step(ctx, preprocess)
     evaluate, evaluation = _evaluate_step(ctx, preprocess, train)
@@ -388,3 +423,148 @@ def get_pipeline(config: PipelineConfig) -> Any:
 
 def definition_json(config: PipelineConfig) -> str:
     return str(get_pipeline(config).definition())
+
+
+# --- the signature-set run ----------------------------------------------------------------------------------
+
+
+def _prepare_set_step(ctx: _Context) -> Any:
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    return ProcessingStep(
+        name=PREPARE_SET,
+        step_args=_processor(ctx, "prepare-set").run(
+            inputs=[
+                _input("data", ctx["InputDataUri"], f"{PROCESSING}/input/data"),
+                _input("signatures", ctx["SignatureSetUri"], f"{PROCESSING}/input/signatures"),
+            ],
+            outputs=[_output(ctx, "set", f"{PROCESSING}/set")],
+            arguments=[
+                "--data",
+                f"{PROCESSING}/input/data",
+                "--signatures",
+                f"{PROCESSING}/input/signatures",
+                "--shards",
+                _text(ctx["ShardCount"]),
+                *_column_arguments(ctx),
+                "--out",
+                f"{PROCESSING}/set",
+            ],
+        ),
+        retry_policies=_retry_policies(job=True),
+    )
+
+
+def _results_uri(ctx: _Context) -> Any:
+    from sagemaker.core.workflow.execution_variables import ExecutionVariables
+    from sagemaker.core.workflow.functions import Join
+
+    return Join(on="/", values=[ctx.config.base_uri, "runs", ExecutionVariables.PIPELINE_EXECUTION_ID, "results"])
+
+
+def _train_set_step(ctx: _Context, prepare: Any) -> Any:
+    """One training job, ``ShardCount`` instances: the cohort to every instance, one shard file to each."""
+    from sagemaker.mlops.workflow.steps import TrainingStep
+    from sagemaker.train.configs import Compute, InputData, OutputDataConfig, S3DataSource
+    from sagemaker.train.model_trainer import ModelTrainer
+
+    set_uri = prepare.properties.ProcessingOutputConfig.Outputs["set"].S3Output.S3Uri
+
+    def channel(name: str, distribution: str) -> Any:
+        from sagemaker.core.workflow.functions import Join
+
+        source = S3DataSource(
+            s3_data_type="S3Prefix",
+            s3_uri=Join(on="/", values=[set_uri, name]),
+            s3_data_distribution_type=distribution,
+        )
+        return InputData(channel_name=name, data_source=source)
+
+    hyperparameters: dict[str, Any] = {
+        **as_strings(TrainSettings()),
+        "threshold": _text(ctx["MetricThreshold"]),
+        "gate_on": ctx["GateOn"],
+        "id_column": ctx["IdColumn"],
+        "event_column": ctx["EventColumn"],
+        "time_column": ctx["TimeColumn"],
+        "output_uri": _results_uri(ctx),
+    }
+    trainer = ModelTrainer(
+        training_image=ctx["TrainingImageUri"],
+        role=ctx.config.role_arn,
+        sagemaker_session=ctx.session,
+        compute=Compute(instance_type=ctx["TrainingInstanceType"], instance_count=ctx["ShardCount"]),
+        hyperparameters=hyperparameters,
+        output_data_config=OutputDataConfig(s3_output_path=f"{ctx.config.base_uri}/models"),
+        base_job_name="genesig-train-set",
+    )
+    return TrainingStep(
+        name=TRAIN_SET,
+        step_args=trainer.train(
+            input_data_config=[channel("cohort", "FullyReplicated"), channel("shards", "ShardedByS3Key")]
+        ),
+        depends_on=[prepare],
+        retry_policies=_retry_policies(job=True),
+    )
+
+
+def _register_set_step(ctx: _Context, prepare: Any, train: Any) -> Any:
+    from sagemaker.core.workflow.properties import PropertyFile
+    from sagemaker.mlops.workflow.steps import ProcessingStep
+
+    report = PropertyFile(name="RunReport", output_name="report", path="report.json")
+    return ProcessingStep(
+        name=REGISTER_SET,
+        step_args=_processor(ctx, "register-set").run(
+            inputs=[
+                _input("results", _results_uri(ctx), f"{PROCESSING}/results"),
+                _input(
+                    "set", prepare.properties.ProcessingOutputConfig.Outputs["set"].S3Output.S3Uri, f"{PROCESSING}/set"
+                ),
+            ],
+            outputs=[_output(ctx, "report", f"{PROCESSING}/report")],
+            arguments=[
+                "--results",
+                f"{PROCESSING}/results",
+                "--set",
+                f"{PROCESSING}/set",
+                "--package-prefix",
+                ctx.config.packages_uri,
+                "--serving-image-uri",
+                ctx["ServingImageUri"],
+                "--approval-status",
+                ctx["ModelApprovalStatus"],
+                "--mme-prefix",
+                ctx["MmePrefix"],
+                "--out",
+                f"{PROCESSING}/report",
+            ],
+        ),
+        property_files=[report],
+        depends_on=[train],
+        retry_policies=_retry_policies(job=True),
+    )
+
+
+def get_set_pipeline(config: PipelineConfig) -> Any:
+    """The signature-set run: PrepareSignatureSet → TrainSignatures (ShardCount instances) → RegisterSignatures."""
+    import_sdk()
+    import boto3
+    from sagemaker.core.workflow.pipeline_context import PipelineSession
+    from sagemaker.mlops.workflow.pipeline import Pipeline
+
+    session = PipelineSession(boto_session=boto3.Session(region_name=config.region), default_bucket=config.bucket)
+    ctx = _Context(config, session, _parameters(config, SET_PARAMETER_NAMES))
+    prepare = _prepare_set_step(ctx)
+    train = _train_set_step(ctx, prepare)
+    register = _register_set_step(ctx, prepare, train)
+    return Pipeline(
+        name=config.set_name,
+        parameters=list(ctx.parameters.values()),
+        steps=[prepare, train, register],
+        sagemaker_session=session,
+    )
+
+
+def set_definition_json(config: PipelineConfig) -> str:
+    return str(get_set_pipeline(config).definition())

@@ -153,11 +153,24 @@ def set_approval(sm: Any, group: str, version: int, status: str, reason: str = "
     if status not in APPROVAL_STATUSES:
         raise DataError(f"approval status must be one of {', '.join(APPROVAL_STATUSES)}, not {status!r}")
     arn = package_arn(sm, group, version)
+    update_approval(sm, describe(sm, arn), status, reason)
+    return describe(sm, arn)
+
+
+def update_approval(sm: Any, package: dict[str, Any], status: str, reason: str = "") -> None:
+    """Set a described package's approval status. Its customer metadata is sent again: AWS keeps it on an update
+    that leaves it out, but the emulator the tests use drops it, and registration relies on it."""
+    arn = package["ModelPackageArn"]
     kwargs: dict[str, Any] = {"ModelPackageArn": arn, "ModelApprovalStatus": status}
     if reason:
         kwargs["ApprovalDescription"] = reason[:1024]
-    call(f"set {group} v{version} to {status}", sm.update_model_package, **kwargs)
-    return describe(sm, arn)
+    if package.get("CustomerMetadataProperties"):
+        kwargs["CustomerMetadataProperties"] = package["CustomerMetadataProperties"]
+    call(
+        f"set {package.get('ModelPackageGroupName')} v{package.get('ModelPackageVersion')} to {status}",
+        sm.update_model_package,
+        **kwargs,
+    )
 
 
 def _version_of(arn: str) -> int:

@@ -1,10 +1,14 @@
 """The image's ``train`` entry: SageMaker's training-container contract around the same train step.
 
 SageMaker runs ``docker run IMAGE train``: inputs are in ``/opt/ml/input/data/<channel>``,
-hyperparameters (all strings) in ``/opt/ml/input/config/hyperparameters.json``; whatever is in
-``/opt/ml/model`` becomes ``model.tar.gz``; a failure's reason goes to ``/opt/ml/output/failure``.
-We write the artifact's files (manifest + weights) into ``/opt/ml/model``, so SageMaker's
-``model.tar.gz`` is exactly our artifact format.
+hyperparameters (all strings) in ``/opt/ml/input/config/hyperparameters.json``, the instance's name in
+``resourceconfig.json``; whatever is in ``/opt/ml/model`` becomes ``model.tar.gz``; a failure's reason goes
+to ``/opt/ml/output/failure``.
+
+Two jobs use it. The one-signature pipeline's (a ``prepared`` channel): the artifact's files (manifest +
+weights) go into ``/opt/ml/model``, so SageMaker's ``model.tar.gz`` is exactly our artifact format. The
+signature-set run's (``cohort`` and ``shards`` channels, one shard per instance): every signature of the
+shard is trained and its results uploaded to the ``output_uri`` hyperparameter (see ``signature_set``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from genesig.errors import GenesigError
 
 logger = logging.getLogger(__name__)
 CHANNEL = "prepared"
+SET_CHANNELS = ("cohort", "shards")
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,14 @@ class TrainingPaths:
 
     @property
     def channel(self) -> Path:
-        return self.root / "input" / "data" / CHANNEL
+        return self.input(CHANNEL)
+
+    def input(self, channel: str) -> Path:
+        return self.root / "input" / "data" / channel
+
+    @property
+    def config(self) -> Path:
+        return self.root / "input" / "config"
 
     @property
     def hyperparameters(self) -> Path:
@@ -50,7 +62,7 @@ def _hyperparameters(path: Path) -> dict[str, Any]:
         return {}
     raw = json.loads(path.read_text())
     # SageMaker passes every value as a string (JSON-encoded by some SDKs).
-    return {k: json.loads(v) if isinstance(v, str) and v[:1] in '[{"' else v for k, v in raw.items()}
+    return {k: json.loads(v) if isinstance(v, str) and v[:1] and v[:1] in '[{"' else v for k, v in raw.items()}
 
 
 def run_training(paths: TrainingPaths) -> Path:
@@ -73,10 +85,47 @@ def run_training(paths: TrainingPaths) -> Path:
     return paths.model
 
 
+def run_set_training(paths: TrainingPaths) -> list[Any]:
+    """This instance's shard of a signature-set run: trained, evaluated, gated and uploaded."""
+    from genesig.pipeline.aws import client
+    from genesig.pipeline.run import RunOptions
+    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, convert
+    from genesig.pipeline.signature_set import host_name, train_shard, upload_results
+
+    hp = _hyperparameters(paths.hyperparameters)
+    if not str(hp.get("output_uri", "")).startswith("s3://"):
+        raise GenesigError("the signature-set training job needs the output_uri hyperparameter (an s3:// prefix)")
+
+    def label(field: str) -> str:
+        return f"hyperparameter {field}"
+
+    options = RunOptions(
+        data=paths.input("cohort"),
+        cohort=convert(hp, CohortSettings, label=label),
+        train=convert(hp, TrainSettings, label=label),
+        gate=convert(hp, GateSettings, label=label),
+        jobs=0,  # one worker per CPU of the instance
+    )
+    host = host_name(paths.config)
+    with tempfile.TemporaryDirectory(prefix="genesig-shard-") as tmp:
+        results = train_shard(paths.input("cohort"), paths.input("shards"), Path(tmp), options, host=host)
+        uploaded = upload_results(client("s3"), Path(tmp), results, str(hp["output_uri"]), host)
+    counts = {status: sum(r.status == status for r in results) for status in ("done", "failed")}
+    paths.model.mkdir(parents=True, exist_ok=True)
+    (paths.model / f"shard-{host}.json").write_text(json.dumps({"host": host, **counts, "files": uploaded}) + "\n")
+    logger.info(
+        "%s: %d signatures trained (%d failed), %d files uploaded", host, counts["done"], counts["failed"], uploaded
+    )
+    return results
+
+
 def main(paths: TrainingPaths | None = None) -> int:
     paths = paths or TrainingPaths()
     try:
-        run_training(paths)
+        if all(paths.input(c).is_dir() for c in SET_CHANNELS):
+            run_set_training(paths)
+        else:
+            run_training(paths)
         return 0
     except GenesigError as exc:
         paths.failure.parent.mkdir(parents=True, exist_ok=True)

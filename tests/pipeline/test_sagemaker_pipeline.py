@@ -24,6 +24,9 @@ PARAMETERS = {
     "TrainingInstanceType",
     "MetricThreshold",
     "GateOn",
+    "IdColumn",
+    "EventColumn",
+    "TimeColumn",
     "ModelApprovalStatus",
     "MmePrefix",
     "TrainingImageUri",
@@ -127,7 +130,8 @@ def test_the_gate_is_decided_by_the_evaluation_job_and_a_miss_is_not_a_failure(d
     evaluate = definition["Steps"][2]
     assert evaluate["PropertyFiles"][0]["FilePath"] == "evaluation.json"
     arguments = evaluate["Arguments"]["AppSpecification"]["ContainerArguments"]
-    assert arguments[arguments.index("--threshold") + 1] == {"Get": "Parameters.MetricThreshold"}
+    threshold = arguments[arguments.index("--threshold") + 1]
+    assert threshold == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.MetricThreshold"}]}}, "as text"
     assert arguments[arguments.index("--gate-on") + 1] == {"Get": "Parameters.GateOn"}
     assert definition["Steps"][3]["Arguments"]["ElseSteps"] == [], "below threshold: the execution still succeeds"
 

@@ -1,0 +1,92 @@
+"""What a run will cost before it is paid: SageMaker jobs, instance-minutes, wall time and dollars, for the
+signature-set run (three jobs, whatever the number of signatures) and for one pipeline execution per signature.
+
+Every assumption is named and can be changed (``genesig pipeline plan --help``); the defaults are public list
+prices and start-up times, and this project's own measured training time per signature.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from genesig.errors import DataError
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """The numbers an estimate rests on (each a ``genesig pipeline plan`` option)."""
+
+    # Provisioning an instance and pulling the image before a job's code starts (SageMaker's own guidance and
+    # what users report: a few minutes for processing, a little more for training).
+    processing_startup_minutes: float = 3.0
+    training_startup_minutes: float = 4.0
+    # Training, cross-validating, evaluating and gating one signature on a 2-vCPU instance (bench/training.py
+    # measured 0.14-0.31 s on 2 cores; rounded up for slower instances).
+    seconds_per_signature: float = 0.5
+    # Registering one passing signature (about six SageMaker and S3 calls, several at a time).
+    seconds_per_registration: float = 0.5
+    # The share of signatures that pass the gate (registered, and in one-execution-per-signature, deployed).
+    pass_rate: float = 0.1
+    # ml.m5.large, on demand, us-east-1, training and processing (USD per instance-hour).
+    price_per_instance_hour: float = 0.115
+    # One execution per signature: how many run at once (`genesig pipeline start-all --max-parallel`).
+    max_parallel: int = 4
+
+
+@dataclass(frozen=True)
+class Estimate:
+    design: str
+    jobs: int
+    instances: int
+    instance_minutes: float
+    wall_minutes: float
+    cost_usd: float
+
+
+def _estimate(design: str, jobs: int, instances: int, instance_minutes: float, wall: float, a: Assumptions) -> Estimate:
+    return Estimate(
+        design=design,
+        jobs=jobs,
+        instances=instances,
+        instance_minutes=round(instance_minutes, 1),
+        wall_minutes=round(wall, 1),
+        cost_usd=round(instance_minutes / 60 * a.price_per_instance_hour, 2),
+    )
+
+
+def signature_set_run(signatures: int, shards: int, a: Assumptions) -> Estimate:
+    """PrepareSignatureSet → TrainSignatures (``shards`` instances) → RegisterSignatures."""
+    prepare = a.processing_startup_minutes + 1.0  # reading the cohort and dealing the shards
+    train = a.training_startup_minutes + math.ceil(signatures / shards) * a.seconds_per_signature / 60
+    register = a.processing_startup_minutes + signatures * a.pass_rate * a.seconds_per_registration / 60 + 1.0
+    minutes = prepare + shards * train + register
+    return _estimate("signature-set run", 3, 2 + shards, minutes, prepare + train + register, a)
+
+
+def per_signature_executions(signatures: int, a: Assumptions) -> Estimate:
+    """PreprocessCohort → TrainModel → EvaluateModel → (RegisterModel → DeployToMme when it passes), per signature."""
+    work = a.seconds_per_signature / 60
+    one = 2 * a.processing_startup_minutes + a.training_startup_minutes + work + 1.0
+    passing = 2 * (a.processing_startup_minutes + 0.5)
+    jobs_each = 3 + 2 * a.pass_rate
+    minutes = signatures * (one + a.pass_rate * passing)
+    wall = math.ceil(signatures / a.max_parallel) * (one + a.pass_rate * passing)
+    return _estimate(
+        "one execution per signature", round(signatures * jobs_each), round(signatures * jobs_each), minutes, wall, a
+    )
+
+
+def plan(signatures: int, shards: int, assumptions: Assumptions | None = None) -> dict[str, object]:
+    if signatures < 1:
+        raise DataError("the signature set is empty")
+    if not 1 <= shards <= 100:
+        raise DataError(f"--shards must be between 1 and 100, not {shards}")
+    a = assumptions or Assumptions()
+    return {
+        "signatures": signatures,
+        "shards": shards,
+        "signature_set": asdict(signature_set_run(signatures, shards, a)),
+        "per_signature": asdict(per_signature_executions(signatures, a)),
+        "assumptions": asdict(a),
+    }

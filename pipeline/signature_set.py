@@ -1,0 +1,316 @@
+"""The signature-set run: one SageMaker execution trains, gates and registers a whole signature set.
+
+Three jobs, whatever the number of signatures:
+
+- **PrepareSignatureSet** (processing): the cohort and the signature set in; every signature matched against
+  the cohort; the trainable ones dealt into S shards balanced by their gene counts; the cohort reduced to the
+  genes they use; the skipped ones (too few genes) recorded with their reasons.
+- **TrainSignatures** (one training job with S instances; the shards channel ``ShardedByS3Key``, so each
+  instance receives its own shard): each instance runs, for each signature of its shard, exactly what
+  ``genesig run-local`` runs (preprocess, cross-validate, fit, evaluate, gate) and uploads the signature's
+  artifact and evaluation to the run's results prefix itself, so the outcome does not depend on how SageMaker
+  packs several instances' ``/opt/ml/model`` folders.
+- **RegisterSignatures** (processing): every signature's outcome into the run report (report.json, a property
+  file, and report.csv); each passing signature registered as the next version of its own model package group
+  (an unchanged model is not registered again; versions never race); with ``ModelApprovalStatus=Approved``,
+  the registered models deployed into the MME prefix.
+
+A gate miss is a result: the execution succeeds and the report lists every signature as passed / below
+threshold / skipped / errored, with the reason.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genesig.errors import DataError, GenesigError
+from genesig.pipeline.cohort import columns_of, read_cohort, single_file
+from genesig.pipeline.names import names_for
+from genesig.pipeline.run import RunOptions, SignatureResult, evaluate_all, load_signatures
+from genesig.pipeline.settings import CohortSettings
+from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
+from genesig.pipeline.steps import EVALUATION_FILE
+
+logger = logging.getLogger(__name__)
+
+SHARD_FILE = "shard-{:05d}.json"
+PLAN_FILE = "plan.json"
+SKIPPED_FILE = "skipped.json"
+COHORT_FILE = "cohort.csv"
+REPORT_FILE = "report.json"
+REPORT_CSV = "report.csv"
+OUTCOMES = "outcomes"
+SIGNATURES = "signatures"
+MAX_SHARDS = 100
+UPLOAD_WORKERS = 16
+REGISTER_WORKERS = 8
+# What a report row says of a signature.
+PASSED, BELOW, SKIPPED, ERRORED = "passed", "below threshold", "skipped", "errored"
+
+
+@dataclass(frozen=True)
+class SetPlan:
+    signatures: int
+    trainable: int
+    skipped: int
+    shards: int
+    genes: int
+    patients: int
+    per_shard: list[int] = field(default_factory=list)
+
+
+def _signature_doc(matched: MatchedSignature) -> dict[str, Any]:
+    s = matched.signature
+    return {"name": s.name, "genes": list(s.genes), "source": s.source, "description": s.description}
+
+
+def deal(matched: list[MatchedSignature], shards: int) -> list[list[MatchedSignature]]:
+    """Signatures into ``shards`` groups of about equal work (largest first, each to the least loaded group);
+    the same set always deals the same way."""
+    groups: list[list[MatchedSignature]] = [[] for _ in range(shards)]
+    loads = [(0, i) for i in range(shards)]
+    for one in sorted(matched, key=lambda m: (-len(m.present), m.artifact_name)):
+        load, i = heapq.heappop(loads)
+        groups[i].append(one)
+        heapq.heappush(loads, (load + len(one.present) + 8, i))  # a fixed cost per signature, plus its genes
+    return groups
+
+
+def prepare_set(
+    data: Path, signatures_file: Path | None, out_dir: Path, *, shards: int, settings: CohortSettings
+) -> SetPlan:
+    """PrepareSignatureSet: ``out_dir/{cohort/cohort.csv, shards/shard-*.json, skipped.json, plan.json}``."""
+    if not 1 <= shards <= MAX_SHARDS:
+        raise DataError(f"--shards must be between 1 and {MAX_SHARDS}, not {shards}")
+    source = single_file(data, (".csv", ".tsv", ".txt", ".parquet", ".pq"), "data")
+    cohort = read_cohort(source, columns_of(settings), min_events=settings.min_events)
+    signatures = load_signatures(signatures_file)
+    available = cohort.candidate_genes()
+    matched = [match(s, available, settings.min_genes) for s in signatures]
+    trainable = [m for m in matched if not m.skip_reason]
+    skipped = [asdict(SignatureResult.of(m, "skipped", m.skip_reason or "")) for m in matched if m.skip_reason]
+    used = {g for m in trainable for g in m.present}
+    genes = [g for g in available if g in used]
+    for m in trainable:
+        cohort.expression(m.present)  # every value a model will read is validated here, once
+    keep = [settings.id_column, settings.event_column] + ([settings.time_column] if settings.time_column else [])
+    (out_dir / "cohort").mkdir(parents=True, exist_ok=True)
+    cohort.table[keep + genes].to_csv(out_dir / "cohort" / COHORT_FILE, index=False)
+    (out_dir / "shards").mkdir(parents=True, exist_ok=True)
+    groups = deal(trainable, shards)
+    for i, group in enumerate(groups):
+        doc = {"shard": i, "signatures": [_signature_doc(m) for m in group]}
+        (out_dir / "shards" / SHARD_FILE.format(i)).write_text(json.dumps(doc) + "\n")
+    (out_dir / SKIPPED_FILE).write_text(json.dumps(skipped, indent=1) + "\n")
+    plan = SetPlan(
+        signatures=len(matched),
+        trainable=len(trainable),
+        skipped=len(skipped),
+        shards=shards,
+        genes=len(genes),
+        patients=cohort.n,
+        per_shard=[len(g) for g in groups],
+    )
+    (out_dir / PLAN_FILE).write_text(json.dumps(asdict(plan), indent=2) + "\n")
+    logger.info(
+        "%d signatures: %d trainable in %d shards (%s), %d skipped; cohort of %d patients reduced to %d genes",
+        plan.signatures,
+        plan.trainable,
+        shards,
+        ", ".join(map(str, plan.per_shard)),
+        plan.skipped,
+        cohort.n,
+        len(genes),
+    )
+    return plan
+
+
+def read_shards(folder: Path, available: list[str], min_genes: int) -> list[MatchedSignature]:
+    """The signatures of the shard files in ``folder`` (an instance's part of the shards channel)."""
+    matched = []
+    for path in sorted(folder.glob("shard-*.json")):
+        for doc in json.loads(path.read_text())["signatures"]:
+            signature = GeneSignature(doc["name"], tuple(doc["genes"]), doc["source"], doc["description"])
+            matched.append(match(signature, available, min_genes))
+    return matched
+
+
+def train_shard(
+    cohort_dir: Path, shards_dir: Path, work: Path, options: RunOptions, *, host: str
+) -> list[SignatureResult]:
+    """TrainSignatures on one instance: every signature of its shard through run-local's evaluation, into ``work``
+    (``signatures/<artifact>/{model,evaluation}`` and ``outcomes/<host>.json``)."""
+    cohort = read_cohort(
+        single_file(cohort_dir, (".csv",), "cohort"), columns_of(options.cohort), min_events=options.cohort.min_events
+    )
+    matched = read_shards(shards_dir, cohort.candidate_genes(), options.cohort.min_genes)
+    logger.info("%s: %d signatures to train", host, len(matched))
+    results = evaluate_all(RunOptions(**{**options.__dict__, "workdir": work}), cohort, matched)
+    (work / OUTCOMES).mkdir(parents=True, exist_ok=True)
+    (work / OUTCOMES / f"{host}.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
+    return results
+
+
+def upload_results(s3: Any, work: Path, results: list[SignatureResult], output_uri: str, host: str) -> int:
+    """Each signature's artifact and evaluation, then this instance's outcomes, to the run's results prefix."""
+    from genesig.pipeline.aws import s3_join, write_object
+
+    files = [
+        p
+        for r in results
+        if r.status == "done"
+        for folder in ("model", "evaluation")
+        for p in sorted((work / SIGNATURES / r.name / folder).glob("*"))
+        if p.is_file()
+    ]
+
+    def put(path: Path) -> None:
+        write_object(s3, s3_join(output_uri, str(path.relative_to(work))), path.read_bytes())
+
+    with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
+        list(pool.map(put, files))
+    put(work / OUTCOMES / f"{host}.json")  # last: its presence says the instance finished
+    return len(files) + 1
+
+
+def outcome(result: dict[str, Any]) -> str:
+    if result["status"] == "skipped":
+        return SKIPPED
+    if result["status"] != "done":
+        return ERRORED
+    return PASSED if result["passed"] else BELOW
+
+
+@dataclass
+class ReportRow:
+    signature: str
+    artifact: str
+    group: str
+    outcome: str
+    reason: str
+    metric: str = ""
+    cv_mean: float | None = None
+    cv_lower: float | None = None
+    cv_upper: float | None = None
+    test: float | None = None
+    genes: int = 0
+    genes_missing: int = 0
+    version: int | None = None
+    package_arn: str = ""
+    approval_status: str = ""
+    registered: str = ""
+    deployed: str = ""
+
+
+def _row(result: dict[str, Any]) -> ReportRow:
+    interval = result.get("cv_interval") or [None, None]
+    return ReportRow(
+        signature=result["signature"],
+        artifact=result["name"],
+        group=names_for(result["signature"]).group,
+        outcome=outcome(result),
+        reason=result["reason"],
+        metric=result.get("metric", ""),
+        cv_mean=result.get("cv_mean"),
+        cv_lower=interval[0],
+        cv_upper=interval[1],
+        test=result.get("test_value"),
+        genes=len(result.get("genes", [])),
+        genes_missing=len(result.get("missing_genes", [])),
+    )
+
+
+def collect(results_dir: Path, set_dir: Path) -> list[ReportRow]:
+    """Every signature of the set once: the training instances' outcomes and the skipped ones."""
+    results: list[dict[str, Any]] = json.loads((set_dir / SKIPPED_FILE).read_text())
+    for path in sorted((results_dir / OUTCOMES).glob("*.json")):
+        results += json.loads(path.read_text())
+    plan = json.loads((set_dir / PLAN_FILE).read_text())
+    if len(results) != plan["signatures"]:
+        raise GenesigError(
+            f"the run has outcomes for {len(results)} of its {plan['signatures']} signatures: a training instance "
+            "did not finish (see the TrainSignatures job's log)"
+        )
+    return sorted((_row(r) for r in results), key=lambda r: r.signature)
+
+
+def register_passing(
+    rows: list[ReportRow],
+    results_dir: Path,
+    *,
+    sm: Any,
+    s3: Any,
+    package_prefix: str,
+    serving_image: str,
+    approval_status: str,
+    mme_prefix: str | None,
+    workers: int = REGISTER_WORKERS,
+) -> None:
+    """RegisterSignatures: each passing signature registered (and, when Approved, deployed); a failure is that
+    signature's row ("errored"), never the run's."""
+    from genesig.pipeline.sagemaker_registry import deploy_package, register_model
+
+    def one(row: ReportRow) -> None:
+        folder = results_dir / SIGNATURES / row.artifact
+        try:
+            [artifact] = sorted((folder / "model").glob("*.tar.gz"))
+            evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
+            registration = register_model(
+                sm,
+                s3,
+                artifact=artifact,
+                evaluation=evaluation,
+                package_prefix=package_prefix,
+                serving_image=serving_image,
+                approval_status=approval_status,
+            )
+            row.version, row.package_arn = registration.version, registration.package_arn
+            row.approval_status = registration.approval_status
+            row.registered = "registered" if registration.created else "unchanged"
+            if mme_prefix and registration.approval_status == "Approved":
+                row.deployed = deploy_package(sm, s3, registration.package_arn, mme_prefix).key
+        except (GenesigError, ValueError) as exc:
+            message = exc.message if isinstance(exc, GenesigError) else str(exc)
+            row.outcome, row.reason = ERRORED, f"registration failed: {message}"
+            logger.warning("%s: %s", row.signature, row.reason)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        list(pool.map(one, [r for r in rows if r.outcome == PASSED]))
+
+
+def write_report(rows: list[ReportRow], out_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
+    """report.json (counts, settings, one row per signature) and report.csv (the rows)."""
+    import csv
+
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.outcome] = counts.get(row.outcome, 0) + 1
+    report = {
+        "run": {**run, "counts": counts, "registered": sum(r.registered == "registered" for r in rows)},
+        "signatures": [asdict(r) for r in rows],
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
+    with open(out_dir / REPORT_CSV, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0]).keys()) if rows else ["signature"])
+        writer.writeheader()
+        writer.writerows(asdict(r) for r in rows)
+    return report
+
+
+def host_name(config_dir: Path) -> str:
+    """This training instance's name (``algo-1``, ...), from SageMaker's resourceconfig.json."""
+    path = config_dir / "resourceconfig.json"
+    return str(json.loads(path.read_text())["current_host"]) if path.is_file() else "algo-1"
+
+
+def default_work_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="genesig-set-", dir=os.environ.get("TMPDIR")))

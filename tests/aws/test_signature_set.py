@@ -1,0 +1,163 @@
+"""The signature-set run end to end against moto (behind the strict layer) and the S3 server: upsert, one
+execution over a signature set, its three jobs run here in SageMaker's layout (genesig.pipeline.local_pipeline,
+this Python environment), the report, the registrations, approval by rule and sync."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from genesig.pipeline import sagemaker_executions as executions
+from genesig.pipeline.aws import read_object, s3_join
+from genesig.pipeline.local_pipeline import LocalPipelineRunner, ProcessRunner
+from genesig.pipeline.names import names_for
+from genesig.pipeline.sagemaker_pipeline import PipelineConfig
+from genesig.pipeline.sagemaker_registry import describe, packages, sync, update_approval
+from genesig.pipeline.signatures import GeneSignature, default_signatures
+from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+from .packages import SERVING_IMAGE, new_bucket
+
+ROLE = "arn:aws:iam::123456789012:role/genesig-sagemaker"
+
+
+def signature_set() -> list[GeneSignature]:
+    """The built-in metagenes, one set with too few genes, and noise sets over the same genes."""
+    built_in = [s for s in default_signatures() if s.name != "ALL"]
+    genes = [g for s in built_in for g in s.genes]
+    noise = [GeneSignature(f"noise set {i} (GO:{i:07d})", tuple(genes[i : i + 4]), "test") for i in range(0, 16, 2)]
+    return [*built_in, GeneSignature("tiny", ("LRIG1", "NOT_A_GENE", "ALSO_NOT"), "test"), *noise]
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("cohort")
+    return write_synthetic_cohort(
+        folder / "cohort.csv", default_signatures(), SyntheticSpec(seed=4, planted={"metagene_19": 2.0})
+    )
+
+
+def run_set(aws: dict[str, Any], cohort: Path, tmp_path: Path, **parameters: str) -> tuple[PipelineConfig, Any]:
+    sm, s3 = aws["sagemaker"], aws["s3"]
+    config = PipelineConfig(
+        role_arn=ROLE,
+        bucket=new_bucket(aws),
+        name=f"genesig-{uuid.uuid4().hex[:6]}",
+        training_image_uri="genesig-mme-train:local",
+        serving_image_uri=SERVING_IMAGE,
+    )
+    sigs = signature_set()
+    executions.upsert_pipeline(sm, s3, config, sigs)
+    s3.put_object(Bucket=config.bucket, Key="genesig/data/cohort.csv", Body=cohort.read_bytes())
+    arn = executions.start_set(sm, config.set_name, {"ShardCount": "3", **parameters})
+    record = LocalPipelineRunner(sm, s3, ProcessRunner(), tmp_path / "runs").run(arn)
+    return config, record
+
+
+def test_one_execution_trains_gates_and_registers_the_whole_set(
+    aws: dict[str, Any], cohort: Path, tmp_path: Path
+) -> None:
+    config, record = run_set(aws, cohort, tmp_path)
+    assert record.status == "Succeeded", [(s.name, s.failure_reason) for s in record.steps]
+    assert [s.name for s in record.steps] == ["PrepareSignatureSet", "TrainSignatures", "RegisterSignatures"]
+    assert record.jobs_created == {"processing": 2, "training": 1} and record.instances == 5, "3 training instances"
+    execution_id = record.arn.rsplit("/", 1)[1]
+    report = json.loads(read_object(aws["s3"], s3_join(config.base_uri, "runs", execution_id, "report", "report.json")))
+    rows = {r["signature"]: r for r in report["signatures"]}
+    assert len(rows) == len(signature_set()), "every signature is in the report"
+    assert rows["tiny"]["outcome"] == "skipped" and "only 1 of 3 genes" in rows["tiny"]["reason"]
+    assert rows["metagene_19"]["outcome"] == "passed" and rows["metagene_19"]["version"] == 1
+    assert {r["outcome"] for r in rows.values()} <= {"passed", "below threshold", "skipped"}
+    passed = [r for r in rows.values() if r["outcome"] == "passed"]
+    for row in passed:
+        assert row["registered"] == "registered" and row["approval_status"] == "PendingManualApproval"
+        assert packages(aws["sagemaker"], row["group"]), row["group"]
+        assert row["group"] == names_for(row["signature"]).group
+    assert report["run"]["counts"]["passed"] == len(passed)
+
+
+def test_a_rerun_registers_nothing_new_and_approved_runs_deploy(
+    aws: dict[str, Any], cohort: Path, tmp_path: Path
+) -> None:
+    config, first = run_set(aws, cohort, tmp_path / "first")
+    assert first.status == "Succeeded"
+    sm, s3 = aws["sagemaker"], aws["s3"]
+    arn = executions.start_set(sm, config.set_name, {"ShardCount": "2", "ModelApprovalStatus": "Approved"})
+    second = LocalPipelineRunner(sm, s3, ProcessRunner(), tmp_path / "second").run(arn)
+    assert second.status == "Succeeded"
+    report = json.loads(
+        read_object(s3, s3_join(config.base_uri, "runs", arn.rsplit("/", 1)[1], "report", "report.json"))
+    )
+    passed = [r for r in report["signatures"] if r["outcome"] == "passed"]
+    assert passed and all(r["registered"] == "unchanged" for r in passed), "same genes, data and settings"
+    assert all(r["version"] == 1 for r in passed)
+    # Unchanged packages keep their status (PendingManualApproval): nothing was deployed; sync after approval does.
+    assert all(r["deployed"] == "" for r in passed)
+    update_approval(sm, describe(sm, passed[0]["package_arn"]), "Approved", "reviewed")
+    deployed = [d for d in sync(sm, s3, config.mme_prefix) if d.group == passed[0]["group"]]
+    assert [d.action for d in deployed] == ["deployed"]
+
+
+def genesig(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "genesig.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**env, "COLUMNS": "250"},
+    )
+
+
+def test_the_commands_run_a_set_approve_by_rule_and_sync(aws: dict[str, Any], cohort: Path, tmp_path: Path) -> None:
+    """upsert → run-here (a set execution, jobs in this environment) → approve --from-report --where → sync."""
+    bucket, name = new_bucket(aws), f"genesig-{uuid.uuid4().hex[:6]}"
+    aws["s3"].put_object(Bucket=bucket, Key="genesig/data/cohort.csv", Body=cohort.read_bytes())
+    env = aws["env"]
+    images = ["--training-image-uri", "genesig-mme-train:local", "--serving-image-uri", SERVING_IMAGE]
+    upsert = genesig(env, "pipeline", "upsert", "--pipeline-name", name, "--role", ROLE, "--bucket", bucket, *images)
+    assert upsert.returncode == 0, upsert.stderr[-2000:]
+    run = genesig(
+        env,
+        "pipeline",
+        "run-here",
+        "--pipeline-name",
+        name,
+        "--no-docker",
+        "--shards",
+        "2",
+        "--workdir",
+        str(tmp_path / "runs"),
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Succeeded" in run.stdout and "2 processing, 1 training; 4 instances in all" in run.stdout
+    [execution] = [p for p in (tmp_path / "runs").iterdir()]
+    report = f"s3://{bucket}/genesig/runs/{execution.name}/report/report.json"
+    dry = genesig(
+        env, "registry", "approve", "--aws", "--from-report", report, "--where", "cv_mean >= 0.6", "--dry-run"
+    )
+    assert dry.returncode == 0 and "would approve" in dry.stdout, dry.stderr[-2000:]
+    approved = genesig(
+        env,
+        "registry",
+        "approve",
+        "--aws",
+        "--from-report",
+        report,
+        "--where",
+        "cv_mean >= 0.6",
+        "--reason",
+        "reviewed at the tumour board",
+    )
+    assert approved.returncode == 0 and "metagene_19" in approved.stdout, approved.stderr[-2000:]
+    synced = genesig(env, "sync", "--prefix", f"s3://{bucket}/genesig/mme/")
+    assert synced.returncode == 0, synced.stderr[-2000:]
+    keys = [o["Key"] for o in aws["s3"].list_objects_v2(Bucket=bucket, Prefix="genesig/mme/")["Contents"]]
+    assert "genesig/mme/metagene_19-v1.tar.gz" in keys
+    bad_rule = genesig(env, "registry", "approve", "--aws", "--from-report", report, "--where", "auc > 0.5")
+    assert bad_rule.returncode == 2 and "the report has no field 'auc'" in bad_rule.stderr

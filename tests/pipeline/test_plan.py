@@ -1,0 +1,46 @@
+"""`genesig pipeline plan`: the cost of a signature set before it is paid, for both designs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from genesig.errors import DataError
+from genesig.pipeline.plan import Assumptions, plan
+
+GO = Path(__file__).resolve().parents[3] / "shared" / "data" / "go-biological-process-2021.gmt"
+
+
+def test_the_go_set_in_one_run_is_a_few_jobs_and_minutes_not_days() -> None:
+    estimate = plan(6036, 12)
+    run, each = estimate["signature_set"], estimate["per_signature"]
+    assert run["jobs"] <= 30 and run["wall_minutes"] < 30
+    assert each["jobs"] > 18_000 and each["wall_minutes"] > 10 * 24 * 60, "about two weeks at 4 at a time"
+    assert run["cost_usd"] < each["cost_usd"] / 100
+
+
+def test_more_shards_shorten_the_run_and_assumptions_change_the_numbers() -> None:
+    assert plan(6036, 24)["signature_set"]["wall_minutes"] < plan(6036, 4)["signature_set"]["wall_minutes"]
+    dearer = plan(1000, 8, Assumptions(price_per_instance_hour=1.0))["signature_set"]["cost_usd"]
+    assert dearer > plan(1000, 8)["signature_set"]["cost_usd"]
+    with pytest.raises(DataError, match="--shards must be between 1 and 100"):
+        plan(10, 0)
+
+
+def test_plan_command_prints_json_per_design() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "genesig.cli", "pipeline", "plan", "--signatures", str(GO), "--shards", "12", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "HOME": "/tmp"},  # no AWS set-up: plan makes no call
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    assert doc["signatures"] == 6036
+    for design in ("signature_set", "per_signature"):
+        assert {"jobs", "instance_minutes", "wall_minutes", "cost_usd"} <= set(doc[design])

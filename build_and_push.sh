@@ -80,8 +80,13 @@ if [[ "$push" -eq 1 ]]; then
 fi
 commit="$(git -C "$here" rev-parse --short=12 HEAD 2> /dev/null || echo nogit)"
 
-# Build inputs go into the context's inputs folder for this build only.
+# Build inputs go into the context's inputs folder for this build only; concurrent builds of one checkout
+# take turns (each stages and removes its own inputs).
 inputs="$here/container/image/inputs"
+if command -v flock > /dev/null; then
+  exec 9> "$inputs/.build-lock"
+  flock 9
+fi
 staged=()
 cleanup() {
   if [[ ${#staged[@]} -gt 0 ]]; then rm -f "${staged[@]}"; fi

@@ -67,7 +67,8 @@ def client(service: str, *, region: str | None = None, endpoint_url: str | None 
     from botocore.config import Config
     from botocore.exceptions import NoRegionError
 
-    config = Config(retries=RETRIES, connect_timeout=10, read_timeout=60)  # type: ignore[arg-type]
+    # Enough connections for the thread pools that upload, download and register many objects at once.
+    config = Config(retries=RETRIES, connect_timeout=10, read_timeout=60, max_pool_connections=32)  # type: ignore[arg-type]
     try:
         return _boto3().client(service, region_name=region, endpoint_url=endpoint_url, config=config)
     except NoRegionError:

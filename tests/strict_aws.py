@@ -12,6 +12,7 @@ import http.client
 import http.server
 import json
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,18 @@ TARGET_PREFIX = "SageMaker."
 class Rejection:
     operation: str
     message: str
+
+
+def _instances(operation: str, params: dict[str, Any]) -> int:
+    """Instances a job-creating request asks for (what AWS bills for)."""
+    try:
+        if operation == "CreateTrainingJob":
+            return int(params["ResourceConfig"]["InstanceCount"])
+        if operation == "CreateProcessingJob":
+            return int(params["ProcessingResources"]["ClusterConfig"]["InstanceCount"])
+    except (KeyError, TypeError, ValueError):
+        pass
+    return 0
 
 
 def _failed(value: Any, path: str, constraint: str) -> str:
@@ -107,6 +120,9 @@ class StrictProxy:
     validator: ServiceModelValidator = field(default_factory=lambda: ServiceModelValidator("sagemaker"))
     rejections: list[Rejection] = field(default_factory=list)
     checked: int = 0
+    # Every checked request by operation, and the instances the job-creating ones asked for.
+    operations: Counter[str] = field(default_factory=Counter)
+    instances: int = 0
     _server: http.server.ThreadingHTTPServer | None = None
 
     def start(self) -> int:
@@ -120,8 +136,11 @@ class StrictProxy:
                 target = self.headers.get("X-Amz-Target", "")
                 if target.startswith(TARGET_PREFIX):
                     operation = target.removeprefix(TARGET_PREFIX)
-                    errors = proxy.validator.validate(operation, json.loads(body or b"{}"))
+                    params = json.loads(body or b"{}")
+                    errors = proxy.validator.validate(operation, params)
                     proxy.checked += 1
+                    proxy.operations[operation] += 1
+                    proxy.instances += _instances(operation, params)
                     if errors:
                         count = f"{len(errors)} validation error{'s' if len(errors) > 1 else ''} detected"
                         message = f"{count}: {'; '.join(errors)}"

@@ -23,6 +23,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.emulators import aws_env  # noqa: F401  (a fixture: moto behind the strict layer, an S3 server)
+
 REPO = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "genesig-stand-in-base:bookworm"
 TAG = "imagetest"

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,11 @@ from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient
 from genesig.container_server import ContainerServer
 from genesig.local_endpoint import runtime_client, start_local_endpoint
+from genesig.pipeline.aws import client, read_object, s3_join
 from genesig.pipeline.cohort import read_cohort
+from genesig.pipeline.local_pipeline import DockerRunner, LocalPipelineRunner
+from genesig.pipeline.sagemaker_executions import start_set, upsert_pipeline
+from genesig.pipeline.sagemaker_pipeline import PipelineConfig
 from genesig.pipeline.signatures import default_signatures, match
 from genesig.pipeline.steps import preprocess, save_prepared
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
@@ -267,6 +272,44 @@ def test_processing_entry_points_the_pipeline_uses(images: Images, tmp_path: Pat
     evaluation = json.loads((processing / "evaluation" / "evaluation.json").read_text())
     assert evaluation["name"] == "metagene_19" and 0 <= evaluation["test"]["value"] <= 1
     assert read_artifact(next((processing / "model").glob("*.tar.gz"))).manifest.version == 1
+
+
+def test_the_signature_set_run_in_the_training_image(
+    images: Images,
+    aws_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+) -> None:
+    """Its three jobs created through the SageMaker API (moto behind the strict layer) and run in the training
+    image with SageMaker's layout: shards on two training instances, the report, the registrations."""
+    for key, value in aws_env.items():
+        monkeypatch.setenv(key, value)
+    sm, s3 = client("sagemaker"), client("s3")
+    bucket = f"img{uuid.uuid4().hex[:10]}"
+    s3.create_bucket(Bucket=bucket)
+    config = PipelineConfig(
+        role_arn="arn:aws:iam::123456789012:role/genesig",
+        bucket=bucket,
+        training_image_uri=images.train,
+        serving_image_uri=images.serve,
+    )
+    upsert_pipeline(sm, s3, config, default_signatures())
+    cohort = write_synthetic_cohort(
+        tmp_path / "cohort.csv", default_signatures(), SyntheticSpec(seed=3, planted={"metagene_19": 2.0})
+    )
+    s3.put_object(Bucket=bucket, Key="genesig/data/cohort.csv", Body=cohort.read_bytes())
+    arn = start_set(sm, config.set_name, {"ShardCount": "2", "ModelApprovalStatus": "Approved"})
+    record = LocalPipelineRunner(sm, s3, DockerRunner(), tmp_path / "runs").run(arn)
+    assert record.status == "Succeeded", [(s.name, s.failure_reason) for s in record.steps]
+    report = json.loads(
+        read_object(s3, s3_join(config.base_uri, "runs", arn.rsplit("/", 1)[1], "report", "report.json"))
+    )
+    rows = {r["signature"]: r for r in report["signatures"]}
+    assert len(rows) == len(default_signatures())
+    assert (
+        rows["metagene_19"]["outcome"] == "passed"
+        and rows["metagene_19"]["deployed"] == "genesig/mme/metagene_19-v1.tar.gz"
+    )
 
 
 # --- the local endpoint and the demo on the image ------------------------------------------------------------------

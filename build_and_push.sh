@@ -123,11 +123,12 @@ for repository in "${repositories[@]}"; do
       --image-scanning-configuration scanOnPush=true > /dev/null
   fi
 done
-aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry"
+# Standard output carries only the two URIs (scripts read them): docker's own output goes to standard error.
+aws ecr get-login-password --region "$region" | docker login --username AWS --password-stdin "$registry" >&2
 for repository in "${repositories[@]}"; do
   for version in "$tag" "$commit"; do
-    docker tag "$repository:$version" "$registry/$repository:$version"
-    docker push "$registry/$repository:$version"
+    docker tag "$repository:$version" "$registry/$repository:$version" >&2
+    docker push "$registry/$repository:$version" >&2
   done
 done
 printf '%s\n' "$registry/${repositories[0]}:${tag}" "$registry/${repositories[1]}:${tag}"

@@ -120,7 +120,9 @@ def render_packages(packages: list[ModelPackage], detailed: bool = False) -> Non
 
 def render_predictions(doc: dict[str, Any]) -> None:
     output = doc.get("output", "probability")
-    table = Table(title=f"{doc.get('model')} v{doc.get('version')}: {output}", title_justify="left")
+    # The heading on its own line: a table title wraps to the (narrow) table's width.
+    console.print(f"{doc.get('model')} v{doc.get('version')}: {output}", markup=False, highlight=False)
+    table = Table()
     rows = doc.get("predictions", [])
     columns = (["id"] if rows and "id" in rows[0] else []) + [output, "risk_group"]
     for column in columns:

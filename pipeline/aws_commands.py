@@ -35,11 +35,20 @@ def _clients(args: argparse.Namespace, *services: str) -> list[Any]:
 
 
 def _config(args: argparse.Namespace, *, offline: bool = False) -> Any:
+    from genesig.pipeline.names import check_bucket, check_image_uri, check_role_arn
     from genesig.pipeline.sagemaker_pipeline import PipelineConfig
 
     missing = [flag for flag, value in (("--role", args.role), ("--bucket", args.bucket)) if not value]
     if missing and not offline:
         raise DataError(f"{' and '.join(missing)} required: the pipeline's execution role ARN and its S3 bucket")
+    for flag, value, check in (
+        ("--role", args.role, check_role_arn),
+        ("--bucket", args.bucket, check_bucket),
+        ("--training-image-uri", args.training_image_uri, check_image_uri),
+        ("--serving-image-uri", args.serving_image_uri, check_image_uri),
+    ):
+        if value:
+            check(flag, value)
     region = args.region or _default_region() or "us-east-1"
     return PipelineConfig(
         role_arn=args.role or PLACEHOLDER_ROLE,
@@ -107,7 +116,9 @@ def _start(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker_executions import start_execution
 
     [sm] = _clients(args, "sagemaker")
-    logger.info("started %s", start_execution(sm, args.pipeline_name, args.signature, _parameters(args.param)))
+    arn = start_execution(sm, args.pipeline_name, args.signature, _parameters(args.param))
+    logger.info("started; follow it with `genesig pipeline status --pipeline-name %s`", args.pipeline_name)
+    sys.stdout.write(arn + "\n")  # for scripts: ARN=$(genesig pipeline start ...)
     return 0
 
 
@@ -139,7 +150,8 @@ def _start_set(args: argparse.Namespace) -> int:
     [sm] = _clients(args, "sagemaker")
     parameters = {"ShardCount": str(args.shards), **_parameters(args.param, set_run=True)}
     arn = start_set(sm, f"{args.pipeline_name}-set", parameters)
-    logger.info("started %s; run `genesig pipeline status --pipeline-name %s-set`", arn, args.pipeline_name)
+    logger.info("started; follow it with `genesig pipeline status --pipeline-name %s-set`", args.pipeline_name)
+    sys.stdout.write(arn + "\n")  # for scripts: ARN=$(genesig pipeline start-set ...)
     return 0
 
 
@@ -263,8 +275,12 @@ def _approve_from_report(args: argparse.Namespace) -> int:
 
 
 def _endpoint(args: argparse.Namespace) -> int:
+    from genesig.pipeline.names import check_image_uri, check_role_arn
     from genesig.pipeline.sagemaker_endpoint import delete_endpoint, deploy_endpoint
 
+    if args.endpoint_command != "delete":
+        check_image_uri("--image-uri", args.image_uri)
+        check_role_arn("--role", args.role)
     [sm] = _clients(args, "sagemaker")
     if args.endpoint_command == "delete":
         delete_endpoint(sm, args.name)

@@ -14,6 +14,8 @@ import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 
+from genesig.errors import DataError
+
 # What our artifact names may hold: the MME prefix's object names, TargetModel, local folder names.
 ARTIFACT_NAME_MAX = 96
 _ARTIFACT_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -94,3 +96,37 @@ def group_name(artifact: str) -> str:
     """The model package group of an artifact name (a manifest's ``name``): derived from the artifact name alone,
     so a training job, the registry and the CLI that know only the artifact agree on it."""
     return entity_name(artifact, GROUP_NAME_MAX, prefix=GROUP_PREFIX)
+
+
+# What the user gives the AWS commands, checked before any call so a wrong value is one line naming it (AWS's own
+# patterns: botocore's RoleArn and ContainerImage shapes, S3's bucket naming rules, Docker's image references).
+_ROLE_ARN = re.compile(r"arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+")
+_BUCKET = re.compile(r"(?!xn--)(?!.*\.\.)[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IMAGE = re.compile(
+    r"(?:[A-Za-z0-9.-]+(?::\d+)?/)?[a-z0-9]+(?:(?:[._]|__|-+|/)[a-z0-9]+)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
+IMAGE_URI_MAX = 255
+
+
+def check_role_arn(flag: str, value: str) -> str:
+    if not _ROLE_ARN.fullmatch(value) or len(value) > 2048:
+        raise DataError(f"{flag} {value!r} is not an IAM role ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+    return value
+
+
+def check_bucket(flag: str, value: str) -> str:
+    if not _BUCKET.fullmatch(value):
+        raise DataError(
+            f"{flag} {value!r} is not an S3 bucket name (3-63 lowercase letters, digits, dots and hyphens; "
+            "a bucket name, not an s3:// URI)"
+        )
+    return value
+
+
+def check_image_uri(flag: str, value: str) -> str:
+    if len(value) > IMAGE_URI_MAX or not _IMAGE.fullmatch(value):
+        raise DataError(
+            f"{flag} {value!r} is not an image URI (REGISTRY/REPOSITORY:TAG, as build_and_push.sh prints it)"
+        )
+    return value

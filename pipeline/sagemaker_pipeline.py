@@ -17,6 +17,7 @@ while the definition is built.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -108,9 +109,16 @@ def _sdk_environment() -> None:
     os.environ.setdefault("SAGEMAKER_TELEMETRY_OPT_OUT", "true")
 
 
+def _drop_job_name_notice(record: logging.LogRecord) -> bool:
+    # The SDK warns, once per step, that it leaves job names out of the definition: SageMaker names each job at
+    # run time, which is what we want; the notice only buries the output of `upsert`.
+    return not record.getMessage().startswith("Popping out ")
+
+
 def import_sdk() -> None:
     """Import the SDK with its environment set; a missing ``pipeline`` extra is one clear line."""
     _sdk_environment()
+    logging.getLogger("sagemaker.core.workflow.utilities").addFilter(_drop_job_name_notice)
     try:
         import sagemaker.mlops.workflow.pipeline  # noqa: F401
     except ImportError:

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian/Ubuntu machine for genesig-mme: system packages, a virtualenv, the project.
 #
-# Usage: scripts/bootstrap.sh [serve|train|dev]
-#   serve  what `genesig serve` / `genesig selfcheck` need (default)
-#   train  serve plus the pipeline (genesig run-local: torch, pandas, scikit-learn, matplotlib)
-#   dev    serve, train, tests, linters and benchmarks
+# Usage: scripts/bootstrap.sh [serve|train|pipeline|dev]
+#   serve     what `genesig serve` / `genesig selfcheck` need (default)
+#   train     serve plus the pipeline (genesig run-local: torch, pandas, scikit-learn, matplotlib)
+#   pipeline  train plus the SageMaker Python SDK (~1 GB): the SageMaker commands (upsert, start-set, registry, sync,
+#             endpoint, predict)
+#   dev       serve, train, pipeline, tests, linters and benchmarks
 # System packages (installed only when missing): a Java 17 runtime for Multi Model Server, nginx; for dev also
 # a Docker engine and debootstrap (the image tests build and run the images, from a base made of Debian packages).
 # Python: $PYTHON (default python3, 3.11 or 3.12); the venv is .venv in the repository.
@@ -12,8 +14,8 @@ set -euo pipefail
 
 extra="${1:-serve}"
 case "$extra" in
-  serve | train | dev) ;;
-  *) echo "usage: $0 [serve|train|dev]" >&2; exit 2 ;;
+  serve | train | pipeline | dev) ;;
+  *) echo "usage: $0 [serve|train|pipeline|dev]" >&2; exit 2 ;;
 esac
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,5 +39,6 @@ python="${PYTHON:-python3}"
 .venv/bin/python -m pip install --quiet --upgrade pip
 extras="$extra"
 [[ "$extra" == train ]] && extras="serve,train"
+[[ "$extra" == pipeline ]] && extras="serve,train,pipeline"
 .venv/bin/python -m pip install --quiet --editable ".[$extras]"
 echo "ready: .venv/bin/genesig" >&2

@@ -109,6 +109,11 @@ def aws_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]
                     "AWS_DEFAULT_REGION": REGION,
                     "AWS_ENDPOINT_URL_SAGEMAKER": sagemaker_url,
                     "AWS_ENDPOINT_URL_S3": f"http://127.0.0.1:{s3_port}",
+                    # The other services the README's walkthrough calls, moto itself (the strict layer is SageMaker's).
+                    **{
+                        f"AWS_ENDPOINT_URL_{service}": f"http://127.0.0.1:{strict.upstream_port}"
+                        for service in ("IAM", "STS", "ECR")
+                    },
                 }
             finally:
                 STRICT.remove(strict)

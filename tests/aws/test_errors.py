@@ -57,7 +57,7 @@ def bare_env(tmp_path: Path) -> dict[str, str]:
             "--role",
             ROLE,
             "--bucket",
-            "b",
+            "genesig-bucket",
             "--training-image-uri",
             "t",
             "--serving-image-uri",

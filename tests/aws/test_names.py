@@ -67,3 +67,27 @@ def test_the_strict_layer_refuses_what_aws_would(
     [refused] = strict_rejections()
     assert "regular expression pattern" in refused
     aws["sagemaker"].create_model_package_group(ModelPackageGroupName=names_for("metagene_19").group)
+
+
+def test_what_the_user_gives_is_checked_against_aws_patterns_before_any_call(validator: ServiceModelValidator) -> None:
+    from genesig.errors import DataError
+    from genesig.pipeline.names import check_bucket, check_image_uri, check_role_arn
+
+    role = "arn:aws:iam::123456789012:role/genesig-sagemaker"
+    image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:v1"
+    assert check_role_arn("--role", role) == role
+    assert check_image_uri("--image-uri", image) == image
+    assert check_bucket("--bucket", "genesig-123456789012-us-east-1")
+    # What passes our checks passes AWS's.
+    model = {"ModelName": "m", "ExecutionRoleArn": role, "PrimaryContainer": {"Image": image}}
+    assert validator.validate("CreateModel", model) == []
+    # A line of `docker login` output read as an image URI (the walkthrough's first run found this), an s3:// URI
+    # as a bucket, a user ARN as a role: each refused naming the flag.
+    with pytest.raises(DataError, match="--serving-image-uri 'Login Succeeded' is not an image URI"):
+        check_image_uri("--serving-image-uri", "Login Succeeded")
+    with pytest.raises(DataError, match="not an s3:// URI"):
+        check_bucket("--bucket", "s3://genesig-data")
+    with pytest.raises(DataError, match="is not an IAM role ARN"):
+        check_role_arn("--role", "arn:aws:iam::123456789012:user/alice")
+    with pytest.raises(DataError, match="is not an image URI"):
+        check_image_uri("--image-uri", "x" * 260 + ":v1")

@@ -19,7 +19,8 @@ line="$(basename "$0") $*"
 echo "$line" >> "$FAKE_LOG"
 if [[ "$line" == "aws sts"* ]]; then echo 123456789012; fi
 if [[ "$line" == "aws ecr get-login-password"* ]]; then echo secret-token; fi
-if [[ "$line" == "docker login"* ]]; then cat > /dev/null; fi
+if [[ "$line" == "docker login"* ]]; then cat > /dev/null; echo "Login Succeeded"; fi
+if [[ "$line" == "docker push"* ]]; then echo "v1: digest: sha256:0123 size: 42"; fi
 if [[ -n "${FAKE_RECORD_INPUTS:-}" && "$line" == "docker build"* ]]; then
   ls "${REPO_INPUTS}" > "$FAKE_RECORD_INPUTS"
 fi
@@ -103,10 +104,9 @@ def test_full_sequence_builds_both_images_and_creates_the_repositories_when_miss
                 f"docker push {registry}/{repository}:{version}",
             ]
     assert recorded == expected
-    assert result.stdout.strip().splitlines()[-2:] == [
-        f"{registry}/genesig-mme:v1",
-        f"{registry}/genesig-mme-train:v1",
-    ]
+    # Standard output is the two URIs and nothing else (docker's own output goes to standard error): scripts read
+    # them with `read`.
+    assert result.stdout.splitlines() == [f"{registry}/genesig-mme:v1", f"{registry}/genesig-mme-train:v1"]
     assert "secret-token" not in result.stdout + result.stderr
 
 

@@ -3,8 +3,9 @@
 For each model set (a folder of artifacts, e.g. ``bench/training.py --keep``'s mme-prefix), each
 Zipf skew and each client count, the same traffic runs against two servers started one after
 the other with the same memory budget:
-  genesig - the image as shipped: our numpy backend per model
-  stock   - the same server with a backend that imports torch per model (the AWS sample's approach)
+  genesig - the image as shipped: a pool of numpy workers, each answering for any loaded model
+  stock   - the AWS sample's approach (bench/baselines/stock_server.py): one backend process per loaded model,
+            importing torch, with the 507 a memory-limited container needs
 Each run: a fresh model server with GENESIG_MEMORY_LIMIT_MB (holding a fraction of the models),
 a fresh local MME endpoint (``genesig local-endpoint``) in front of it, then ``--warmup`` seconds
 of traffic that are not recorded and ``--duration`` seconds that are. Every client sends one
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import signal
 import statistics
@@ -55,9 +55,9 @@ from genesig.server_process import ServerProcess
 
 logger = logging.getLogger("bench.scale")
 BENCH_DIR = Path(__file__).resolve().parent
-SERVERS = {
-    "genesig": "genesig.container.handler:handle",
-    "stock": "baselines.torch_handler:handle",
+SERVERS: dict[str, list[str] | None] = {
+    "genesig": None,  # genesig serve
+    "stock": [sys.executable, str(BENCH_DIR / "baselines" / "stock_server.py")],
 }
 PERCENTILES = (50, 95, 99)
 
@@ -158,14 +158,12 @@ def one_run(
     server_name: str, models: ModelSet, skew: float, clients: int, args: argparse.Namespace, work: Path
 ) -> dict[str, Any]:
     env = {
-        "GENESIG_HANDLER": SERVERS[server_name],
         "GENESIG_MEMORY_LIMIT_MB": str(args.memory_limit_mb),
         "GENESIG_MODEL_SERVER_PORT": str(pick_internal_port(None)),
         "GENESIG_LOG_LEVEL": "WARNING",
-        "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
     }
     run_dir = Path(tempfile.mkdtemp(prefix=f"{server_name}-", dir=work))
-    server = ServerProcess(run_dir / "state", env=env).start()
+    server = ServerProcess(run_dir / "state", env=env, command=SERVERS[server_name]).start()
     endpoint, url = start_local_endpoint(models.prefix, server.url, run_dir, cache_max_mb=args.cache_max_mb)
     sampler = Sampler(server, url)
     probabilities = zipf_probabilities(len(models.targets), skew, args.seed)

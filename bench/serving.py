@@ -1,15 +1,17 @@
-"""Serving benchmark: cold load, memory per loaded model, warm latency and throughput, side by side.
+"""Serving benchmark: load time, memory per loaded model, warm latency and throughput, side by side.
 
-Configurations, all running at the same time on the same machine with the same artifacts:
-  stock    - a backend that imports torch and runs the model in torch (the AWS sample's approach), MMS direct
-  genesig  - what the image serves: nginx in front, our numpy backend
-  direct   - our numpy backend, MMS direct (shows what nginx costs)
+Configurations, running at the same time on the same machine with the same kind of artifacts:
+  stock    - the AWS sample's approach (bench/baselines/stock_server.py): Multi Model Server through the toolkit,
+             one backend process per loaded model, importing torch and running the model in torch
+  genesig  - what the image serves: nginx in front, the worker pool (numpy), models opened on first use
 
-Latency and throughput are measured in interleaved rounds (stock, genesig, direct, stock, ...) so that
-the machine's noise hits every configuration alike; the report gives medians over all requests.
-Throughput uses wrk (C, one thread, 8 connections over 8 models) when installed, else Python threads.
+genesig loads ``--signatures`` (1,000) models, stock ``--models`` (12: each is a process of its own). Memory per
+model is the growth of the PSS of the server's processes divided by the models loaded, measured after every model
+has answered in every worker. Latency and throughput are measured in interleaved rounds so that the machine's noise
+hits both alike; the report gives medians over all requests. Throughput: wrk (C, one thread, 8 connections) when
+installed, else Python threads; over 8 models for stock, spread over every loaded model for genesig.
 
-Usage: python bench/serving.py [--models 12] [--rounds 5] [--warm 1000] [--seconds 5]
+Usage: python bench/serving.py [--signatures 1000] [--models 12] [--rounds 5] [--warm 1000] [--seconds 5]
 Not a test: read ratios within one run, not absolute numbers across runs.
 """
 
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import shutil
 import statistics
@@ -50,14 +51,13 @@ GIB16_MB = 16 * 1024 * 1.048576
 @dataclass
 class Config:
     name: str
-    handler: str
-    direct: bool
+    command: list[str] | None  # None: genesig serve
+    spread: bool  # throughput over every loaded model, not 8
 
 
 CONFIGS = [
-    Config("stock", "baselines.torch_handler:handle", direct=True),
-    Config("genesig", "genesig.container.handler:handle", direct=False),
-    Config("direct", "genesig.container.handler:handle", direct=True),
+    Config("stock", [sys.executable, str(BENCH_DIR / "baselines" / "stock_server.py")], spread=False),
+    Config("genesig", None, spread=True),
 ]
 
 
@@ -75,8 +75,10 @@ class Result:
     def summary(self) -> dict[str, float]:
         warm = sorted(self.warm_ms)
         return {
-            "cold_load_p50_s": statistics.median(self.load_s),
-            "reload_after_unload_p50_s": statistics.median(self.reload_s),
+            "models_loaded": self.models,
+            "load_p50_ms": statistics.median(self.load_s) * 1000,
+            "load_p99_ms": sorted(self.load_s)[int(0.99 * (len(self.load_s) - 1))] * 1000,
+            "reload_after_unload_p50_ms": statistics.median(self.reload_s) * 1000,
             "memory_per_model_mb": self.memory_per_model_mb,
             "models_per_16_gib_derived": GIB16_MB // self.memory_per_model_mb,
             "warm_p50_ms": statistics.median(warm),
@@ -101,17 +103,13 @@ def tree_pss(server: ServerProcess) -> int:
 
 
 def start(config: Config, model_dirs: list[Path], work: Path) -> Running:
-    mms_port = pick_internal_port(None)
-    env = {
-        "GENESIG_HANDLER": config.handler,
-        "GENESIG_MODEL_SERVER_PORT": str(mms_port),
-        "PYTHONPATH": os.pathsep.join([str(BENCH_DIR), os.environ.get("PYTHONPATH", "")]),
-    }
-    server = ServerProcess(work / f"state-{config.name}", env=env).start()
-    url = f"http://127.0.0.1:{mms_port}" if config.direct else server.url
+    env = {"GENESIG_MODEL_SERVER_PORT": str(pick_internal_port(None)), "GENESIG_LOG_LEVEL": "WARNING"}
+    server = ServerProcess(work / f"state-{config.name}", env=env, command=config.command).start()
     result = Result(config=config.name, models=len(model_dirs))
     names = [f"m{i:04d}" for i in range(len(model_dirs))]
-    with ModelServerClient(url) as client:
+    with ModelServerClient(server.url) as client:
+        for _ in range(200):  # the first requests of a fresh server are slower for both (JIT, caches)
+            client.ping()
         time.sleep(1.0)
         before = tree_pss(server)
         for name, model_dir in zip(names, model_dirs, strict=True):
@@ -120,9 +118,13 @@ def start(config: Config, model_dirs: list[Path], work: Path) -> Running:
             result.load_s.append(time.perf_counter() - started)
             if response.status != 200:
                 raise RuntimeError(f"{config.name}: load {name} -> {response.status} {response.body[:200]!r}")
+        # Every model answers in every worker (a pool's worker opens a signature on first use): then measure.
+        for _ in range(4):
+            for name in names:
+                client.invoke(name, BODY)
         time.sleep(1.0)
         result.memory_per_model_mb = (tree_pss(server) - before) / len(model_dirs) / 1e6
-    return Running(config, server, url, names, result)
+    return Running(config, server, server.url, names, result)
 
 
 def warm_round(run: Running, requests: int) -> None:
@@ -148,10 +150,10 @@ end
 
 
 def throughput_round(run: Running, seconds: float, work: Path) -> None:
-    names = run.names[:8]
+    names = run.names if run.config.spread else run.names[:8]
     wrk = shutil.which("wrk")
     if wrk:
-        script = work / "post.lua"
+        script = work / f"post-{run.config.name}.lua"
         script.write_text(WRK_SCRIPT % (", ".join(f'"{n}"' for n in names), BODY.decode()))
         out = subprocess.run(
             [wrk, "-t1", "-c8", f"-d{seconds:.0f}s", "-s", str(script), run.url],
@@ -194,12 +196,13 @@ def reload_round(run: Running, model_dirs: list[Path]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", type=int, default=12)
+    parser.add_argument("--models", type=int, default=12, help="models the stock server loads (a process each)")
+    parser.add_argument("--signatures", type=int, default=1000, help="models genesig loads")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warm", type=int, default=1000, help="requests per configuration per round")
     parser.add_argument("--warmup", type=int, default=3000, help="requests before measuring (JVM JIT)")
     parser.add_argument("--seconds", type=float, default=5.0, help="throughput seconds per round")
-    parser.add_argument("--configs", default="stock,genesig,direct")
+    parser.add_argument("--configs", default="stock,genesig")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "serving.json")
     args = parser.parse_args()
     configure_logging("INFO")
@@ -207,15 +210,16 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="genesig-bench-") as tmp:
         work = Path(tmp)
         model_dirs = []
-        for i in range(args.models):
+        for i in range(max(args.models, args.signatures)):
             archive = write_synthetic_artifact(work / "prefix", f"sig{i:04d}", GENES, seed=i)
             model_dirs.append(extract_artifact(archive, work / "models" / f"sig{i:04d}" / "model"))
         runs: list[Running] = []
         try:
             for config in CONFIGS:
                 if config.name in wanted:
-                    logger.info("starting %s and loading %d models", config.name, args.models)
-                    runs.append(start(config, model_dirs, work))
+                    count = args.signatures if config.spread else args.models
+                    logger.info("starting %s and loading %d models", config.name, count)
+                    runs.append(start(config, model_dirs[:count], work))
             for run in runs:
                 with ModelServerClient(run.url) as client:
                     for _ in range(args.warmup):
@@ -227,7 +231,7 @@ def main() -> int:
                 for run in runs:
                     throughput_round(run, args.seconds, work)
             for run in runs:
-                reload_round(run, model_dirs)
+                reload_round(run, model_dirs[: run.result.models])
         finally:
             for run in runs:
                 run.server.stop()

@@ -275,7 +275,3 @@ def encode_response(manifest: Manifest, predictions: Predictions, ids: list[Any]
             "predictions": rows,
         }
     )
-
-
-def encode_error(body: dict[str, Any]) -> bytes:
-    return _json_encoder.encode(body)

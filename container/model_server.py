@@ -18,7 +18,13 @@ import psutil
 from genesig.container.settings import ServingSettings, settings_environ
 
 MMS_MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"
-# Backends evaluate tiny matrices: one BLAS thread each keeps hundreds of them cheap.
+JOB_QUEUE_SIZE = 1000
+# glibc raises its mmap threshold each time a large block is freed, so a worker that opened a genome-wide model
+# keeps the next ones' weights in its heap for good after closing them. A fixed threshold keeps large blocks in
+# their own mappings, returned to the system when a signature is closed: memory admission sees what is really free.
+MMAP_THRESHOLD_BYTES = 128 * 1024
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD_BYTES)}
+# Workers evaluate tiny matrices: one BLAS thread each, so a pool of one worker per CPU does not oversubscribe.
 _SINGLE_THREADED = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -34,6 +40,7 @@ def model_server_environ(settings: ServingSettings, mms_port: int, base: dict[st
     # The toolkit runs `multi-model-server` by name: find it beside this interpreter even when no venv is active.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), base.get("PATH", os.defpath)])
     env.update(_SINGLE_THREADED)
+    env.update(FIXED_MMAP_THRESHOLD)
     env.update(settings_environ(settings))
     env.update(
         {
@@ -45,6 +52,8 @@ def model_server_environ(settings: ServingSettings, mms_port: int, base: dict[st
             "MMS_INFERENCE_ADDRESS": f"http://127.0.0.1:{mms_port}",
             "MMS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mms_port}",
             "MMS_MAX_REQUEST_SIZE": str(7 * 1024 * 1024),
+            # Every invocation waits in the pool's one queue (100 by default): room for SageMaker's concurrency.
+            "MMS_JOB_QUEUE_SIZE": str(JOB_QUEUE_SIZE),
             # MMS's pid file and the backends' unix sockets live in the temp folder: keep them per server.
             "TMPDIR": str(paths["tmp"]),
             "TEMP": str(paths["tmp"]),

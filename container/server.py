@@ -1,6 +1,7 @@
-"""``genesig serve``: the image's entry point. Starts MMS (through the toolkit) and the gateway, supervises both.
+"""``genesig serve``: the image's entry point. Starts MMS (through the toolkit), registers the worker pool, starts
+the gateway and nginx, and supervises them.
 
-The MMS launcher detaches the JVM, and the JVM leaves its model backends behind
+The MMS launcher detaches the JVM, and the JVM leaves its Python processes behind
 when it gets SIGTERM. We make this process a child subreaper, so every descendant
 is re-parented to us, and on SIGTERM/SIGINT (or when MMS dies) we stop them all.
 """
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import math
 import os
 import random
 import signal
@@ -18,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import psutil
@@ -26,13 +29,14 @@ from aiohttp import web
 
 from genesig.container.gateway import Gateway
 from genesig.container.memory import MemoryStatus, budget_memory, container_memory
-from genesig.container.model_server import model_server_environ, state_paths
-from genesig.container.nginx import nginx_command, nginx_executable, unavailable_dir, write_config
+from genesig.container.model_server import MMAP_THRESHOLD_BYTES, model_server_environ, state_paths
+from genesig.container.nginx import nginx_command, nginx_executable, write_config
 from genesig.container.settings import ServingSettings
 
 logger = logging.getLogger(__name__)
 
 _PR_SET_CHILD_SUBREAPER = 36
+_M_MMAP_THRESHOLD = -3
 STOP_GRACE_S = 10.0
 MMS_MAX_PORT = 32766
 
@@ -91,6 +95,26 @@ def stop_descendants(grace_s: float = STOP_GRACE_S) -> int:
         psutil.wait_procs(alive, timeout=grace_s)
         stopped += len(procs)
     return stopped
+
+
+def fix_mmap_threshold() -> None:
+    """This process's share of ``FIXED_MMAP_THRESHOLD`` (set in the environment for the others): the gateway
+    verifies every artifact it loads, weights included."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def pool_workers(settings: ServingSettings) -> int:
+    """The pool's size: the setting, else one worker per CPU this process may use (its affinity and, in a
+    container, its cgroup's CPU quota)."""
+    if settings.pool_workers:
+        return settings.pool_workers
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    with contextlib.suppress(OSError, ValueError):
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
+    return max(1, cpus)
 
 
 def memory_probe(settings: ServingSettings) -> MemoryStatus:
@@ -152,8 +176,7 @@ async def _run(settings: ServingSettings, mms_port: int, launcher: subprocess.Po
     if settings.front == "nginx" and nginx is None:
         raise RuntimeError("GENESIG_FRONT=nginx but no nginx executable was found")
     nginx_state = state_paths(settings)["root"] / "nginx"
-    flags = unavailable_dir(nginx_state) if nginx else None
-    gateway = Gateway(settings, mms_url, lambda: memory_probe(settings), unavailable_dir=flags)
+    gateway = Gateway(settings, mms_url, lambda: memory_probe(settings), pool_workers(settings))
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()
     gateway_host, gateway_port = ("127.0.0.1", pick_internal_port(None)) if nginx else (settings.host, settings.port)
@@ -168,6 +191,7 @@ async def _run(settings: ServingSettings, mms_port: int, launcher: subprocess.Po
             return 0
         stopping.cancel()
         starting.result()
+        await gateway.start_pool()
         if nginx:
             config = write_config(settings, nginx_state, mms_port, gateway_port)
             children["nginx"] = subprocess.Popen(nginx_command(nginx, config, nginx_state))
@@ -185,6 +209,7 @@ async def _run(settings: ServingSettings, mms_port: int, launcher: subprocess.Po
 
 def serve(settings: ServingSettings) -> int:
     """Run until SIGTERM/SIGINT or until the model server dies; always stop every child process."""
+    fix_mmap_threshold()
     if not become_subreaper():
         logger.warning("could not become a child subreaper; orphaned model backends may survive shutdown")
     paths = state_paths(settings)

@@ -15,8 +15,7 @@ import msgspec
 from genesig.errors import BadRequest
 
 PREFIX = "GENESIG_"
-# Marks the gateway's own "answer once everything queued before me is answered" invocation (see Gateway._drain);
-# nginx strips it from callers' requests.
+# Marks the gateway's fence markers (see genesig.container.pool); nginx strips it from callers' requests.
 DRAIN_HEADER = "X-Genesig-Drain"
 DEFAULT_HANDLER = "genesig.container.handler:handle"
 
@@ -57,15 +56,15 @@ class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
             ge=0,
         ),
     ] = 60.0
-    backend_watchdog_s: Annotated[
-        float,
+    pool_workers: Annotated[
+        int,
         _doc(
-            "Period of the fallback check that every loaded model still has its backend process (the gateway also"
-            " holds a pidfd per backend, which tells it at once); a model whose backend died is unloaded, since"
-            " MMS 1.1.11 would retry the dead socket forever. 0 turns the fallback check off.",
+            "Multi Model Server workers in the pool; each answers for any loaded signature. 0: one per CPU the"
+            " container may use.",
             ge=0,
+            le=64,
         ),
-    ] = 1.0
+    ] = 0
     jvm_options: Annotated[
         str,
         _doc(

@@ -1,8 +1,25 @@
-"""One error hierarchy for the whole product: every error carries its HTTP status and a public message."""
+"""One error hierarchy for the whole product: every error carries its HTTP status and a public message, and one
+renderer writes every JSON error body the server answers (the gateway's, the workers', and nginx's fixed ones)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import msgspec
+
+_encoder = msgspec.json.Encoder()
+
+
+def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """The JSON error body: ``{"error": code, "message": ..., "detail": ...}`` (``detail`` only when given)."""
+    body: dict[str, Any] = {"error": code, "message": message}
+    if detail is not None:
+        body["detail"] = detail
+    return body
+
+
+def render_error(code: str, message: str, detail: Any = None) -> bytes:
+    return _encoder.encode(error_body(code, message, detail))
 
 
 class GenesigError(Exception):
@@ -22,11 +39,10 @@ class GenesigError(Exception):
         self.detail = detail
 
     def to_body(self) -> dict[str, Any]:
-        """The JSON error body: ``{"error": code, "message": ..., "detail": ...}``."""
-        body: dict[str, Any] = {"error": self.code, "message": self.message}
-        if self.detail is not None:
-            body["detail"] = self.detail
-        return body
+        return error_body(self.code, self.message, self.detail)
+
+    def render(self) -> bytes:
+        return render_error(self.code, self.message, self.detail)
 
 
 class BadRequest(GenesigError):

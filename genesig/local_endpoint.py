@@ -35,6 +35,9 @@ from genesig.errors import ArtifactError, GenesigError, InsufficientStorage
 
 logger = logging.getLogger(__name__)
 MAX_LOAD_ATTEMPTS = 12
+# A load refused for memory with no other model to unload is retried this many times (the server's memory may be
+# held a moment by requests in flight), then refused to the caller.
+ALONE_ATTEMPTS = 3
 INVOKE_ATTEMPTS = 5
 # Timings kept per model for the medians: the most recent ones, so a long-running endpoint stays bounded.
 TIMING_WINDOW = 1024
@@ -308,6 +311,7 @@ class LocalEndpoint:
             await pending.wait()  # registering again while its unload is under way would find the old one (409)
         model_dir = await self._extract(target)
         opaque = opaque_name(target)
+        alone = 0
         for attempt in range(MAX_LOAD_ATTEMPTS):
             url = f"{self.model_url_root}/{model_dir.relative_to(self.cache_dir)}"
             status, body, _ = await self._request("POST", "/models", json={"model_name": opaque, "url": url})
@@ -321,7 +325,14 @@ class LocalEndpoint:
                 continue
             if status == 507:
                 if not await self._evict_lru(target):
-                    # Memory comes back only once unloaded backends have exited: give them a moment.
+                    others = (set(self.loaded) | self.loading | set(self.unloading)) - {target}
+                    alone = 0 if others else alone + 1
+                    if alone > ALONE_ATTEMPTS:
+                        # Nothing else loaded, loading or unloading, several times over: it does not fit at all.
+                        raise EndpointError(
+                            507, "ServiceUnavailable", f"not enough memory to load {target}, even with nothing loaded"
+                        )
+                    # Other requests' models are in use or being unloaded: give them a moment.
                     await asyncio.sleep(0.25 * (attempt + 1))
                 continue
             if status in (400, 404, 422):

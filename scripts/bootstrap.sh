@@ -8,7 +8,8 @@
 #             endpoint, predict)
 #   dev       serve, train, pipeline, tests, linters and benchmarks
 # System packages (installed only when missing): a Java 17 runtime for Multi Model Server, nginx; for dev also
-# a Docker engine and debootstrap (the image tests build and run the images, from a base made of Debian packages).
+# a Docker engine and debootstrap (the image tests build and run the images, from a base made of Debian packages)
+# and wrk (the serving benchmark's load generator).
 # Python: $PYTHON (default python3, 3.11 or 3.12); the venv is .venv in the repository.
 set -euo pipefail
 
@@ -25,6 +26,7 @@ command -v nginx > /dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || missing+=(nginx
 if [[ "$extra" == dev ]]; then
   command -v dockerd > /dev/null 2>&1 || [[ -x /usr/sbin/dockerd ]] || missing+=(docker.io)
   command -v debootstrap > /dev/null 2>&1 || [[ -x /usr/sbin/debootstrap ]] || missing+=(debootstrap)
+  command -v wrk > /dev/null 2>&1 || missing+=(wrk)
 fi
 if ((${#missing[@]})); then
   sudo=()

@@ -46,7 +46,8 @@ def check_tensors(manifest: Manifest, tensors: Mapping[str, np.ndarray]) -> dict
             )
         if not np.isfinite(array).all():
             raise ArtifactError(f"tensor {name!r} contains NaN or infinite values")
-        checked[name] = array.astype(np.float64)
+        # float64 weights stay as they are (a memory-mapped file's pages are shared, not copied).
+        checked[name] = array.astype(np.float64, copy=False)
     return checked
 
 

@@ -10,6 +10,7 @@ import errno
 import gzip
 import hashlib
 import io
+import mmap
 import os
 import shutil
 import tarfile
@@ -49,8 +50,14 @@ STALE_PARTIAL_S = 3600.0
 DIR_MODE = 0o755
 FILE_MODE = 0o644
 _COPY_CHUNK = 1 << 20
-# A loaded model's process costs ~25-35 MB (Python + numpy, measured); the rest scales with the weights.
-BACKEND_BASELINE_BYTES = 48 * 1024 * 1024
+# What an opened model costs a process besides its weights (measured: ~5 KiB and ~240 B per gene; rounded up):
+# the parsed manifest, the model object and its arrays' headers, and per gene the name and its place in the lookups.
+OPENED_BASE_BYTES = 8 * 1024
+OPENED_PER_GENE_BYTES = 256
+# Weights at least this large are memory-mapped (float64 as stored: every process shares one copy in the page
+# cache); smaller ones are read, since a mapping costs whole pages.
+MAP_MIN_BYTES = 64 * 1024
+_SAFETENSORS_HEADER_MAX = 1 << 20
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -65,9 +72,15 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def estimate_memory_bytes(weights_bytes: int) -> int:
-    """Memory the loaded model needs: one backend process plus float64 copies of its weights."""
-    return BACKEND_BASELINE_BYTES + 4 * weights_bytes
+def opened_memory(manifest: Manifest, *, mapped: bool) -> tuple[int, int]:
+    """Memory an opened model costs: (private to each process that opens it, shared by all of them). Shared is its
+    memory-mapped weights (``mapped``: float64 and at least ``MAP_MIN_BYTES``, see :func:`weights_mappable`); other
+    weights are read into private float64 copies (twice the bytes of a float32 file)."""
+    weights = sum(entry.bytes for entry in manifest.files.values()) if manifest.files else 0
+    private = OPENED_BASE_BYTES + OPENED_PER_GENE_BYTES * len(manifest.genes)
+    if mapped:
+        return private, weights
+    return private + 2 * weights, 0
 
 
 def build_manifest(manifest: Manifest, tensors: Mapping[str, np.ndarray]) -> tuple[Manifest, bytes]:
@@ -76,11 +89,11 @@ def build_manifest(manifest: Manifest, tensors: Mapping[str, np.ndarray]) -> tup
     check_tensors(manifest, tensors)
     weights = safetensors.numpy.save({k: np.ascontiguousarray(v) for k, v in sorted(tensors.items())})
     complete = msgspec.structs.replace(
-        manifest,
-        files={WEIGHTS_FILENAME: FileEntry(sha256=sha256_bytes(weights), bytes=len(weights))},
-        memory_estimate_bytes=estimate_memory_bytes(len(weights)),
+        manifest, files={WEIGHTS_FILENAME: FileEntry(sha256=sha256_bytes(weights), bytes=len(weights))}
     )
-    return complete, weights
+    mapped = len(weights) >= MAP_MIN_BYTES and all(np.asarray(t).dtype == np.float64 for t in tensors.values())
+    private, shared = opened_memory(complete, mapped=mapped)
+    return msgspec.structs.replace(complete, memory_estimate_bytes=private + shared), weights
 
 
 def _tar_member(name: str, data: bytes) -> tuple[tarfile.TarInfo, io.BytesIO]:
@@ -282,15 +295,67 @@ def _read_manifest(path: Path) -> Manifest:
     return decode_manifest(path.read_bytes())
 
 
-def load_model_dir(model_dir: Path) -> SignatureModel:
-    """Verify an extracted artifact (schema, sha256 of every file, tensor shapes and values) and load it."""
+def load_model_dir(model_dir: Path, *, map_weights: bool = False) -> SignatureModel:
+    """Verify an extracted artifact (schema, sha256 of every file, tensor shapes and values) and load it; with
+    ``map_weights``, float64 weights of at least ``MAP_MIN_BYTES`` are memory-mapped rather than read."""
     try:
-        return _load_model_dir(model_dir)
+        return _load_model_dir(model_dir, map_weights)
     except PermissionError as exc:
         raise _unreadable(Path(exc.filename or model_dir)) from None
 
 
-def _load_model_dir(model_dir: Path) -> SignatureModel:
+def _float64_layout(head: bytes | mmap.mmap, file_size: int) -> dict[str, tuple[list[int], int, int]] | None:
+    """Each tensor's shape, element count and offset in a safetensors file (``head``: its first bytes, header
+    included) if all are float64, else None. The format: an 8-byte little-endian header size, a JSON header naming
+    each tensor's dtype, shape and byte range, then the data."""
+    try:
+        size = int.from_bytes(head[:8], "little")
+        if not 2 <= size <= min(_SAFETENSORS_HEADER_MAX, file_size - 8, len(head) - 8):
+            return None
+        header = msgspec.json.decode(head[8 : 8 + size])
+        start, layout = 8 + size, {}
+        for name, spec in header.items():
+            if name == "__metadata__":
+                continue
+            shape = [int(d) for d in spec["shape"]]
+            first, last = (int(o) for o in spec["data_offsets"])
+            count = int(np.prod(shape)) if shape else 1
+            if spec["dtype"] != "F64" or last - first != 8 * count or not 0 <= first <= last <= file_size - start:
+                return None
+            layout[name] = (shape, count, start + first)
+        return layout
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def weights_mappable(model_dir: Path) -> bool:
+    """Whether a worker will memory-map this folder's weights (float64, at least ``MAP_MIN_BYTES``)."""
+    path = model_dir / WEIGHTS_FILENAME
+    try:
+        file_size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(_SAFETENSORS_HEADER_MAX + 8)
+    except OSError:
+        return False
+    return file_size >= MAP_MIN_BYTES and _float64_layout(head, file_size) is not None
+
+
+def _mapped_tensors(path: Path) -> dict[str, np.ndarray] | None:
+    """Read-only float64 views over a memory map of a safetensors file, or None when it holds anything else (then
+    the caller reads it with safetensors)."""
+    with open(path, "rb") as fh:
+        buffer = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    layout = _float64_layout(buffer, len(buffer))
+    if layout is None:
+        buffer.close()
+        return None
+    return {
+        name: np.frombuffer(buffer, dtype="<f8", count=count, offset=offset).reshape(shape)
+        for name, (shape, count, offset) in layout.items()
+    }
+
+
+def _load_model_dir(model_dir: Path, map_weights: bool = False) -> SignatureModel:
     manifest = read_manifest(model_dir)
     if (total := sum(entry.bytes for entry in manifest.files.values())) > MAX_EXTRACTED_BYTES:
         raise ArtifactError(f"the artifact's files total {total} bytes, over the {MAX_EXTRACTED_BYTES}-byte limit")
@@ -302,10 +367,16 @@ def _load_model_dir(model_dir: Path) -> SignatureModel:
             raise ArtifactError(f"model folder lacks {fname}, which the manifest lists")
         if path.stat().st_size != entry.bytes or sha256_file(path) != entry.sha256:
             raise ArtifactError(f"{fname} does not match the sha256 recorded in the manifest")
-    try:
-        tensors = safetensors.numpy.load((model_dir / WEIGHTS_FILENAME).read_bytes())
-    except Exception as exc:  # safetensors raises its own error types for malformed headers
-        raise ArtifactError(f"{WEIGHTS_FILENAME} is not a valid safetensors file: {exc}") from None
+    weights = model_dir / WEIGHTS_FILENAME
+    tensors = None
+    listed = manifest.files.get(WEIGHTS_FILENAME)
+    if map_weights and listed is not None and listed.bytes >= MAP_MIN_BYTES:
+        tensors = _mapped_tensors(weights)  # None unless every tensor is float64
+    if tensors is None:
+        try:
+            tensors = safetensors.numpy.load(weights.read_bytes())
+        except Exception as exc:  # safetensors raises its own error types for malformed headers
+            raise ArtifactError(f"{WEIGHTS_FILENAME} is not a valid safetensors file: {exc}") from None
     return SignatureModel(manifest, tensors)
 
 

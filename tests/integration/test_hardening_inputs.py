@@ -21,10 +21,11 @@ from hypothesis import strategies as st
 
 from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient, Response
+from genesig.container.supervision import pool_processes
 from genesig.local_endpoint import runtime_client, start_local_endpoint
 from genesig.server_process import ServerProcess
 
-from .conftest import GENES, ServerFactory, mms_client, opaque
+from .conftest import GENES, ServerFactory, opaque
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 200
@@ -76,12 +77,11 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
 
 
 def worker_identity(server: ServerProcess, name: str) -> str:
-    """The model's worker as Multi Model Server names it: a restarted worker gets a new id and start time."""
-    with mms_client(server) as mms:
-        doc = mms.request("GET", f"/models/{name}").json()
-    [worker] = doc["workers"]
-    assert worker["status"] == "READY", worker
-    return f"{worker['id']}@{worker['startTime']}"
+    """The pool's workers by process id: a worker that died is replaced by a new process."""
+    assert server.process is not None
+    _, workers = pool_processes(server.process.pid)
+    assert workers, "no pool workers"
+    return ",".join(map(str, workers))
 
 
 def send(

@@ -7,6 +7,7 @@ are recorded as test properties (shown with ``-rA`` or ``--junitxml``).
 
 from __future__ import annotations
 
+import json
 import random
 import signal
 import statistics
@@ -16,7 +17,6 @@ from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 
-import psutil
 import pytest
 
 from genesig.artifact import extract_artifact
@@ -24,26 +24,25 @@ from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient
 from genesig.local_endpoint import runtime_client, start_local_endpoint
 
-from .conftest import GENES, ServerFactory, opaque
+from .conftest import BIG_GENES, BIG_HIDDEN, ServerFactory, big_cost, big_csv, budget_for, opaque
 
 pytestmark = pytest.mark.integration
-BODY = b'{"inputs": [[1.5, 0, 3]]}'
-CSV = b"Case_ID,LRIG1,HPGD,GDF15\nP1,3.2,0,11.5\n"
+BODY = json.dumps({"inputs": [[1.5] * len(BIG_GENES)]}).encode()
+CSV = big_csv()
 RECOVERIES = 5
-# Memory for the models above what an idle server takes: room for ~10 of these small models.
-MODELS_MB = 250
+# Room for this many of the big models above what an idle server takes.
+FIT = 4.5
+
+
+def big_model(folder: Path, label: str, seed: int) -> Path:
+    archive = write_synthetic_artifact(folder / "prefix", label, BIG_GENES, hidden_units=BIG_HIDDEN, seed=seed)
+    return extract_artifact(archive, folder / "cache" / archive.name / "model")
 
 
 @pytest.fixture(scope="module")
-def budget(start_server: ServerFactory) -> dict[str, str]:
-    """A budget for the whole server (JVM, gateway, nginx, backends; charged by PSS) holding a few models only,
-    set from what an idle server takes on this machine."""
-    idle = start_server()
-    time.sleep(2)  # let the JVM settle after start-up
-    processes = [psutil.Process(idle.process.pid), *idle.descendants()] if idle.process else []
-    pss = sum(p.memory_full_info().pss for p in processes) // (1024 * 1024)
-    idle.stop()
-    return {"GENESIG_MEMORY_LIMIT_MB": str(pss + MODELS_MB), "GENESIG_MEMORY_RESERVE_MB": "0"}
+def budget(idle_pss_bytes: int, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A budget for the whole server (JVM, gateway, nginx, the pool; charged by PSS) holding a few big models."""
+    return budget_for(idle_pss_bytes, FIT, big_cost(big_model(tmp_path_factory.mktemp("sizing"), "sizing", 0)))
 
 
 def test_container_api_507_then_unload_lru_then_retry_recovers_every_time(
@@ -62,7 +61,7 @@ def test_container_api_507_then_unload_lru_then_retry_recovers_every_time(
         for i in range(200):
             if len(recoveries) == RECOVERIES:
                 break
-            model_dir = model_dirs(f"budget{i}", seed=i)
+            model_dir = model_dirs(f"budget{i}", genes=BIG_GENES, hidden_units=BIG_HIDDEN, seed=i)
             name = opaque(str(model_dir))
             refused_at, unloads = 0.0, 0
             while True:
@@ -106,8 +105,7 @@ def test_clients_through_the_local_endpoint_over_twice_the_models_that_fit_all_s
     with ModelServerClient(server.url, timeout=60) as client:
         names = []
         while True:
-            archive = write_synthetic_artifact(probe_dirs / "prefix", f"probe{fit}", GENES, seed=fit)
-            model_dir = extract_artifact(archive, probe_dirs / "cache" / str(fit) / "model")
+            model_dir = big_model(probe_dirs, f"probe{fit}", fit)
             response = client.load(opaque(str(model_dir)), str(model_dir))
             if response.status == 507:
                 break
@@ -117,7 +115,10 @@ def test_clients_through_the_local_endpoint_over_twice_the_models_that_fit_all_s
         for name in names:
             assert client.unload(name).status == 200
     prefix = tmp_path / "prefix"
-    targets = [write_synthetic_artifact(prefix, f"zipf{i}", GENES, seed=i).name for i in range(2 * fit)]
+    targets = [
+        write_synthetic_artifact(prefix, f"zipf{i}", BIG_GENES, hidden_units=BIG_HIDDEN, seed=i).name
+        for i in range(2 * fit)
+    ]
     proc, url = start_local_endpoint(prefix, server.url, tmp_path)
     statuses: Counter[str] = Counter()
     cold_s: list[float] = []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -15,16 +14,18 @@ from typing import Any
 
 import pytest
 
+from genesig.artifact import extract_artifact
 from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient
 from genesig.local_endpoint import opaque_name, runtime_client, start_local_endpoint
 from genesig.server_process import ServerProcess, free_port
 
-from .conftest import FIXTURES, ServerFactory
+from .conftest import BIG_GENES, BIG_HIDDEN, ServerFactory, big_cost, big_csv, budget_for
 
 pytestmark = pytest.mark.integration
 GENES = ["LRIG1", "HPGD", "GDF15"]
 CSV = b"Case_ID,LRIG1,HPGD,GDF15\nP1,3.2,0,11.5\n"
+BIG_CSV = big_csv()
 
 
 @pytest.fixture(scope="module")
@@ -88,33 +89,37 @@ def test_unknown_and_corrupt_targets_are_clear_and_leave_nothing_loaded(endpoint
     assert invoke(client, "sig2-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
-def capacity_server(start_server: ServerFactory, tmp_path: Path, capacity: int) -> ServerProcess:
-    """A real server whose backends refuse (MemoryError, so MMS answers 507) beyond ``capacity`` loaded models."""
-    return start_server(
-        {
-            "GENESIG_HANDLER": "capacity_handler:handle",
-            "GENESIG_TEST_TOKENS": str(tmp_path / "tokens"),
-            "GENESIG_TEST_CAPACITY": str(capacity),
-            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-        }
-    )
+@pytest.fixture(scope="module")
+def big_prefix(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four big models (genome-wide MLPs): memory pressure with a budget that holds two."""
+    folder = tmp_path_factory.mktemp("big-prefix")
+    for i in range(4):
+        write_synthetic_artifact(folder, f"big{i}", BIG_GENES, hidden_units=BIG_HIDDEN, seed=i)
+    return folder
+
+
+def pressed_server(start_server: ServerFactory, big_prefix: Path, idle_pss_bytes: int, tmp_path: Path) -> ServerProcess:
+    """A real server whose memory budget holds at most three of the four big models (fewer as the processes' heaps
+    grow): loads beyond that get 507 from admission."""
+    model_dir = extract_artifact(big_prefix / "big0-v1.tar.gz", tmp_path / "sizing")
+    return start_server(budget_for(idle_pss_bytes, 3.5, big_cost(model_dir)))
 
 
 def test_memory_pressure_evicts_lru_models_and_no_request_fails(
-    start_server: ServerFactory, prefix: Path, tmp_path: Path
+    start_server: ServerFactory, big_prefix: Path, idle_pss_bytes: int, tmp_path: Path
 ) -> None:
-    # Room for two loaded models: a third load gets 507 from the model server itself.
-    server = capacity_server(start_server, tmp_path, capacity=2)
+    server = pressed_server(start_server, big_prefix, idle_pss_bytes, tmp_path)
     # A zero-byte disk limit: only loaded models (and the one being loaded) keep their extracted files.
-    proc, url = start_local_endpoint(prefix, server.url, tmp_path, cache_max_mb=0)
+    proc, url = start_local_endpoint(big_prefix, server.url, tmp_path, cache_max_mb=0)
     try:
         client = runtime_client(url)
         for round_no in range(3):
             for i in range(4):
-                assert invoke(client, f"sig{i}-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200, round_no
+                response = invoke(client, f"big{i}-v1.tar.gz", BIG_CSV)
+                assert response["ResponseMetadata"]["HTTPStatusCode"] == 200, round_no
         metrics = ModelServerClient(url).request("GET", "/metrics").json()
         evictions = sum(m["evictions"] for m in metrics["models"].values())
-        assert evictions > 0 and metrics["LoadedModelCount"] <= 2 and metrics["ModelEvictions"] == evictions
+        assert evictions > 0 and metrics["LoadedModelCount"] <= 3 and metrics["ModelEvictions"] == evictions
         assert metrics["ModelLoads"] == metrics["LoadedModelCount"] + evictions
         cache = next(tmp_path.glob("cache-*"))
         extracted = [p for p in cache.iterdir() if p.is_dir() and (p / "model").is_dir()]
@@ -125,12 +130,12 @@ def test_memory_pressure_evicts_lru_models_and_no_request_fails(
 
 
 def test_concurrent_clients_under_memory_pressure_never_fail(
-    start_server: ServerFactory, prefix: Path, tmp_path: Path
+    start_server: ServerFactory, big_prefix: Path, idle_pss_bytes: int, tmp_path: Path
 ) -> None:
     # Several loads that get 507 at the same time must each evict a different model, and a model that is
     # answering a request is never the victim (this failed with KeyError/500 before victims were claimed).
-    server = capacity_server(start_server, tmp_path, capacity=2)
-    proc, url = start_local_endpoint(prefix, server.url, tmp_path)
+    server = pressed_server(start_server, big_prefix, idle_pss_bytes, tmp_path)
+    proc, url = start_local_endpoint(big_prefix, server.url, tmp_path)
     try:
         errors: list[str] = []
 
@@ -139,7 +144,7 @@ def test_concurrent_clients_under_memory_pressure_never_fail(
             statuses = []
             for i in range(6):
                 try:
-                    response = invoke(client, f"sig{(worker + i) % 4}-v1.tar.gz")
+                    response = invoke(client, f"big{(worker + i) % 4}-v1.tar.gz", BIG_CSV)
                     statuses.append(response["ResponseMetadata"]["HTTPStatusCode"])
                 except client.exceptions.ClientError as exc:
                     statuses.append(exc.response["ResponseMetadata"]["HTTPStatusCode"])
@@ -150,7 +155,7 @@ def test_concurrent_clients_under_memory_pressure_never_fail(
             statuses = [s for per_client in pool.map(client_run, range(6)) for s in per_client]
         metrics = ModelServerClient(url).request("GET", "/metrics").json()
         assert statuses == [200] * 36, errors
-        assert metrics["ModelEvictions"] > 0 and metrics["LoadedModelCount"] <= 2
+        assert metrics["ModelEvictions"] > 0 and metrics["LoadedModelCount"] <= 3
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)

@@ -2,70 +2,65 @@
 
 from __future__ import annotations
 
-import os
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from genesig.client import ModelServerClient
-from genesig.server_process import ServerProcess
+from genesig.container.pool import PoolPaths
 
-from .conftest import FIXTURES, ServerFactory, mms_client, opaque
+from .conftest import BIG_GENES, BIG_HIDDEN, ServerFactory, big_cost, budget_for, opaque
 
 pytestmark = pytest.mark.integration
+BIG_BODY = json.dumps({"inputs": [[1.5] * len(BIG_GENES)]}).encode()
 
 
 def test_admission_507_then_unload_lru_then_retry_succeeds(
-    start_server: ServerFactory, model_dirs: Callable[..., Path]
+    start_server: ServerFactory, model_dirs: Callable[..., Path], idle_pss_bytes: int
 ) -> None:
-    # A 1200 MB budget for the whole server (JVM + gateway + backends, charged by PSS): room for some models only.
-    server = start_server({"GENESIG_MEMORY_LIMIT_MB": "1200", "GENESIG_MEMORY_RESERVE_MB": "0"})
+    dirs = [model_dirs(f"pressure{i}", genes=BIG_GENES, hidden_units=BIG_HIDDEN, seed=i) for i in range(6)]
+    server = start_server(budget_for(idle_pss_bytes, 3.5, big_cost(dirs[0])))
     client = ModelServerClient(server.url)
-    loaded: list[tuple[str, Path]] = []
+    loaded: list[str] = []
     refused = None
-    for i in range(60):
-        model_dir = model_dirs(f"pressure{i}")
-        name = opaque(f"pressure{i}")
-        response = client.load(name, str(model_dir))
+    for model_dir in dirs:
+        response = client.load(opaque(str(model_dir)), str(model_dir))
         if response.status == 507:
-            refused = (name, model_dir, response.json())
+            refused = (opaque(str(model_dir)), model_dir, response.json())
             break
         assert response.status == 200, response.body
-        loaded.append((name, model_dir))
+        loaded.append(opaque(str(model_dir)))
     assert refused is not None, "the budget never ran out"
-    assert len(loaded) >= 2, "the budget should hold a few models"
+    assert 2 <= len(loaded) <= 4, f"a budget for three and a half held {len(loaded)}"
     name, model_dir, doc = refused
     assert doc["error"] == "insufficient_memory" and "Unload models and retry" in doc["message"]
-
     # Retrying without freeing anything is still 507 (not 409: nothing was left registered).
     assert client.load(name, str(model_dir)).status == 507
-    # SageMaker unloads the least recently used models, then retries.
-    for lru_name, _ in loaded[:2]:
-        assert client.unload(lru_name).status == 200
+    # SageMaker unloads the least recently used model and retries, until the load fits: here after one.
+    assert client.unload(loaded.pop(0)).status == 200
     response = client.load(name, str(model_dir))
     assert response.status == 200, response.body
-    assert client.invoke(name, b'{"inputs": [[1, 2, 3]]}').status == 200
-    assert client.invoke(loaded[-1][0], b'{"inputs": [[1, 2, 3]]}').status == 200, "other models unaffected"
+    assert client.invoke(name, BIG_BODY).status == 200
+    for other in loaded:
+        assert client.invoke(other, BIG_BODY).status == 200, "other models unaffected"
 
 
-def test_mms_own_507_leaves_nothing_registered(start_server: ServerFactory, model_dirs: Callable[..., Path]) -> None:
-    """MMS 1.1.11 keeps a model registered after its backend raises MemoryError; the gateway must undo that."""
-    server: ServerProcess = start_server(
-        {
-            "GENESIG_HANDLER": "oom_handler:handle",
-            "PYTHONPATH": os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
-        }
-    )
+def test_a_tiny_budget_refuses_a_large_mlp_and_leaves_nothing_half_registered(
+    start_server: ServerFactory, model_dirs: Callable[..., Path], idle_pss_bytes: int
+) -> None:
+    big = model_dirs("big-mlp", genes=BIG_GENES, hidden_units=BIG_HIDDEN, seed=7)
+    server = start_server(budget_for(idle_pss_bytes, 0.5, big_cost(big)))
     client = ModelServerClient(server.url)
-    model_dir = model_dirs("oom")
-    marker = model_dir / "FORCE_MEMORY_ERROR"
-    marker.touch()
-    name = opaque("oom")
-    first = client.load(name, str(model_dir))
-    assert first.status == 507 and first.json()["error"] == "insufficient_memory"
-    assert mms_client(server).describe(name).status == 404, "still registered inside MMS"
-    assert client.load(name, str(model_dir)).status == 507, "a retry must not get 409"
-    marker.unlink()
-    assert client.load(name, str(model_dir)).status == 200
-    assert client.invoke(name, b'{"inputs": [[1, 2, 3]]}').status == 200
+    first = client.load("big", str(big))
+    assert first.status == 507 and first.json()["error"] == "insufficient_memory", first.body
+    assert first.json()["detail"]["needed_bytes"] == big_cost(big)
+    pool = PoolPaths.under(server.state_dir)
+    assert list(pool.entries.iterdir()) == [] and list(pool.accept.iterdir()) == [], "nothing half-registered"
+    assert client.list().json()["models"] == []
+    assert client.invoke("big", BIG_BODY).status == 404
+    assert client.load("big", str(big)).status == 507, "a retry must not get 409"
+    small = model_dirs("small")
+    assert client.load("small", str(small)).status == 200, "small models still fit"
+    assert client.invoke("small", b'{"inputs": [[1, 2, 3]]}').status == 200

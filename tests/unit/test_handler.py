@@ -1,37 +1,55 @@
-"""The MMS adapter, driven through MMS's own Context class exactly as a model backend calls it."""
+"""The MMS adapter, driven through MMS's own Context class exactly as a pool worker calls it: the pool loaded once,
+signatures named per request, opened on first use from the entries the gateway writes."""
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from mms.context import Context, RequestProcessor
 
-from genesig.artifact import load_model_dir
+from genesig.artifact import load_model_dir, read_manifest
 from genesig.artifact.manifest import WEIGHTS_FILENAME
 from genesig.container import handler
-from genesig.errors import ArtifactError
+from genesig.container.pool import MODEL_HEADER, POOL_MODEL, Entry, PoolPaths, PoolRegistry
+
+NAME = "0f3a9c"
 
 
-def mms_context(model_dir: Path) -> Context:
-    return Context("0f3a9c", str(model_dir), None, 1, None, "1.1.11")
+def pool_context(state: Path) -> Context:
+    return Context(POOL_MODEL, str(PoolPaths.under(state).model_dir), None, 1, None, "1.1.11")
 
 
-def invoke(context: Context, body: bytes | None, headers: dict[str, str]) -> tuple[int, str, bytes]:
-    context.request_processor = [RequestProcessor(headers)]
+def invoke(context: Context, body: bytes | None, headers: dict[str, str], name: str = NAME) -> tuple[int, str, bytes]:
+    context.request_processor = [RequestProcessor({MODEL_HEADER: name, **headers})]
     item = {} if body is None else {"body": body}
     [payload] = handler.handle([item], context)  # type: ignore[misc]
     processor = context.request_processor[0]
     return processor.get_response_status_code(), context.get_response_content_type(0), payload
 
 
+def register(registry: PoolRegistry, name: str, model_dir: Path) -> None:
+    manifest = read_manifest(model_dir)
+    entry = Entry(registry.new_load_id(), name, str(model_dir), manifest.name, manifest.version, 1)
+    registry.write_entry(entry)
+
+
 @pytest.fixture
-def loaded(make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch) -> Context:
+def registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[PoolRegistry]:
+    monkeypatch.setenv("GENESIG_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setenv("GENESIG_MAX_ROWS", "5")
-    context = mms_context(make_model_dir("metagene_19", seed=2))
+    registry = PoolRegistry(PoolPaths.under(tmp_path / "state"))
+    yield registry
+    registry.close()
+
+
+@pytest.fixture
+def loaded(registry: PoolRegistry, make_model_dir: Callable[..., Path], tmp_path: Path) -> Context:
+    register(registry, NAME, make_model_dir("metagene_19", seed=2))
+    context = pool_context(tmp_path / "state")
     assert handler.handle(None, context) is None
     return context
 
@@ -39,7 +57,9 @@ def loaded(make_model_dir: Callable[..., Path], monkeypatch: pytest.MonkeyPatch)
 def test_load_then_predict_matches_the_artifact(loaded: Context) -> None:
     status, content_type, payload = invoke(loaded, b'{"inputs": [[1.5, 0, 7]]}', {"Content-Type": "application/json"})
     assert (status, content_type) == (200, "application/json")
-    expected = load_model_dir(Path(loaded.system_properties["model_dir"])).predict([[1.5, 0, 7]])  # type: ignore[arg-type]
+    entry = handler._worker.view.entry(NAME)  # type: ignore[union-attr]
+    assert entry is not None
+    expected = load_model_dir(Path(entry.url)).predict([[1.5, 0, 7]])  # type: ignore[arg-type]
     assert json.loads(payload)["predictions"][0]["probability"] == expected.values[0]
 
 
@@ -97,8 +117,47 @@ def test_logs_name_the_model_and_never_the_values(loaded: Context, caplog: pytes
     assert "123.456" not in caplog.text and "987.654" not in caplog.text
 
 
-def test_a_corrupt_artifact_fails_the_load(make_model_dir: Callable[..., Path]) -> None:
+def test_a_signature_is_opened_once_per_worker_and_unknown_names_are_404(
+    loaded: Context, registry: PoolRegistry, make_model_dir: Callable[..., Path]
+) -> None:
+    assert invoke(loaded, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"})[0] == 200
+    opened = handler._worker.models[NAME]  # type: ignore[union-attr]
+    assert invoke(loaded, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"})[0] == 200
+    assert handler._worker.models[NAME] is opened  # type: ignore[union-attr]
+    status, _, payload = invoke(loaded, b"{}", {"Content-Type": "application/json"}, name="never-loaded")
+    assert (status, json.loads(payload)["error"]) == (404, "model_not_found")
+    status, _, payload = invoke(loaded, b"{}", {"Content-Type": "application/json"}, name="")
+    assert status == 400 and MODEL_HEADER in json.loads(payload)["message"]
+    # Another signature in the same worker; then the first is removed: the worker drops it on its next request.
+    register(registry, "other", make_model_dir("metagene_10", seed=3))
+    assert invoke(loaded, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"}, name="other")[0] == 200
+    registry.remove_entries([NAME])
+    assert invoke(loaded, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"}, name="other")[0] == 200
+    assert set(handler._worker.models) == {"other"}  # type: ignore[union-attr]
+    assert invoke(loaded, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"})[0] == 404
+
+
+def test_a_percent_encoded_name_is_decoded(
+    registry: PoolRegistry, make_model_dir: Callable[..., Path], tmp_path: Path
+) -> None:
+    register(registry, "odd name é", make_model_dir())
+    context = pool_context(tmp_path / "state")
+    handler.handle(None, context)
+    assert (
+        invoke(context, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"}, "odd%20name%20%C3%A9")[0]
+        == 200
+    )
+
+
+def test_a_corrupt_artifact_is_a_422_for_its_requests_only(
+    registry: PoolRegistry, make_model_dir: Callable[..., Path], tmp_path: Path
+) -> None:
     model_dir = make_model_dir("broken")
+    register(registry, "broken", model_dir)
+    register(registry, NAME, make_model_dir("metagene_19", seed=2))
     (model_dir / WEIGHTS_FILENAME).write_bytes(b"garbage")
-    with pytest.raises(ArtifactError, match="sha256"):
-        handler.handle(None, mms_context(model_dir))
+    context = pool_context(tmp_path / "state")
+    handler.handle(None, context)
+    status, _, payload = invoke(context, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"}, "broken")
+    assert (status, json.loads(payload)["error"]) == (422, "invalid_artifact")
+    assert invoke(context, b'{"inputs": [[1, 2, 3]]}', {"Content-Type": "application/json"})[0] == 200

@@ -13,7 +13,7 @@ import csv
 import io
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -130,6 +130,17 @@ def _to_matrix(rows: list[list[Any]], genes: Sequence[str]) -> np.ndarray:
         return np.array([[_number(v, r, genes[c]) for c, v in enumerate(row)] for r, row in enumerate(rows)])
 
 
+def _case_hint(missing: Sequence[str], sent: Iterable[Any]) -> str:
+    """A hint when columns that were sent match missing genes except for case (gene names are matched exactly)."""
+    by_lower = {str(name).strip().lower(): str(name).strip() for name in sent}
+    pairs = [(by_lower[g.lower()], g) for g in missing if g.lower() in by_lower]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"{sent_name} → {gene}" for sent_name, gene in pairs[:10])
+    more = f" and {len(pairs) - 10} more" if len(pairs) > 10 else ""
+    return f". Gene names are case-sensitive; rename the columns that differ only in case: {shown}{more}"
+
+
 def _column_index(
     header: Sequence[Any], genes: Sequence[str], id_columns: Sequence[str]
 ) -> tuple[list[int], int | None]:
@@ -144,7 +155,8 @@ def _column_index(
     missing = [g for g in genes if g not in position]
     if missing:
         raise BadRequest(
-            f"missing {len(missing)} of the model's {len(genes)} genes: {', '.join(missing)}",
+            f"missing {len(missing)} of the model's {len(genes)} genes: {', '.join(missing)}"
+            + _case_hint(missing, names),
             detail={"missing_genes": missing, "expected_genes": list(genes)},
         )
     id_index = next((position[c] for c in id_columns if c in position), None)
@@ -210,7 +222,7 @@ def _decode_records(
         first_row = next(r for r, rec in enumerate(records) if missing[0] not in rec)
         raise BadRequest(
             f"missing {len(missing)} of the model's {len(genes)} genes (first in row {first_row}): "
-            f"{', '.join(missing)}",
+            f"{', '.join(missing)}" + _case_hint(missing, records[first_row]),
             detail={"missing_genes": missing, "expected_genes": list(genes)},
         )
     rows = [[rec[g] for g in genes] for rec in records]

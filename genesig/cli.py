@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,9 +69,9 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     from genesig.presentation import RunProgress, render_summary
 
     options = _run_options(args)
-    with RunProgress() as progress:
+    with RunProgress(enabled=not args.quiet) as progress:
         summary = run_local(options, on_result=progress.advance, on_start=progress.start)
-    render_summary(summary)
+    render_summary(summary, quiet=args.quiet)
     failed = [r for r in summary.results if r.status == "failed"]
     return 1 if failed and len(failed) == len(summary.results) else 0
 
@@ -146,7 +147,10 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
 
     server: ServerProcess | ContainerServer | None = None
     url = args.model_server_url
+    made: list[Path] = []  # temporary folders this command created, removed when it stops
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="genesig-model-cache-"))
+    if args.cache_dir is None:
+        made.append(cache)
     url_root = args.model_url_root
     if args.image and url:
         raise GenesigError("give --image or --model-server-url, not both")
@@ -156,6 +160,7 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
         logger.info("started %s at %s; the model cache %s is its %s", args.image, url, cache, url_root)
     elif not url:
         state = Path(tempfile.mkdtemp(prefix="genesig-local-endpoint-"))
+        made.append(state)
         server = ServerProcess(state / "model-server").start()
         url = server.url
         logger.info("started a model server at %s (logs: %s)", url, server.log_path)
@@ -186,6 +191,8 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 
@@ -200,9 +207,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         seed=args.seed,
         keep_running=args.keep_running,
         on_summary=render_summary,
+        on_result=lambda result: render_demo(result, str(args.workdir)),  # before --keep-running waits
         image=args.image,
     )
-    render_demo(result, str(args.workdir))
     return 0 if result.predictions else 1
 
 
@@ -229,12 +236,22 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     add_arguments(parser, GateSettings)
     parser.add_argument("--approve", action="store_true", help="register passing models as Approved (and deploy)")
     parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bar or table: one line of counts (the table is in summary.csv)",
+    )
+    parser.add_argument(
         "--jobs", type=int, default=1, help="signatures trained in parallel, one process each (0: one per CPU)"
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="genesig", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="genesig",
+        description="Train, gate, register and serve one cancer-survival model per gene signature, every signature "
+        "behind one SageMaker multi-model endpoint. Start with `genesig demo`; `genesig COMMAND --help` for each "
+        "command.",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -345,6 +362,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Which set-up provides a module a command imports late (scripts/bootstrap.sh's modes, pyproject's extras).
+EXTRA_OF_MODULE = {
+    "sagemaker": "pipeline",
+    "boto3": "pipeline",
+    "botocore": "pipeline",
+    **dict.fromkeys(("torch", "pandas", "pyarrow", "sklearn", "scipy", "matplotlib", "rich", "threadpoolctl"), "train"),
+    **dict.fromkeys(("mms", "sagemaker_inference", "aiohttp", "uvloop", "psutil"), "serve"),
+}
+
+
+def missing_extra_message(exc: ModuleNotFoundError) -> str:
+    """One line for a command whose extra is not installed: which one, and how to install it."""
+    module = (exc.name or "").split(".")[0]
+    extra = EXTRA_OF_MODULE.get(module)
+    if extra is None:
+        return f"{exc}: the installation is incomplete; run scripts/bootstrap.sh dev (or reinstall genesig-mme)"
+    return (
+        f"this command needs the `{extra}` set-up ({module} is not installed): run scripts/bootstrap.sh {extra}, "
+        f"or pip install 'genesig-mme[{extra}]'"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -353,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except GenesigError as exc:
         logger.error("%s", exc.message)
+        return 2
+    except ModuleNotFoundError as exc:
+        logger.error("%s", missing_extra_message(exc))
         return 2
     except KeyboardInterrupt:
         return 130

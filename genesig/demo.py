@@ -8,6 +8,7 @@ patients, show what a request with missing genes gets, and stop every process it
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import shutil
@@ -34,6 +35,7 @@ class DemoResult:
     predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     bad_request: dict[str, Any] = field(default_factory=dict)
     endpoint_metrics: dict[str, Any] = field(default_factory=dict)
+    patients: dict[str, str] = field(default_factory=dict)  # the example input file and the model it is for
 
 
 def _sample_rows(workdir: Path, name: str, n: int) -> bytes:
@@ -43,29 +45,39 @@ def _sample_rows(workdir: Path, name: str, n: int) -> bytes:
     return test[[prepared["id_column"], *prepared["genes"]]].head(n).to_csv(index=False).encode()
 
 
+def _without_genes(rows: bytes, count: int) -> tuple[bytes, list[str]]:
+    """The same patients with the last ``count`` gene columns left out (at least one gene stays when there are two
+    or more), and the genes left out."""
+    frame = pd.read_csv(io.BytesIO(rows), dtype=str)
+    genes = list(frame.columns[1:])
+    dropped = genes[-min(count, max(1, len(genes) - 1)) :]
+    return frame.drop(columns=dropped).to_csv(index=False).encode(), dropped
+
+
 def invoke_deployed(url: str, workdir: Path, summary: Any, patients: int = 3) -> DemoResult:
+    """Invoke every deployed signature with held-out patients, and the first one once more without two of its genes.
+    The first signature's patients are written to ``workdir/patients.csv`` for the commands the demo suggests."""
     runtime = runtime_client(url)
     result = DemoResult(summary=summary)
-    for row in summary.results:
-        if not row.deployed:
-            continue
+    deployed = [r for r in summary.results if r.deployed]
+    for row in deployed:
+        rows = _sample_rows(workdir, row.name, patients)
         response = runtime.invoke_endpoint(
-            EndpointName="demo",
-            TargetModel=row.deployed,
-            ContentType="text/csv",
-            Accept="application/json",
-            Body=_sample_rows(workdir, row.name, patients),
+            EndpointName="demo", TargetModel=row.deployed, ContentType="text/csv", Accept="application/json", Body=rows
         )
         result.predictions[row.deployed] = json.loads(response["Body"].read())["predictions"]
-    deployed = [r.deployed for r in summary.results if r.deployed]
     if deployed:
+        first = deployed[0]
+        rows = _sample_rows(workdir, first.name, patients)
+        (workdir / "patients.csv").write_bytes(rows)
+        result.patients = {"target": first.deployed, "path": str(workdir / "patients.csv")}
+        body, dropped = _without_genes(rows, 2)
         try:
-            runtime.invoke_endpoint(
-                EndpointName="demo", TargetModel=deployed[0], ContentType="text/csv", Body=b"Case_ID,LRIG1\nP1,3.2\n"
-            )
+            runtime.invoke_endpoint(EndpointName="demo", TargetModel=first.deployed, ContentType="text/csv", Body=body)
         except runtime.exceptions.ModelError as exc:
             result.bad_request = {
-                "target": deployed[0],
+                "target": first.deployed,
+                "dropped": dropped,
                 "status": exc.response.get("OriginalStatusCode"),
                 "message": json.loads(exc.response.get("OriginalMessage", "{}")).get("message"),
             }
@@ -82,6 +94,7 @@ def run_demo(
     seed: int = 0,
     keep_running: bool = False,
     on_summary: Any = None,
+    on_result: Any = None,
     image: str | None = None,
 ) -> DemoResult:
     from genesig.pipeline.run import RunOptions, run_local
@@ -116,6 +129,8 @@ def run_demo(
     try:
         endpoint, url = start_local_endpoint(prefix, server.url, workdir, cache_dir=cache, model_url_root=url_root)
         result = invoke_deployed(url, workdir, summary)
+        if on_result:
+            on_result(result)
         if keep_running:
             _wait_for_interrupt(url, server.url, result)
         return result
@@ -129,17 +144,20 @@ def run_demo(
 
 
 def _wait_for_interrupt(url: str, server_url: str, result: DemoResult) -> None:
-    target = next(iter(result.predictions), "<name>-v1.tar.gz")
+    target = result.patients.get("target", "<name>-v1.tar.gz")
+    patients = result.patients.get("path", "patients.csv")
     logger.info(
         "the endpoint stays up until Ctrl-C. Try:\n"
-        "  genesig predict --target-model %s --input patients.csv --endpoint demo --runtime-endpoint-url %s\n"
+        "  genesig predict --target-model %s --input %s --endpoint demo --url %s\n"
         "  curl -s %s/endpoints/demo/invocations -H 'X-Amzn-SageMaker-Target-Model: %s' "
-        "-H 'Content-Type: text/csv' --data-binary @patients.csv\n"
+        "-H 'Content-Type: text/csv' --data-binary @%s\n"
         "  curl -s %s/metrics     # endpoint metrics;  %s/models  # the model server",
         target,
+        patients,
         url,
         url,
         target,
+        patients,
         url,
         server_url,
     )

@@ -38,6 +38,8 @@ MAX_LOAD_ATTEMPTS = 12
 # A load refused for memory with no other model to unload is retried this many times (the server's memory may be
 # held a moment by requests in flight), then refused to the caller.
 ALONE_ATTEMPTS = 3
+# SageMaker Runtime refuses real-time invocation bodies over 6 MB itself (HTTP 413, before the container sees them).
+MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 INVOKE_ATTEMPTS = 5
 # Timings kept per model for the medians: the most recent ones, so a long-running endpoint stays bounded.
 TIMING_WINDOW = 1024
@@ -61,7 +63,7 @@ class EndpointError(GenesigError):
             status=self.status,
             body=msgspec.json.encode(body),
             content_type="application/json",
-            headers={"x-amzn-ErrorType": self.error_type},
+            headers={"x-amzn-ErrorType": self.error_type} if self.error_type else None,
         )
 
 
@@ -433,7 +435,7 @@ class LocalEndpoint:
 
     # --- HTTP ---------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=7 * 1024 * 1024)
+        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.close)
         app.router.add_post("/endpoints/{endpoint}/invocations", self._invocations)
@@ -444,9 +446,17 @@ class LocalEndpoint:
     async def _invocations(self, request: web.Request) -> web.Response:
         try:
             target = check_target(request.headers.get("X-Amzn-SageMaker-Target-Model"))
-            return await self.invoke(
-                target, await request.read(), request.headers.get("Content-Type"), request.headers.get("Accept")
-            )
+            if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
+                raise web.HTTPRequestEntityTooLarge(max_size=MAX_PAYLOAD_BYTES, actual_size=request.content_length or 0)
+            body = await request.read()
+            return await self.invoke(target, body, request.headers.get("Content-Type"), request.headers.get("Accept"))
+        except web.HTTPRequestEntityTooLarge:
+            # As SageMaker answers it: a bare 413 (botocore's error code "413"), nothing sent to the container.
+            return EndpointError(
+                413,
+                "",
+                f"HTTP content length exceeded {MAX_PAYLOAD_BYTES} bytes; send fewer rows per request",
+            ).response()
         except EndpointError as exc:
             return exc.response()
         except Exception:

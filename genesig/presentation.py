@@ -7,6 +7,7 @@ from collections import Counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
@@ -32,7 +33,8 @@ STATUS_COLOURS = {
 
 
 class RunProgress:
-    def __init__(self) -> None:
+    def __init__(self, *, enabled: bool = True) -> None:
+        self.enabled = enabled
         self._progress: Progress | None = None
         self._task: TaskID | None = None
 
@@ -40,7 +42,7 @@ class RunProgress:
         return self
 
     def start(self, total: int) -> None:
-        if total >= PROGRESS_FROM:
+        if self.enabled and total >= PROGRESS_FROM:
             self._progress = Progress(
                 TextColumn("signatures"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=console
             )
@@ -60,49 +62,78 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def render_summary(summary: RunSummary) -> None:
-    table = Table(title=f"genesig run-local: gate {summary.gate_on} >= {summary.threshold}", title_justify="left")
-    for column in (
-        "signature",
-        "genes",
-        "train/test",
-        "metric",
-        "CV mean [95% interval]",
-        "test",
-        "gate",
-        "package",
-        "deployed as",
-    ):
-        table.add_column(column, overflow="fold", no_wrap=column in ("signature", "deployed as"))
-    notes = []
-    for r in summary.results:
-        genes = f"{len(r.genes)}" + (f" ({len(r.missing_genes)} missing)" if r.missing_genes else "")
+OUTCOME_STYLES = {"passed": "green", "below threshold": "yellow", "skipped": "dim", "error": "red"}
+# Notes (why a signature was skipped or failed) printed before the rest are counted.
+MAX_NOTES = 8
+# Signatures shown, by metric, when a run is too large for its whole table.
+TOP_ROWS = 15
+# What the run table's columns other than the name take (no vertical rules): the name gets the rest of the line.
+OTHER_COLUMNS_WIDTH = 100
+
+
+def shorten(name: str, width: int = 60) -> str:
+    """``name`` in at most ``width`` characters, cut in the middle: gene-set names differ at both ends (the words, and
+    an identifier such as GO_0006103 at the end)."""
+    if len(name) <= width:
+        return name
+    head = (width - 1) // 2
+    return name[:head] + "…" + name[len(name) - (width - 1 - head) :]
+
+
+def _package(r: SignatureResult) -> str:
+    if not r.version:
+        return "-"
+    state = "deployed" if r.deployed else (r.approval_status or "").replace("PendingManualApproval", "pending").lower()
+    return f"v{r.version} {state}"
+
+
+def _run_table(rows: list[SignatureResult], title: str) -> Table:
+    width = max(20, console.width - OTHER_COLUMNS_WIDTH)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("signature", "genes", "train/test", "metric", "CV mean [95% CI]", "test", "outcome", "package"):
+        table.add_column(column, no_wrap=True)
+    for r in rows:
+        genes = f"{len(r.genes)}" + (f" (-{len(r.missing_genes)})" if r.missing_genes else "")
+        outcome = f"[{OUTCOME_STYLES[r.outcome]}]{r.outcome}[/]"
+        name = shorten(r.signature, width)
         if r.status != "done":
-            table.add_row(r.signature, genes, "-", "-", "-", "-", f"[yellow]{r.status}[/]", "-", "-")
-            notes.append(f"{r.signature}: {r.reason}")
+            table.add_row(name, genes, "-", "-", "-", "-", outcome, "-")
             continue
         interval = f"{_fmt(r.cv_mean)} [{_fmt(r.cv_interval[0])}, {_fmt(r.cv_interval[1])}]" if r.cv_interval else "-"
-        verdict = "[green]passed[/]" if r.passed else "[red]failed[/]"
-        package = f"v{r.version} {r.approval_status}" if r.version else "-"
         table.add_row(
-            r.signature,
-            genes,
-            f"{r.n_train}/{r.n_test}",
-            r.metric,
-            interval,
-            _fmt(r.test_value),
-            verdict,
-            package,
-            r.deployed or "-",
+            name, genes, f"{r.n_train}/{r.n_test}", r.metric, interval, _fmt(r.test_value), outcome, _package(r)
         )
-    console.print(table)
-    for note in notes:
-        console.print(f"  {note}", highlight=False)
-    passed = sum(r.passed for r in summary.results)
+    return table
+
+
+def render_summary(summary: RunSummary, *, quiet: bool = False) -> None:
+    """The run's result on the terminal: the whole table for a small run; for a large one the counts by outcome and
+    the top signatures by metric. The full table is always in the run's summary.csv. ``quiet``: the counts only."""
+    results = summary.results
+    counts = Counter(r.outcome for r in results)
+    where = f"{summary.workdir}/summary.csv"
+    if not quiet:
+        title = f"genesig run-local: gate {summary.gate_on} >= {summary.threshold}"
+        if len(results) <= MAX_ROWS:
+            console.print(_run_table(results, title))
+        else:
+            done = sorted((r for r in results if r.cv_mean is not None), key=lambda r: -(r.cv_mean or 0.0))
+            console.print(_run_table(done[:TOP_ROWS], f"{title}: the top {TOP_ROWS} of {len(results)} by CV mean"))
+        notes = [r for r in results if r.outcome in ("skipped", "error")]
+        for r in notes[:MAX_NOTES]:
+            console.print(f"  {r.outcome}: {r.signature}: {r.reason}", highlight=False, markup=False)
+        if len(notes) > MAX_NOTES:
+            console.print(
+                f"  … and {len(notes) - MAX_NOTES} more skipped or in error (reasons in {where})",
+                highlight=False,
+                markup=False,
+            )
+    outcomes = ", ".join(f"{counts[o]} {o}" for o in OUTCOME_STYLES if counts[o])
     console.print(
-        f"{passed} of {len(summary.results)} signatures passed the gate; reasons and reports in "
-        f"{summary.workdir}/summary.json",
+        f"{len(results)} signatures: {outcomes}. Every signature with its reason: {where}; reports and models: "
+        f"{summary.workdir}/signatures/",
         highlight=False,
+        markup=False,
     )
 
 
@@ -151,9 +182,12 @@ def render_demo(result: Any, workdir: str) -> None:
     console.print(table)
     if result.bad_request:
         bad = result.bad_request
+        left_out = bad.get("dropped", [])
         console.print(
-            f"A request to {bad['target']} without two of its genes got {bad['status']}: {bad['message']}",
+            f"A request to {bad['target']} without {len(left_out)} of its genes ({', '.join(left_out)}) got "
+            f"{bad['status']}: {bad['message']}",
             highlight=False,
+            markup=False,
         )
     metrics = result.endpoint_metrics
     console.print(
@@ -244,11 +278,6 @@ def render_aws_packages(packages: list[dict[str, Any]]) -> None:
             str(p.get("CreationTime", "")),
         )
     console.print(table)
-
-
-def shorten(name: str, width: int = 60) -> str:
-    """Long names (GO terms) cut with an ellipsis, so the other columns keep their width."""
-    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def render_plan(estimate: dict[str, Any]) -> None:

@@ -300,18 +300,63 @@ def _endpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def is_local_endpoint(url: str | None) -> bool:
+    """A `genesig local-endpoint` (or any SageMaker Runtime stand-in) on this machine: no AWS account is involved."""
+    if not url:
+        return False
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def _local_target_model(workdir: Path, signature: str, version: int | None) -> str:
+    """The TargetModel of a signature in the local registry (``run-local``'s): its latest Approved version's artifact
+    name, or an explicit version's."""
+    from genesig.errors import ModelNotFound
+    from genesig.pipeline.names import artifact_name
+    from genesig.pipeline.registry import LocalRegistry
+
+    root = workdir / "registry"
+    if not root.is_dir():
+        raise DataError(f"no local registry in {workdir}: pass --workdir, the folder `genesig run-local` wrote")
+    registry, group = LocalRegistry(root), artifact_name(signature)
+    if version is not None:
+        return registry.describe_model_package(group, version).artifact_name
+    package = registry.latest_approved(group)
+    if package is None:
+        raise ModelNotFound(
+            f"signature {signature!r} has no Approved version in {root}; approve one "
+            f"(genesig registry approve {group} VERSION --workdir {workdir})"
+        )
+    return package.artifact_name
+
+
 def _predict(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker_endpoint import predict
-    from genesig.pipeline.sagemaker_registry import resolve_target_model
 
     if not args.input.is_file():
         raise DataError(f"input file {args.input} does not exist")
     if bool(args.signature) == bool(args.target_model):
         raise DataError("give either --signature (with an optional --version) or --target-model")
-    sm, runtime = _clients(args, "sagemaker", "sagemaker-runtime")
-    target = args.target_model or resolve_target_model(sm, args.signature, args.version)
-    accept = "text/csv" if args.out and args.out.suffix == ".csv" else "application/json"
-    body = predict(runtime, args.endpoint, target, args.input.read_bytes(), "text/csv", accept)
+    content_type = {".csv": "text/csv", ".json": "application/json"}.get(args.input.suffix.lower())
+    if content_type is None:
+        raise DataError(f"--input {args.input}: name a .csv (a header of gene names) or a .json file (see the README)")
+    if args.out and args.out.suffix.lower() not in (".csv", ".json"):
+        raise DataError(f"--out {args.out}: name a .csv or a .json file (the answer's format follows the suffix)")
+    if is_local_endpoint(args.runtime_endpoint_url):
+        # A local endpoint needs no AWS region or credentials (boto3 signs anyway: harmless ones are supplied), and
+        # signatures resolve in the local registry.
+        from genesig.local_endpoint import runtime_client
+
+        runtime = runtime_client(args.runtime_endpoint_url)
+        target = args.target_model or _local_target_model(args.workdir, args.signature, args.version)
+    else:
+        from genesig.pipeline.sagemaker_registry import resolve_target_model
+
+        sm, runtime = _clients(args, "sagemaker", "sagemaker-runtime")
+        target = args.target_model or resolve_target_model(sm, args.signature, args.version)
+    accept = "text/csv" if args.out and args.out.suffix.lower() == ".csv" else "application/json"
+    body = predict(runtime, args.endpoint, target, args.input.read_bytes(), content_type, accept)
     if args.out:
         args.out.write_bytes(body)
         logger.info("%s: wrote %s", target, args.out)
@@ -440,8 +485,16 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     predict.add_argument("--signature", help="resolved to its latest Approved artifact name")
     predict.add_argument("--version", type=int, help="an explicit model version instead of the latest Approved")
     predict.add_argument("--target-model", help="an explicit artifact name, e.g. metagene_19-v3.tar.gz")
-    predict.add_argument("--input", type=Path, required=True, help="CSV with a header of gene names")
+    predict.add_argument(
+        "--input", type=Path, required=True, help="patients: .csv with a header of gene names, or .json (any format)"
+    )
     predict.add_argument("--endpoint", required=True)
     predict.add_argument("--out", type=Path, help="write the answer (.csv or .json) instead of a table")
+    predict.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("genesig-work"),
+        help="with a local endpoint: the local registry --signature resolves in (default ./genesig-work)",
+    )
     add_aws_arguments(predict)
     predict.set_defaults(func=_predict)

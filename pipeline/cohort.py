@@ -180,6 +180,20 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise DataError(f"{path.name}: unsupported data file type {suffix!r}; use .csv, .tsv or .parquet")
 
 
+def _closest_columns(absent: list[str], present: list[str]) -> str:
+    """``; did you mean X?`` for each absent column with a close match among the file's (case, spelling): the file's
+    first columns alone rarely show the one meant."""
+    import difflib
+
+    lower = {c.lower(): c for c in present}
+    guesses = []
+    for name in absent:
+        match = lower.get(name.lower()) or next(iter(difflib.get_close_matches(name, present, n=1, cutoff=0.75)), None)
+        if match:
+            guesses.append(f"{match} for {name}")
+    return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
+
 def read_cohort(path: Path, columns: CohortColumns | None = None, *, min_events: int = 10) -> Cohort:
     """Read and validate a cohort file; every problem is reported with the file line and patient id."""
     columns = columns or CohortColumns()
@@ -191,9 +205,9 @@ def read_cohort(path: Path, columns: CohortColumns | None = None, *, min_events:
     absent = [c for c in needed if c not in table.columns]
     if absent:
         raise DataError(
-            f"{source}: missing column(s) {', '.join(absent)}; the file has {', '.join(table.columns[:8])}"
-            f"{'...' if len(table.columns) > 8 else ''} (set the column names with --id-column, --event-column,"
-            " --time-column)"
+            f"{source}: missing column(s) {', '.join(absent)}{_closest_columns(absent, list(table.columns))}; "
+            f"the file has {len(table.columns)} columns, the first {', '.join(table.columns[:8])} (set the column "
+            "names with --id-column, --event-column, --time-column)"
         )
     if table.empty:
         raise DataError(f"{source}: no patient rows")

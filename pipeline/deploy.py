@@ -55,7 +55,7 @@ def deploy_package(package: ModelPackage, prefix: Path) -> Deployment:
         if sha256_file(target) != package.sha256:
             raise Conflict(f"{target} was published concurrently with different content") from None
         return Deployment(package.group, package.version, package.artifact_name, "already deployed")
-    logger.info("deployed %s/%d as %s", package.group, package.version, package.artifact_name)
+    logger.debug("deployed %s/%d as %s", package.group, package.version, package.artifact_name)
     return Deployment(package.group, package.version, package.artifact_name, "copied")
 
 

@@ -7,6 +7,7 @@ re-run on the same data and settings trains the same weights and registers nothi
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import multiprocessing
@@ -88,6 +89,13 @@ class SignatureResult:
     artifact: str | None = None
     seconds: float = 0.0
 
+    @property
+    def outcome(self) -> str:
+        """What became of it, in the words of the report: passed, below threshold, skipped or error."""
+        if self.status == "done":
+            return "passed" if self.passed else "below threshold"
+        return "skipped" if self.status == "skipped" else "error"
+
     @classmethod
     def of(cls, matched: MatchedSignature, status: str, reason: str = "") -> SignatureResult:
         return cls(
@@ -109,7 +117,62 @@ class RunSummary:
     results: list[SignatureResult]
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        doc = asdict(self)
+        for row, result in zip(doc["results"], self.results, strict=True):
+            row["outcome"] = result.outcome
+        return doc
+
+    def write(self, folder: Path) -> None:
+        """``summary.json`` (everything) and ``summary.csv`` (the full table, a row per signature) in ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "summary.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        with open(folder / "summary.csv", "w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(SUMMARY_COLUMNS)
+            for r in self.results:
+                low, high = r.cv_interval or (None, None)
+                writer.writerow(
+                    [
+                        r.signature,
+                        r.name,
+                        r.outcome,
+                        r.reason,
+                        len(r.genes),
+                        len(r.missing_genes),
+                        r.metric,
+                        r.n_train,
+                        r.n_test,
+                        r.cv_mean,
+                        low,
+                        high,
+                        r.test_value,
+                        r.version,
+                        r.approval_status,
+                        r.deployed,
+                        r.report,
+                    ]
+                )
+
+
+SUMMARY_COLUMNS = (
+    "signature",
+    "artifact_name",
+    "outcome",
+    "reason",
+    "genes_in_data",
+    "genes_missing",
+    "metric",
+    "n_train",
+    "n_test",
+    "cv_mean",
+    "cv_low",
+    "cv_high",
+    "test",
+    "version",
+    "approval_status",
+    "deployed_as",
+    "report",
+)
 
 
 def load_signatures(path: Path | None) -> list[GeneSignature]:
@@ -326,6 +389,5 @@ def run_local(
         gate_on=options.gate.gate_on,
         results=results,
     )
-    options.workdir.mkdir(parents=True, exist_ok=True)
-    (options.workdir / "summary.json").write_text(json.dumps(summary.to_json(), indent=2) + "\n")
+    summary.write(options.workdir)
     return summary

@@ -119,15 +119,8 @@ def import_sdk() -> None:
     """Import the SDK with its environment set; a missing ``pipeline`` extra is one clear line."""
     _sdk_environment()
     logging.getLogger("sagemaker.core.workflow.utilities").addFilter(_drop_job_name_notice)
-    try:
-        import sagemaker.mlops.workflow.pipeline  # noqa: F401
-    except ImportError:
-        from genesig.errors import GenesigError
-
-        raise GenesigError(
-            "the SageMaker Pipeline needs the SageMaker Python SDK: install the pipeline extra "
-            "(scripts/bootstrap.sh dev, or pip install 'genesig-mme[pipeline]')"
-        ) from None
+    # Without the SDK this raises ModuleNotFoundError, which the CLI turns into one line naming the extra.
+    import sagemaker.mlops.workflow.pipeline  # noqa: F401
 
 
 @dataclass

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,6 +76,22 @@ def test_model_errors_arrive_as_sagemaker_model_error(endpoint: tuple[str, Serve
         invoke(client, "sig1-v1.tar.gz", b"LRIG1\n1\n")
     error = info.value.response
     assert error["OriginalStatusCode"] == 400 and "HPGD, GDF15" in error["OriginalMessage"]
+
+
+def test_statuses_pass_through_as_sagemaker_answers_them(endpoint: tuple[str, ServerProcess]) -> None:
+    """Over 6 MB SageMaker itself answers 413; under it the container's own 4xx (here its 413 for too many rows)
+    arrives as a ModelError carrying it. The endpoint keeps serving."""
+    from botocore.exceptions import ClientError
+
+    client = runtime_client(endpoint[0])
+    with pytest.raises(ClientError) as info:
+        invoke(client, "sig1-v1.tar.gz", b"LRIG1,HPGD,GDF15\n" + b"1,2,3\n" * 1_400_000)  # 8.4 MB
+    assert info.value.response["ResponseMetadata"]["HTTPStatusCode"] == 413
+    assert "content length exceeded 6291456 bytes" in str(info.value)
+    with pytest.raises(client.exceptions.ModelError) as model_error:
+        invoke(client, "sig1-v1.tar.gz", b"LRIG1,HPGD,GDF15\n" + b"1,2,3\n" * 20_000)  # more rows than allowed
+    assert model_error.value.response["OriginalStatusCode"] == 413
+    assert invoke(client, "sig1-v1.tar.gz")["ResponseMetadata"]["HTTPStatusCode"] == 200
 
 
 def test_unknown_and_corrupt_targets_are_clear_and_leave_nothing_loaded(endpoint: tuple[str, ServerProcess]) -> None:
@@ -219,10 +237,13 @@ def test_stopping_an_endpoint_that_started_its_model_server_stops_every_process(
     import psutil
 
     port = free_port()
+    # Its own temporary directory, to see what it leaves there (short: the model server's sockets live under it).
+    temp = Path(tempfile.mkdtemp(prefix="ep-", dir="/tmp"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "genesig.cli", "local-endpoint", "--prefix", str(prefix), "--port", str(port)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -239,3 +260,5 @@ def test_stopping_an_endpoint_that_started_its_model_server_stops_every_process(
         assert proc.wait(timeout=60) == 0
     _, alive = psutil.wait_procs(tree, timeout=10)
     assert alive == [], [p.pid for p in alive]
+    assert list(temp.iterdir()) == [], "its model cache and server state are removed when it stops"
+    temp.rmdir()

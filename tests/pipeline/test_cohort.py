@@ -105,6 +105,10 @@ def test_too_few_events_is_refused(tmp_path: Path) -> None:
 def test_missing_columns_suggest_the_flags(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"missing column\(s\) SurvivalStatus.*--event-column"):
         read_cohort(write(tmp_path, "Case_ID,G1,Status\nP1,1,0\n"))
+    # The column meant is named even when it is not among the first few shown.
+    genes = ",".join(f"G{i}" for i in range(50))
+    with pytest.raises(DataError, match=r"did you mean survivalstatus for SurvivalStatus\?.*has 52 columns"):
+        read_cohort(write(tmp_path, f"Case_ID,{genes},survivalstatus\nP1,{','.join('1' * 50)},0\n"))
 
 
 def test_empty_and_unsupported_files(tmp_path: Path) -> None:

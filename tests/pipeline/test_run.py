@@ -181,7 +181,7 @@ def test_cli_run_local_and_registry(synthetic_csv: Path, tmp_path: Path) -> None
         env={**os.environ, "COLUMNS": "160"},
     )
     assert run.returncode == 0, run.stderr
-    assert "metagene_19" in run.stdout and "PendingManualApproval" in run.stdout
+    assert "metagene_19" in run.stdout and "v1 pending" in run.stdout
     approve = subprocess.run(
         [
             sys.executable,

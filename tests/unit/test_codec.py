@@ -81,6 +81,20 @@ def test_missing_genes_are_all_named(body: object) -> None:
 
 
 @pytest.mark.parametrize(
+    "body",
+    [
+        [{"LRIG1": 1, "hpgd": 2, "Gdf15": 3}],
+        {"columns": ["LRIG1", "hpgd", "Gdf15"], "data": [[1, 2, 3]]},
+        b"LRIG1,hpgd,Gdf15\n1,2,3\n",
+    ],
+)
+def test_genes_sent_in_another_case_get_a_hint(body: object) -> None:
+    content_type = "text/csv" if isinstance(body, bytes) else "application/json"
+    with pytest.raises(BadRequest, match="case-sensitive.*hpgd → HPGD, Gdf15 → GDF15"):
+        decode(body, content_type)
+
+
+@pytest.mark.parametrize(
     ("value", "what"),
     [("1.5", "str"), (True, "bool"), (None, "null"), ([1], "list"), ({"a": 1}, "dict")],
 )

@@ -1,0 +1,116 @@
+"""The user's path through the CLI, as a user meets it: a real process, its exit code, and one line on stderr naming
+the problem and the fix — never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from genesig.pipeline.registry import LocalRegistry
+
+# No AWS set-up at all: no region, no credentials, no config files.
+NO_AWS = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | {
+    "AWS_CONFIG_FILE": "/nonexistent",
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
+    "COLUMNS": "200",
+}
+
+
+def genesig(*args: str, cwd: Path, prelude: str = "") -> subprocess.CompletedProcess[str]:
+    code = f"import sys\n{prelude}\nfrom genesig.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=cwd, env=NO_AWS
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def patients(tmp_path: Path) -> Path:
+    path = tmp_path / "patients.csv"
+    path.write_text("Case_ID,LRIG1,HPGD,GDF15\nP1,3.2,0,11.5\n")
+    return path
+
+
+def test_a_missing_extra_is_named_with_how_to_install_it(tmp_path: Path) -> None:
+    line = one_line_error(
+        genesig("pipeline", "definition", cwd=tmp_path, prelude="sys.modules['sagemaker'] = None  # not installed")
+    )
+    assert "`pipeline` set-up" in line and "scripts/bootstrap.sh pipeline" in line and "genesig-mme[pipeline]" in line
+
+
+def test_predict_refuses_an_output_file_it_cannot_write_in_the_asked_format(tmp_path: Path, patients: Path) -> None:
+    line = one_line_error(
+        genesig(
+            "predict",
+            "--target-model",
+            "x-v1.tar.gz",
+            "--input",
+            str(patients),
+            "--endpoint",
+            "local",
+            "--url",
+            "http://127.0.0.1:9",
+            "--out",
+            "out.txt",
+            cwd=tmp_path,
+        )  # fmt: skip
+    )
+    assert "--out out.txt" in line and ".csv or a .json" in line
+    assert not (tmp_path / "out.txt").exists()
+
+
+def test_predict_by_signature_against_a_local_endpoint_resolves_in_the_local_registry_without_aws(
+    tmp_path: Path, patients: Path, make_archive: Callable[..., Path]
+) -> None:
+    registry = LocalRegistry(tmp_path / "work" / "registry")
+    registry.create_model_package("metagene_19", make_archive("metagene_19"), metrics={}, approval_status="Approved")
+    registry.create_model_package("metagene_19", make_archive("metagene_19", version=2, seed=1), metrics={})  # pending
+    common = ("--input", str(patients), "--endpoint", "local", "--url", "http://127.0.0.1:9", "--workdir", "work")
+    # Nothing listens on port 9: the line names the TargetModel it resolved (the latest Approved: version 1) and
+    # the connection, with no AWS region or credentials asked for.
+    line = one_line_error(genesig("predict", "--signature", "metagene_19", *common, cwd=tmp_path))
+    assert "metagene_19-v1.tar.gz" in line and "region" not in line and "credentials" not in line
+    unknown = one_line_error(genesig("predict", "--signature", "nope", *common, cwd=tmp_path))
+    assert "'nope' has no Approved version" in unknown and "genesig registry approve nope VERSION" in unknown
+    elsewhere = one_line_error(genesig("predict", "--signature", "metagene_19", *common[:-1], "nowhere", cwd=tmp_path))
+    assert "no local registry in nowhere" in elsewhere and "--workdir" in elsewhere
+
+
+def test_a_large_run_prints_a_compact_summary_and_writes_the_full_table(tmp_path: Path) -> None:
+    import csv
+    import json
+
+    from genesig.pipeline.signatures import GeneSignature
+    from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+    long = "positive_regulation_of_a_very_long_gene_ontology_process_name_" * 2 + "GO_0000001"  # 133 characters
+    signatures = [GeneSignature(f"{long}_{i}", tuple(f"G{i}_{j}" for j in range(3))) for i in range(45)]
+    signatures.append(GeneSignature("mostly_absent", ("G0_0", "ABSENT1", "ABSENT2")))
+    data = write_synthetic_cohort(tmp_path / "c.csv", signatures[:-1], SyntheticSpec(seed=3, planted={}))
+    sets = tmp_path / "sets.json"
+    sets.write_text(json.dumps({s.name: list(s.genes) for s in signatures}))
+    args = ("run-local", "--data", str(data), "--signatures", str(sets), "--cv-repeats", "1", "--workdir", "w")
+    run = genesig(*args, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    out = run.stdout
+    assert "the top 15 of 46 by CV mean" in out and "46 signatures:" in out and "1 skipped" in out
+    assert len(out.splitlines()) < 40, out
+    assert "│││" not in out and "…" in out, "long names end in an ellipsis; no column is squeezed away"
+    with open(tmp_path / "w" / "summary.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 46 and {r["outcome"] for r in rows} <= {"passed", "below threshold", "skipped"}
+    assert next(r for r in rows if r["signature"] == "mostly_absent")["outcome"] == "skipped"
+    quiet = genesig(*args[:-1], "w2", "--quiet", cwd=tmp_path)
+    assert quiet.returncode == 0 and quiet.stdout.count("\n") == 1 and "46 signatures:" in quiet.stdout, quiet.stdout

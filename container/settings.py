@@ -95,9 +95,12 @@ def read_settings(environ: Mapping[str, str] | None = None, **overrides: object)
         values["port"] = env["SAGEMAKER_BIND_TO_PORT"]
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
-        return msgspec.convert(values, type=ServingSettings, strict=False)
+        settings = msgspec.convert(values, type=ServingSettings, strict=False)
     except msgspec.ValidationError as exc:
         raise BadRequest(f"invalid serving setting: {exc} (environment variables {PREFIX}*)") from None
+    # Absolute from here on: Multi Model Server starts its workers in the model's folder, so a relative state folder
+    # handed down to them would name another place.
+    return msgspec.structs.replace(settings, state_dir=os.path.abspath(settings.state_dir))
 
 
 def settings_environ(settings: ServingSettings) -> dict[str, str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import shutil
 import sys
 from collections.abc import Sequence
@@ -127,7 +128,12 @@ def _cmd_synth(args: argparse.Namespace) -> int:
         except ValueError:
             raise GenesigError(f"--plant takes NAME=EFFECT (a number), got {item!r}") from None
     spec = SyntheticSpec(
-        n_patients=args.patients, seed=args.seed, planted=planted, with_time=args.with_time, event_rate=args.event_rate
+        n_patients=args.patients,
+        seed=args.seed,
+        planted=planted,
+        with_time=args.with_time,
+        event_rate=args.event_rate,
+        background_genes=args.background_genes,
     )
     path = write_synthetic_cohort(args.out, load_signatures(args.signatures), spec)
     logger.info("wrote %s (%d patients)", path, args.patients)
@@ -147,6 +153,7 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
 
     server: ServerProcess | ContainerServer | None = None
     url = args.model_server_url
+    source = ModelSource(args.prefix)  # a bad prefix is refused before anything starts
     made: list[Path] = []  # temporary folders this command created, removed when it stops
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="genesig-model-cache-"))
     if args.cache_dir is None:
@@ -164,7 +171,7 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
         server = ServerProcess(state / "model-server").start()
         url = server.url
         logger.info("started a model server at %s (logs: %s)", url, server.log_path)
-    endpoint = LocalEndpoint(ModelSource(args.prefix), url, cache, args.cache_max_mb * 1024 * 1024, url_root)
+    endpoint = LocalEndpoint(source, url, cache, args.cache_max_mb * 1024 * 1024, url_root)
 
     async def run() -> None:
         runner = web.AppRunner(endpoint.app(), access_log=None)
@@ -324,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--with-time", action="store_true", help="add censored survival times")
     synth.add_argument("--event-rate", type=float, default=0.35)
+    synth.add_argument(
+        "--background-genes",
+        type=int,
+        default=500,
+        help="genes outside every signature, as a real cohort has (the random-signature null draws from all genes)",
+    )
     synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
     synth.set_defaults(func=_cmd_synth)
 
@@ -372,9 +385,10 @@ EXTRA_OF_MODULE = {
 }
 
 
-def missing_extra_message(exc: ModuleNotFoundError) -> str:
-    """One line for a command whose extra is not installed: which one, and how to install it."""
-    module = (exc.name or "").split(".")[0]
+def missing_extra_message(exc: ImportError) -> str:
+    """One line for a command whose extra is not installed (or broken): which one, and how to install it."""
+    named = exc.name or (re.findall(r"No module named '([^']+)'", str(exc)) or [""])[0]
+    module = named.split(".")[0]
     extra = EXTRA_OF_MODULE.get(module)
     if extra is None:
         return f"{exc}: the installation is incomplete; run scripts/bootstrap.sh dev (or reinstall genesig-mme)"
@@ -393,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GenesigError as exc:
         logger.error("%s", exc.message)
         return 2
-    except ModuleNotFoundError as exc:
+    except ImportError as exc:
         logger.error("%s", missing_extra_message(exc))
         return 2
     except KeyboardInterrupt:

@@ -27,6 +27,9 @@ from genesig.server_process import ServerProcess
 
 logger = logging.getLogger(__name__)
 DEMO_PLANTED = {"metagene_19": 2.0, "metagene_10": 1.5}
+# Genes outside the signatures, as a real cohort has: the random signatures each signature is compared with are
+# drawn from all the cohort's genes.
+DEMO_BACKGROUND = 500
 
 
 @dataclass
@@ -107,7 +110,7 @@ def run_demo(
         data = write_synthetic_cohort(
             workdir / "cohort.csv",
             default_signatures(),
-            SyntheticSpec(n_patients=patients, seed=seed, planted=DEMO_PLANTED),
+            SyntheticSpec(n_patients=patients, seed=seed, planted=DEMO_PLANTED, background_genes=DEMO_BACKGROUND),
         )
         logger.info("generated %s: %d patients, effects planted in %s", data, patients, ", ".join(DEMO_PLANTED))
     summary = run_local(RunOptions(data=data, workdir=workdir, approve=True, train=TrainSettings(seed=seed)))

@@ -31,7 +31,7 @@ from aiohttp import web
 
 from genesig.artifact import extract_artifact
 from genesig.artifact.package import NO_SPACE
-from genesig.errors import ArtifactError, GenesigError, InsufficientStorage
+from genesig.errors import ArtifactError, DataError, GenesigError, InsufficientStorage
 
 logger = logging.getLogger(__name__)
 MAX_LOAD_ATTEMPTS = 12
@@ -86,6 +86,8 @@ class ModelSource:
             from genesig.pipeline.aws import client
 
             self.s3 = client("s3")
+        elif not prefix.startswith("s3://") and not Path(prefix).is_dir():
+            raise DataError(f"--prefix {prefix}: no such folder (the model prefix: a folder of .tar.gz, or s3://...)")
 
     def fetch(self, target: str, into: Path) -> Path:
         """Copy the artifact to ``into``; raise ``FileNotFoundError`` when the prefix has no such object."""

@@ -68,7 +68,7 @@ MAX_NOTES = 8
 # Signatures shown, by metric, when a run is too large for its whole table.
 TOP_ROWS = 15
 # What the run table's columns other than the name take (no vertical rules): the name gets the rest of the line.
-OTHER_COLUMNS_WIDTH = 100
+OTHER_COLUMNS_WIDTH = 108
 
 
 def shorten(name: str, width: int = 60) -> str:
@@ -90,18 +90,26 @@ def _package(r: SignatureResult) -> str:
 def _run_table(rows: list[SignatureResult], title: str) -> Table:
     width = max(20, console.width - OTHER_COLUMNS_WIDTH)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("signature", "genes", "train/test", "metric", "CV mean [95% CI]", "test", "outcome", "package"):
+    for column in ("signature", "genes", "train/test", "metric", "CV mean [95% CI]", "test", "q", "outcome", "package"):
         table.add_column(column, no_wrap=True)
     for r in rows:
         genes = f"{len(r.genes)}" + (f" (-{len(r.missing_genes)})" if r.missing_genes else "")
         outcome = f"[{OUTCOME_STYLES[r.outcome]}]{r.outcome}[/]"
         name = shorten(r.signature, width)
         if r.status != "done":
-            table.add_row(name, genes, "-", "-", "-", "-", outcome, "-")
+            table.add_row(name, genes, "-", "-", "-", "-", "-", outcome, "-")
             continue
         interval = f"{_fmt(r.cv_mean)} [{_fmt(r.cv_interval[0])}, {_fmt(r.cv_interval[1])}]" if r.cv_interval else "-"
         table.add_row(
-            name, genes, f"{r.n_train}/{r.n_test}", r.metric, interval, _fmt(r.test_value), outcome, _package(r)
+            name,
+            genes,
+            f"{r.n_train}/{r.n_test}",
+            r.metric,
+            interval,
+            _fmt(r.test_value),
+            _fmt(r.q_value),
+            outcome,
+            _package(r),
         )
     return table
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 
 from genesig.client import ModelServerClient
+from genesig.errors import ModelServerError
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +61,14 @@ class ServerProcess:
         with ModelServerClient(self.url, timeout=5) as client:
             while time.monotonic() < deadline:
                 if self.process.poll() is not None:
-                    raise RuntimeError(f"genesig serve exited with {self.process.returncode}; see {self.log_path}")
+                    raise ModelServerError(
+                        f"the model server exited with {self.process.returncode} at start; see {self.log_path}"
+                    )
                 if client.ping():
                     return self
                 time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"genesig serve was not healthy within {timeout_s:.0f} s; see {self.log_path}")
+        raise ModelServerError(f"the model server was not healthy within {timeout_s:.0f} s; see {self.log_path}")
 
     def descendants(self) -> list[psutil.Process]:
         if self.process is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -343,9 +344,11 @@ def _predict(args: argparse.Namespace) -> int:
         raise DataError(f"--input {args.input}: name a .csv (a header of gene names) or a .json file (see the README)")
     if args.out and args.out.suffix.lower() not in (".csv", ".json"):
         raise DataError(f"--out {args.out}: name a .csv or a .json file (the answer's format follows the suffix)")
-    if is_local_endpoint(args.runtime_endpoint_url):
+    registry_url = args.sagemaker_endpoint_url or os.environ.get("AWS_ENDPOINT_URL_SAGEMAKER")
+    if is_local_endpoint(args.runtime_endpoint_url) and not registry_url:
         # A local endpoint needs no AWS region or credentials (boto3 signs anyway: harmless ones are supplied), and
-        # signatures resolve in the local registry.
+        # signatures resolve in the local registry. With a SageMaker endpoint URL (an emulator, a VPC endpoint) they
+        # resolve in that Model Registry instead.
         from genesig.local_endpoint import runtime_client
 
         runtime = runtime_client(args.runtime_endpoint_url)

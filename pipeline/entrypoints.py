@@ -36,7 +36,7 @@ def _preprocess(args: argparse.Namespace) -> int:
     settings = from_arguments(args, CohortSettings)
     cohort = read_cohort(args.data, columns_of(settings), min_events=settings.min_events)
     [chosen] = select(load_signatures(args.signatures), [args.signature])
-    matched = match(chosen, cohort.candidate_genes(), settings.min_genes)
+    matched = match(chosen, cohort.candidate_genes(), settings.min_genes, settings.min_coverage)
     prepared = preprocess(cohort, matched, target=settings.target, settings=from_arguments(args, TrainSettings))
     save_prepared(prepared, args.out)
     logger.info(
@@ -189,9 +189,12 @@ def _prepare_set(args: argparse.Namespace) -> int:
 def _register_set(args: argparse.Namespace) -> int:
     """The signature-set run's RegisterSignatures job: the report, registrations and (when Approved) deployments."""
     from genesig.pipeline import aws
+    from genesig.pipeline.settings import GateSettings
     from genesig.pipeline.signature_set import collect, register_passing, write_report
 
-    rows = collect(args.results, args.set)
+    if not 0 < args.fdr <= 1:
+        raise DataError(f"--fdr must be above 0 and at most 1, not {args.fdr}")
+    rows = collect(args.results, args.set, GateSettings(fdr=args.fdr))
     register_passing(
         rows,
         args.results,
@@ -288,6 +291,9 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     gs.add_argument("--approval-status", default="PendingManualApproval", help="PendingManualApproval or Approved")
     gs.add_argument("--mme-prefix", help="s3:// MME prefix: Approved registrations are deployed there")
     gs.add_argument("--out", type=Path, required=True, help="folder for report.json and report.csv")
+    gs.add_argument(
+        "--fdr", type=float, default=GateSettings().fdr, help="largest Benjamini-Hochberg q over the run (default 0.1)"
+    )
     gs.set_defaults(func=_register_set)
 
     ds = steps.add_parser("deploy-sagemaker", help="copy an Approved SageMaker model package into the MME S3 prefix")

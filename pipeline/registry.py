@@ -26,7 +26,7 @@ from genesig.errors import Conflict, DataError, ModelNotFound
 
 ApprovalStatus = Literal["PendingManualApproval", "Approved", "Rejected"]
 # The parts of evaluation.json a package records as its metrics.
-REGISTERED_METRICS = ("metric", "cross_validation", "test", "risk_groups")
+REGISTERED_METRICS = ("metric", "cross_validation", "test", "risk_groups", "significance")
 APPROVAL_STATUSES: tuple[str, ...] = ("PendingManualApproval", "Approved", "Rejected")
 
 

@@ -36,8 +36,10 @@ from genesig.pipeline.signatures import (
     read_signatures,
     select,
 )
+from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run
 from genesig.pipeline.steps import (
     EVALUATION_FILE,
+    GATE_FILE,
     PROVISIONAL_VERSION,
     cross_validate,
     evaluate,
@@ -81,6 +83,14 @@ class SignatureResult:
     cv_interval: list[float] | None = None
     test_value: float | None = None
     passed: bool = False
+    # The gate in parts: the metric against the threshold (decided when evaluated), then the run's false-discovery
+    # control (p against the random-signature null of its size, q over the whole run; see significance.py).
+    threshold_passed: bool = False
+    threshold_reason: str = ""
+    coverage: float | None = None
+    p_value: float | None = None
+    q_value: float | None = None
+    null_size: int | None = None
     version: int | None = None
     approval_status: str | None = None
     deployed: str | None = None
@@ -105,6 +115,7 @@ class SignatureResult:
             missing_genes=matched.missing,
             status=status,
             reason=reason,
+            coverage=round(matched.coverage, 4),
         )
 
 
@@ -139,6 +150,7 @@ class RunSummary:
                         r.reason,
                         len(r.genes),
                         len(r.missing_genes),
+                        r.coverage,
                         r.metric,
                         r.n_train,
                         r.n_test,
@@ -146,11 +158,13 @@ class RunSummary:
                         low,
                         high,
                         r.test_value,
+                        r.p_value,
+                        r.q_value,
                         r.version,
                         r.approval_status,
                         r.deployed,
                         r.report,
-                    ]
+                    ]  # fmt: skip
                 )
 
 
@@ -161,6 +175,7 @@ SUMMARY_COLUMNS = (
     "reason",
     "genes_in_data",
     "genes_missing",
+    "coverage",
     "metric",
     "n_train",
     "n_test",
@@ -168,6 +183,8 @@ SUMMARY_COLUMNS = (
     "cv_low",
     "cv_high",
     "test",
+    "p_value",
+    "q_value",
     "version",
     "approval_status",
     "deployed_as",
@@ -205,8 +222,8 @@ def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, 
         result.test_value = evaluation["test"]["value"]
         result.report = str(folder / "evaluation" / evaluation["report"])
         result.artifact = str(artifact)
-        result.passed = bool(evaluation["gate"]["passed"])
-        result.reason = str(evaluation["gate"]["reason"])
+        result.passed = result.threshold_passed = bool(evaluation["gate"]["passed"])
+        result.reason = result.threshold_reason = str(evaluation["gate"]["reason"])
         result.status = "done"
     except GenesigError as exc:
         result.status = "failed"
@@ -214,6 +231,27 @@ def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, 
         logger.warning("signature %s failed: %s", matched.signature.name, exc.message)
     result.seconds = time.perf_counter() - started
     return result
+
+
+def record_verdict(result: SignatureResult) -> None:
+    """The run's verdict into the signature's evaluation.json (what is registered with the model): the gate's final
+    decision and reason, and the significance figures."""
+    assert result.artifact is not None
+    path = Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE
+    evaluation = json.loads(path.read_text())
+    evaluation["gate"] = {**evaluation["gate"], "passed": result.passed, "reason": result.reason}
+    evaluation["significance"] = {
+        "p_value": result.p_value,
+        "q_value": result.q_value,
+        "null_size": result.null_size,
+        "coverage": result.coverage,
+    }
+    path.write_text(json.dumps(evaluation, indent=2) + "\n")
+    gate_path = path.parent / GATE_FILE
+    if gate_path.is_file():
+        verdict = json.loads(gate_path.read_text())
+        verdict.update(passed=result.passed, reason=result.reason, significance=evaluation["significance"])
+        gate_path.write_text(json.dumps(verdict, indent=2) + "\n")
 
 
 def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: SignatureResult) -> None:
@@ -371,10 +409,20 @@ def run_local(
     signatures = select(load_signatures(options.signatures_file), options.signatures)
     registry = LocalRegistry(options.workdir / "registry")
     available = cohort.candidate_genes()
-    matched = [match(signature, available, options.cohort.min_genes) for signature in signatures]
+    cohort_settings = options.cohort
+    matched = [match(s, available, cohort_settings.min_genes, cohort_settings.min_coverage) for s in signatures]
     if on_start:
         on_start(len(signatures))
     results = evaluate_all(options, cohort, matched, on_result)
+    if options.gate.null_replicates:
+        null = RandomSignatureNull(
+            cohort, options.train, options.cohort.target, options.gate.null_replicates, options.workdir / "null"
+        )
+        attach_p_values(results, null)
+    gate_run(results, options.gate)
+    for result in results:
+        if result.status == "done":
+            record_verdict(result)
     for result in results:
         if result.passed:
             try:

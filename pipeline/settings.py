@@ -35,6 +35,9 @@ class CohortSettings(msgspec.Struct, frozen=True, kw_only=True):
     target: Annotated[TargetKind | None, _doc("binary or time_to_event; default: chosen by the data")] = None
     min_events: Annotated[int, _doc("refuse data with fewer events or non-events than this", ge=2)] = 10
     min_genes: Annotated[int, _doc("skip signatures with fewer of their genes in the data", ge=1)] = 2
+    min_coverage: Annotated[
+        float, _doc("skip signatures with a smaller share of their genes in the data (0-1)", ge=0, le=1)
+    ] = 0.5
 
 
 class TrainSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,12 +60,18 @@ class TrainSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GateSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Which models are registered: the metric a model must reach."""
+    """Which models are registered: the metric a model must reach, and how far it must beat random signatures."""
 
     threshold: Annotated[float, _doc("gate threshold on the metric (AUC or C-index)", ge=0, le=1)] = 0.6
     gate_on: Annotated[GateMetric, _doc("cv_mean, cv_lower (the CV interval's lower bound) or test (held-out)")] = (
         "cv_mean"
     )
+    fdr: Annotated[
+        float, _doc("largest Benjamini-Hochberg q over the run's signatures (the false-discovery rate)", gt=0, le=1)
+    ] = 0.1
+    null_replicates: Annotated[
+        int, _doc("random gene sets per size in the null each signature is compared with (0: no null, no FDR)", ge=0)
+    ] = 100
 
 
 Settings = TypeVar("Settings", CohortSettings, TrainSettings, GateSettings)

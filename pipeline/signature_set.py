@@ -35,8 +35,9 @@ from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
 from genesig.pipeline.names import names_for
 from genesig.pipeline.run import RunOptions, SignatureResult, evaluate_all, load_signatures
-from genesig.pipeline.settings import CohortSettings
+from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
+from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run
 from genesig.pipeline.steps import EVALUATION_FILE
 
 logger = logging.getLogger(__name__)
@@ -94,13 +95,13 @@ def prepare_set(
     cohort = read_cohort(source, columns_of(settings), min_events=settings.min_events)
     signatures = load_signatures(signatures_file)
     available = cohort.candidate_genes()
-    matched = [match(s, available, settings.min_genes) for s in signatures]
+    matched = [match(s, available, settings.min_genes, settings.min_coverage) for s in signatures]
     trainable = [m for m in matched if not m.skip_reason]
     skipped = [asdict(SignatureResult.of(m, "skipped", m.skip_reason or "")) for m in matched if m.skip_reason]
-    used = {g for m in trainable for g in m.present}
-    genes = [g for g in available if g in used]
     for m in trainable:
         cohort.expression(m.present)  # every value a model will read is validated here, once
+    # Every gene goes to the instances: the random-signature null is drawn from all of the cohort's genes.
+    genes = available
     keep = [settings.id_column, settings.event_column] + ([settings.time_column] if settings.time_column else [])
     (out_dir / "cohort").mkdir(parents=True, exist_ok=True)
     cohort.table[keep + genes].to_csv(out_dir / "cohort" / COHORT_FILE, index=False)
@@ -154,6 +155,11 @@ def train_shard(
     matched = read_shards(shards_dir, cohort.candidate_genes(), options.cohort.min_genes)
     logger.info("%s: %d signatures to train", host, len(matched))
     results = evaluate_all(RunOptions(**{**options.__dict__, "workdir": work}), cohort, matched)
+    if options.gate.null_replicates:
+        # Each instance draws the nulls its signatures need (the same seeded draws on every instance); the run's
+        # q-values are computed over every signature by RegisterSignatures.
+        replicates = options.gate.null_replicates
+        attach_p_values(results, RandomSignatureNull(cohort, options.train, options.cohort.target, replicates, work))
     (work / OUTCOMES).mkdir(parents=True, exist_ok=True)
     (work / OUTCOMES / f"{host}.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
     return results
@@ -203,6 +209,9 @@ class ReportRow:
     test: float | None = None
     genes: int = 0
     genes_missing: int = 0
+    coverage: float | None = None
+    p_value: float | None = None
+    q_value: float | None = None
     version: int | None = None
     package_arn: str = ""
     approval_status: str = ""
@@ -225,11 +234,15 @@ def _row(result: dict[str, Any]) -> ReportRow:
         test=result.get("test_value"),
         genes=len(result.get("genes", [])),
         genes_missing=len(result.get("missing_genes", [])),
+        coverage=result.get("coverage"),
+        p_value=result.get("p_value"),
+        q_value=result.get("q_value"),
     )
 
 
-def collect(results_dir: Path, set_dir: Path) -> list[ReportRow]:
-    """Every signature of the set once: the training instances' outcomes and the skipped ones."""
+def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> list[ReportRow]:
+    """Every signature of the set once, the training instances' outcomes and the skipped ones, with the run's verdict:
+    Benjamini-Hochberg q over every signature evaluated, and the gate (threshold and FDR)."""
     results: list[dict[str, Any]] = json.loads((set_dir / SKIPPED_FILE).read_text())
     for path in sorted((results_dir / OUTCOMES).glob("*.json")):
         results += json.loads(path.read_text())
@@ -239,7 +252,9 @@ def collect(results_dir: Path, set_dir: Path) -> list[ReportRow]:
             f"the run has outcomes for {len(results)} of its {plan['signatures']} signatures: a training instance "
             "did not finish (see the TrainSignatures job's log)"
         )
-    return sorted((_row(r) for r in results), key=lambda r: r.signature)
+    evaluated = [SignatureResult(**r) for r in results]
+    gate_run(evaluated, gate)
+    return sorted((_row(asdict(r)) for r in evaluated), key=lambda r: r.signature)
 
 
 def register_passing(
@@ -263,6 +278,9 @@ def register_passing(
         try:
             [artifact] = sorted((folder / "model").glob("*.tar.gz"))
             evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
+            # The run's verdict, registered with the model (the instance only knew the threshold's).
+            evaluation["gate"] = {**evaluation.get("gate", {}), "passed": True, "reason": row.reason}
+            evaluation["significance"] = {"p_value": row.p_value, "q_value": row.q_value, "coverage": row.coverage}
             registration = register_model(
                 sm,
                 s3,

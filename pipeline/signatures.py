@@ -45,6 +45,12 @@ class MatchedSignature:
     skip_reason: str | None = None
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def coverage(self) -> float:
+        """The share of the signature's genes present in the data."""
+        total = len(self.present) + len(self.missing)
+        return len(self.present) / total if total else 0.0
+
 
 def default_signatures() -> list[GeneSignature]:
     signatures = [GeneSignature(name, genes) for name, genes in METAGENES.items()]
@@ -144,14 +150,19 @@ def select(signatures: list[GeneSignature], names: Sequence[str] | None) -> list
     return chosen
 
 
-def match(signature: GeneSignature, available: list[str], min_genes: int) -> MatchedSignature:
-    """Which of the signature's genes the data has; a signature with fewer than ``min_genes`` is skipped."""
+def match(
+    signature: GeneSignature, available: list[str], min_genes: int, min_coverage: float = 0.0
+) -> MatchedSignature:
+    """Which of the signature's genes the data has; a signature with fewer than ``min_genes`` of them, or a smaller
+    share than ``min_coverage``, is skipped (a 200-gene set with 2 genes in the data is not that signature)."""
     have = set(available)
     present = [g for g in signature.genes if g in have]
     missing = [g for g in signature.genes if g not in have]
+    coverage = len(present) / len(signature.genes) if signature.genes else 0.0
     reason = None
-    if len(present) < min_genes:
-        reason = f"only {len(present)} of {len(signature.genes)} genes are in the data (minimum {min_genes})" + (
+    if len(present) < min_genes or coverage < min_coverage:
+        rule = f"minimum {min_genes} genes and {min_coverage:.0%} of the signature"
+        reason = f"only {len(present)} of {len(signature.genes)} genes ({coverage:.0%}) are in the data ({rule})" + (
             f"; missing {', '.join(missing[:10])}{'...' if len(missing) > 10 else ''}" if missing else ""
         )
     return MatchedSignature(signature, artifact_name(signature.name), present, missing, reason)

@@ -30,6 +30,9 @@ class SyntheticSpec:
     id_column: str = "Case_ID"
     event_column: str = "SurvivalStatus"
     time_column: str = "SurvivalMonths"
+    # Genes outside every signature (BG00001...), each with its own activity: a real cohort measures thousands of
+    # genes, and the random-signature null is drawn from all of them.
+    background_genes: int = 0
 
 
 def _intercept_for_rate(eta: np.ndarray, rate: float) -> float:
@@ -57,6 +60,10 @@ def synthetic_cohort(signatures: list[GeneSignature], spec: SyntheticSpec) -> pd
         activity[signature.name] = rng.standard_normal(n)
         for gene in signature.genes:
             owner.setdefault(gene, signature.name)  # a gene follows the first signature that lists it
+    for j in range(spec.background_genes):
+        gene = f"BG{j + 1:05d}"
+        activity[gene] = rng.standard_normal(n)
+        owner.setdefault(gene, gene)
 
     columns: dict[str, np.ndarray] = {}
     for gene, name in owner.items():

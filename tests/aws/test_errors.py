@@ -85,7 +85,8 @@ def test_the_pipeline_extra_missing_is_one_line(tmp_path: Path) -> None:
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text("raise ImportError(\"No module named 'sagemaker'\")\n")
     env = {**bare_env(tmp_path), "PYTHONPATH": str(blocker.parent)}
-    assert "install the pipeline extra" in one_line(genesig("pipeline", "definition", env=env))
+    line = one_line(genesig("pipeline", "definition", env=env))
+    assert "`pipeline` set-up" in line and "scripts/bootstrap.sh pipeline" in line
 
 
 def test_a_missing_bucket_is_one_line(aws: dict[str, Any]) -> None:

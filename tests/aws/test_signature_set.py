@@ -39,7 +39,9 @@ def signature_set() -> list[GeneSignature]:
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("cohort")
     return write_synthetic_cohort(
-        folder / "cohort.csv", default_signatures(), SyntheticSpec(seed=4, planted={"metagene_19": 2.0})
+        folder / "cohort.csv",
+        default_signatures(),
+        SyntheticSpec(seed=4, planted={"metagene_19": 2.0}, background_genes=500),
     )
 
 

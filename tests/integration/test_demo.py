@@ -16,7 +16,8 @@ pytestmark = pytest.mark.integration
 
 def test_demo_runs_the_whole_flow_and_leaves_nothing_running(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "genesig.cli", "demo", "--workdir", str(tmp_path / "demo"), "--patients", "150"],
+        # A relative work folder, as the quick start's default (./genesig-demo) is.
+        [sys.executable, "-m", "genesig.cli", "demo", "--workdir", "demo", "--patients", "150"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -13,7 +13,7 @@ import pytest
 from genesig.artifact import read_artifact
 from genesig.errors import DataError
 from genesig.pipeline.run import RunOptions, run_local
-from genesig.pipeline.settings import TrainSettings
+from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
 from .conftest import noise_and_planted
@@ -33,7 +33,9 @@ def test_planted_signatures_pass_and_noise_fails_over_seeds(
     verdicts: dict[str, list[bool]] = {}
     for seed in SEEDS:
         # n=200: at n=120 the gate's power for these effects is ~0.7 (small-cohort variance, see README).
-        spec = SyntheticSpec(n_patients=200, seed=seed, planted={"planted_a": 2.0, "planted_b": 1.5})
+        # 2,000 background genes: the random-signature null is drawn from all of a cohort's genes, as in real data.
+        planted = {"planted_a": 2.0, "planted_b": 1.5}
+        spec = SyntheticSpec(n_patients=200, seed=seed, planted=planted, background_genes=2000)
         data = write_synthetic_cohort(tmp_path / f"c{seed}.csv", noise_and_planted(4), spec)
         summary = run_local(
             RunOptions(
@@ -41,6 +43,7 @@ def test_planted_signatures_pass_and_noise_fails_over_seeds(
                 workdir=tmp_path / f"w{seed}",
                 signatures_file=signatures_file,
                 train=TrainSettings(seed=seed, cv_repeats=3),
+                gate=GateSettings(null_replicates=30),
             )
         )
         for result in summary.results:

@@ -114,3 +114,8 @@ def test_a_large_run_prints_a_compact_summary_and_writes_the_full_table(tmp_path
     assert next(r for r in rows if r["signature"] == "mostly_absent")["outcome"] == "skipped"
     quiet = genesig(*args[:-1], "w2", "--quiet", cwd=tmp_path)
     assert quiet.returncode == 0 and quiet.stdout.count("\n") == 1 and "46 signatures:" in quiet.stdout, quiet.stdout
+
+
+def test_a_local_endpoint_over_a_missing_prefix_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    line = one_line_error(genesig("local-endpoint", "--prefix", "no-such-folder", "--port", "9", cwd=tmp_path))
+    assert "--prefix no-such-folder: no such folder" in line

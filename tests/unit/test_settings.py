@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from genesig.container.settings import read_settings, settings_environ
@@ -46,3 +48,9 @@ def test_model_server_finds_its_tools_without_an_activated_venv() -> None:
     env = model_server_environ(read_settings({}), 20000, {"PATH": "/usr/bin"})
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
     assert env["MMS_INFERENCE_ADDRESS"] == "http://127.0.0.1:20000" and env["SAGEMAKER_MULTI_MODEL"] == "true"
+
+
+def test_a_relative_state_folder_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Multi Model Server starts workers in the model's folder: a relative path handed down would name another."""
+    monkeypatch.chdir(tmp_path)
+    assert read_settings({"GENESIG_STATE_DIR": "state"}).state_dir == str(tmp_path / "state")

@@ -1,0 +1,159 @@
+"""The random-signature null, empirical p, Benjamini-Hochberg q and the run's gate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from genesig.pipeline.cohort import read_cohort
+from genesig.pipeline.run import RunOptions, SignatureResult, run_local
+from genesig.pipeline.settings import GateSettings, TrainSettings
+from genesig.pipeline.significance import (
+    RandomSignatureNull,
+    bh_qvalues,
+    empirical_p,
+    gate_run,
+    null_p,
+    null_size,
+)
+from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+from .conftest import noise_and_planted
+
+
+def test_bh_qvalues_match_the_step_up_procedure() -> None:
+    p = [0.01, 0.04, 0.03, 0.005, 0.2]
+    # Sorted: 0.005, 0.01, 0.03, 0.04, 0.2 -> p*m/rank: 0.025, 0.025, 0.05, 0.05, 0.2 (already monotone).
+    np.testing.assert_allclose(bh_qvalues(p), [0.025, 0.05, 0.05, 0.025, 0.2])
+    # Monotone from the top: a larger p never gets a smaller q.
+    q = bh_qvalues([0.04, 0.041, 0.9, 0.0])
+    assert list(np.argsort(q, kind="stable")) == [3, 0, 1, 2] and q.max() <= 1
+    assert bh_qvalues([]).size == 0
+
+
+def test_empirical_p_counts_ties_against_the_signature_and_is_never_zero() -> None:
+    null = np.array([0.5, 0.6, 0.7, 0.8])
+    assert empirical_p(0.9, null) == pytest.approx(1 / 5)
+    assert empirical_p(0.7, null) == pytest.approx(3 / 5)
+    assert empirical_p(0.1, null) == pytest.approx(1.0)
+
+
+def test_beyond_the_random_sets_p_comes_from_the_nulls_normal_tail() -> None:
+    null = np.random.default_rng(0).normal(0.5, 0.05, size=100)
+    # Within the null: the empirical p, exactly.
+    assert null_p(0.52, null) == empirical_p(0.52, null) > 0.2
+    # Beyond every random set: far below 1 / (R + 1), so a correction over thousands can keep it.
+    assert null_p(0.8, null) < 1e-6 < 1 / 101 == empirical_p(0.8, null)
+    assert null_p(0.58, null) <= empirical_p(0.58, null)
+
+
+def test_sizes_are_exact_when_small_and_binned_geometrically_when_large() -> None:
+    assert [null_size(k) for k in range(1, 11)] == list(range(1, 11))
+    sizes = [null_size(k) for k in range(11, 2001)]
+    assert sizes == sorted(sizes), "monotone"
+    assert all(abs(null_size(k) - k) / k <= 0.11 for k in range(11, 2001)), "within ~10% of the signature's size"
+    assert len(set(sizes)) < 35, "few bins: the null is shared"
+
+
+def result(name: str, *, passed: bool, p: float | None, value: float = 0.7) -> SignatureResult:
+    verdict = f"cross-validated mean auc {value:.3f} {'>=' if passed else '<'} threshold 0.600"
+    return SignatureResult(
+        signature=name, name=name, genes=["A", "B", "C"], missing_genes=[], status="done", metric="auc",
+        cv_mean=value, threshold_passed=passed, threshold_reason=verdict, p_value=p, null_size=3, coverage=1.0,
+    )  # fmt: skip
+
+
+def test_the_gate_needs_the_threshold_and_the_fdr_and_names_every_part_that_failed() -> None:
+    rows = [
+        result("strong", passed=True, p=0.001),
+        result("lucky", passed=True, p=0.5),
+        result("weak_but_rare", passed=False, p=0.001, value=0.55),
+        result("neither", passed=False, p=0.9, value=0.5),
+    ]
+    gate_run(rows, GateSettings(fdr=0.1))
+    by = {r.signature: r for r in rows}
+    strong = by["strong"].reason
+    assert by["strong"].passed and "q 0.002 <= FDR 0.1" in strong and "coverage 100%" in strong
+    assert not by["lucky"].passed and by["lucky"].reason.startswith("q 0.667 > FDR 0.1")
+    assert not by["weak_but_rare"].passed and "< threshold" in by["weak_but_rare"].reason
+    assert "FDR" not in by["weak_but_rare"].reason, "only the parts that failed"
+    both = by["neither"].reason
+    assert "< threshold" in both and "> FDR" in both
+    # Without a null (null_replicates 0) the threshold alone decides.
+    alone = [result("x", passed=True, p=None)]
+    gate_run(alone, GateSettings(null_replicates=0))
+    assert alone[0].passed and "FDR" not in alone[0].reason
+
+
+def test_a_signature_with_a_planted_effect_beats_the_random_null_and_noise_does_not(tmp_path: Path) -> None:
+    everything = noise_and_planted(n_noise=20)  # 87 genes for random sets to be drawn from
+    signatures = everything[:4]
+    spec = SyntheticSpec(n_patients=200, seed=4, planted={"planted_a": 2.0}, dropout=0.0)
+    data = write_synthetic_cohort(tmp_path / "c.csv", everything, spec)
+    cohort = read_cohort(data)
+    null = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 40, tmp_path / "null")
+    values = null.distribution(3)
+    assert values.shape == (40,) and 0.35 < float(np.median(values)) < 0.65, "random sets hover around chance"
+    again = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 40, tmp_path / "null").distribution(3)
+    np.testing.assert_array_equal(values, again)  # cached on disk, and seeded
+    assert len(list((tmp_path / "null").glob("null-*-k3-r40.json"))) == 1
+
+    summary = run_local(
+        RunOptions(
+            data=data,
+            workdir=tmp_path / "w",
+            train=TrainSettings(cv_repeats=1),
+            gate=GateSettings(null_replicates=40, threshold=0.5),
+            signatures_file=write_sets(tmp_path, signatures),
+        )
+    )
+    by = {r.signature: r for r in summary.results}
+    assert by["planted_a"].passed and by["planted_a"].q_value is not None and by["planted_a"].q_value <= 0.1
+    assert by["planted_a"].p_value < 1 / 41, "beyond every random set: the normal tail's p"
+    for name in ("noise_0", "noise_1"):
+        assert by[name].p_value is not None and by[name].q_value is not None
+        assert not by[name].passed or by[name].q_value <= 0.1
+    evaluation = (tmp_path / "w" / "signatures" / "planted_a" / "evaluation" / "evaluation.json").read_text()
+    assert '"q_value"' in evaluation and '"coverage": 1.0' in evaluation
+
+
+def write_sets(tmp_path: Path, signatures: list) -> Path:  # type: ignore[type-arg]
+    import json
+
+    path = tmp_path / "sets.json"
+    path.write_text(json.dumps({s.name: list(s.genes) for s in signatures}))
+    return path
+
+
+def test_the_gate_benchmark_reports_both_gates_on_planted_cohorts(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[2] / "bench" / "significance.py"
+    out = tmp_path / "significance.json"
+    args = ["--seeds", "1", "--noise", "12", "--replicates", "10", "--cv-repeats", "1", "--processes", "1"]
+    run = subprocess.run(
+        [sys.executable, str(bench), *args, "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    [seed] = report["runs"]
+    for gate in ("null_and_fdr", "threshold_only"):
+        assert set(seed[gate]) == {"planted_passed", "noise_passed", "fdp"} and 0 <= seed[gate]["fdp"] <= 1
+    assert "| null + FDR (new) |" in run.stdout and "| threshold only (before) |" in run.stdout
+
+
+def test_random_signatures_are_drawn_only_from_expression_columns(tmp_path: Path) -> None:
+    import pandas as pd
+
+    signatures = noise_and_planted(n_noise=5)
+    data = write_synthetic_cohort(tmp_path / "c.csv", signatures, SyntheticSpec(n_patients=80, seed=2))
+    frame = pd.read_csv(data)
+    frame["Histology"] = ["adeno" if i % 2 else "squamous" for i in range(len(frame))]  # a clinical column
+    frame.to_csv(data, index=False)
+    null = RandomSignatureNull(read_cohort(data), TrainSettings(cv_repeats=1), None, 15, tmp_path / "null")
+    assert "Histology" not in null.genes and len(null.genes) == 27
+    assert null.distribution(5).shape == (15,)

@@ -70,8 +70,11 @@ class GateSettings(msgspec.Struct, frozen=True, kw_only=True):
         float, _doc("largest Benjamini-Hochberg q over the run's signatures (the false-discovery rate)", gt=0, le=1)
     ] = 0.1
     null_replicates: Annotated[
-        int, _doc("random gene sets per size in the null each signature is compared with (0: no null, no FDR)", ge=0)
-    ] = 100
+        int,
+        _doc(
+            "random gene sets per size in the null each signature is compared with (0: off; 100 is a good start)", ge=0
+        ),
+    ] = 0
 
 
 Settings = TypeVar("Settings", CohortSettings, TrainSettings, GateSettings)

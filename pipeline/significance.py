@@ -185,17 +185,18 @@ def gate_run(results: list[SignatureResult], gate: GateSettings) -> None:
     for r, q in zip(with_p, bh_qvalues(r.p_value for r in with_p if r.p_value is not None), strict=True):
         r.q_value = float(q)
     for r in done:
-        parts = [r.threshold_reason]
-        passed = r.threshold_passed
+        parts = [(r.threshold_reason, r.threshold_passed)]  # each part of the gate and whether it held
         if r.q_value is not None:
             significant = r.q_value <= gate.fdr
-            passed = passed and significant
             parts.append(
-                f"q {r.q_value:.3g} {'<=' if significant else '>'} FDR {gate.fdr:g} (p {r.p_value:.2g} against "
-                f"{gate.null_replicates} random {r.null_size}-gene sets)"
+                (
+                    f"q {r.q_value:.3g} {'<=' if significant else '>'} FDR {gate.fdr:g} (p {r.p_value:.2g} against "
+                    f"{gate.null_replicates} random {r.null_size}-gene sets)",
+                    significant,
+                )
             )
-        failed = [p for p in parts if " < threshold" in p or " > FDR" in p]
         if r.coverage is not None:
-            parts.append(f"coverage {r.coverage:.0%}")
-        r.passed = passed
-        r.reason = "; ".join(failed if failed and not passed else parts)
+            parts.append((f"coverage {r.coverage:.0%}", True))
+        failed = [text for text, held in parts if not held]
+        r.passed = not failed
+        r.reason = "; ".join(failed or [text for text, _ in parts])

@@ -161,7 +161,7 @@ def match(
     coverage = len(present) / len(signature.genes) if signature.genes else 0.0
     reason = None
     if len(present) < min_genes or coverage < min_coverage:
-        rule = f"minimum {min_genes} genes and {min_coverage:.0%} of the signature"
+        rule = f"minimum {min_genes} genes" + (f" and {min_coverage:.0%} of the signature" if min_coverage else "")
         reason = f"only {len(present)} of {len(signature.genes)} genes ({coverage:.0%}) are in the data ({rule})" + (
             f"; missing {', '.join(missing[:10])}{'...' if len(missing) > 10 else ''}" if missing else ""
         )

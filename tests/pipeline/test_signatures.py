@@ -107,7 +107,11 @@ def test_match_reports_missing_genes_and_skips_small_signatures() -> None:
     matched = match(signature, ["A", "C", "Z"], min_genes=2)
     assert (matched.present, matched.missing, matched.skip_reason) == (["A", "C"], ["B", "D"], None)
     skipped = match(signature, ["A"], min_genes=2)
-    assert skipped.skip_reason == "only 1 of 4 genes are in the data (minimum 2); missing B, C, D"
+    assert skipped.skip_reason == "only 1 of 4 genes (25%) are in the data (minimum 2 genes); missing B, C, D"
+    low_coverage = match(signature, ["A", "C"], min_genes=2, min_coverage=0.6)
+    assert low_coverage.skip_reason == (
+        "only 2 of 4 genes (50%) are in the data (minimum 2 genes and 60% of the signature); missing B, D"
+    )
 
 
 def test_the_readme_example_name() -> None:

@@ -222,13 +222,15 @@ def _status(args: argparse.Namespace) -> int:
     from genesig.presentation import ExecutionsView
 
     sm, s3 = _clients(args, "sagemaker", "s3")
+    # The first read happens before the view opens: an AWS error is then one line, not an empty table and a line.
+    states = execution_status(sm, args.pipeline_name, args.limit, s3=s3)
     with ExecutionsView(f"executions of {args.pipeline_name}", live=args.watch) as view:
-        while True:
+        view.update(states)
+        while args.watch and not all(s.finished for s in states):
+            time.sleep(args.poll_seconds)
             states = execution_status(sm, args.pipeline_name, args.limit, s3=s3)
             view.update(states)
-            if not args.watch or all(s.finished for s in states):
-                return 0
-            time.sleep(args.poll_seconds)
+    return 0
 
 
 def sync_s3(args: argparse.Namespace) -> int:

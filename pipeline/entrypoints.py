@@ -124,7 +124,12 @@ def _deploy(args: argparse.Namespace) -> int:
         else registry.latest_approved(args.group)
     )
     if package is None:
-        raise DataError(f"group {args.group} has no Approved package")
+        how = (
+            f"genesig registry approve {args.group} VERSION --workdir {args.registry.parent}"
+            if args.registry.name == "registry"
+            else "genesig step register ... --approve"
+        )
+        raise DataError(f"group {args.group} has no Approved package in {args.registry}: approve one first ({how})")
     deployment = deploy_package(package, args.prefix)
     logger.info("%s (%s)", deployment.name, deployment.action)
     return 0

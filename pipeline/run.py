@@ -91,6 +91,7 @@ class SignatureResult:
     p_value: float | None = None
     q_value: float | None = None
     null_size: int | None = None
+    null_replicates: int | None = None
     version: int | None = None
     approval_status: str | None = None
     deployed: str | None = None
@@ -244,6 +245,7 @@ def record_verdict(result: SignatureResult) -> None:
         "p_value": result.p_value,
         "q_value": result.q_value,
         "null_size": result.null_size,
+        "null_replicates": result.null_replicates,
         "coverage": result.coverage,
     }
     path.write_text(json.dumps(evaluation, indent=2) + "\n")

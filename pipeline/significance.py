@@ -172,8 +172,10 @@ def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull) -
     for r in results:
         if r.status == "done" and r.cv_mean is not None:
             size = null_size(len(r.genes))
-            r.p_value = null_p(r.cv_mean, null.distribution(size))
+            distribution = null.distribution(size)
+            r.p_value = null_p(r.cv_mean, distribution)
             r.null_size = size
+            r.null_replicates = len(distribution)
 
 
 def gate_run(results: list[SignatureResult], gate: GateSettings) -> None:
@@ -191,7 +193,7 @@ def gate_run(results: list[SignatureResult], gate: GateSettings) -> None:
             parts.append(
                 (
                     f"q {r.q_value:.3g} {'<=' if significant else '>'} FDR {gate.fdr:g} (p {r.p_value:.2g} against "
-                    f"{gate.null_replicates} random {r.null_size}-gene sets)",
+                    f"{r.null_replicates} random {r.null_size}-gene sets)",
                     significant,
                 )
             )

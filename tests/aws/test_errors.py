@@ -69,9 +69,12 @@ def test_no_region_is_one_line(command: tuple[str, ...], tmp_path: Path) -> None
     assert "no AWS region" in one_line(genesig(*command, env=bare_env(tmp_path)))
 
 
-def test_no_credentials_is_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", [("registry", "list", "--aws"), ("pipeline", "status")])
+def test_no_credentials_is_one_line_and_nothing_else(command: tuple[str, ...], tmp_path: Path) -> None:
     env = {**bare_env(tmp_path), "AWS_DEFAULT_REGION": "eu-west-1", "AWS_ENDPOINT_URL_SAGEMAKER": "http://127.0.0.1:9"}
-    assert "no AWS credentials" in one_line(genesig("registry", "list", "--aws", env=env))
+    result = genesig(*command, env=env)
+    assert "no AWS credentials" in one_line(result)
+    assert result.stdout.strip() == ""  # no empty table before the error
 
 
 def test_upsert_refuses_placeholders(tmp_path: Path) -> None:

@@ -61,7 +61,8 @@ def result(name: str, *, passed: bool, p: float | None, value: float = 0.7) -> S
     verdict = f"cross-validated mean auc {value:.3f} {'>=' if passed else '<'} threshold 0.600"
     return SignatureResult(
         signature=name, name=name, genes=["A", "B", "C"], missing_genes=[], status="done", metric="auc",
-        cv_mean=value, threshold_passed=passed, threshold_reason=verdict, p_value=p, null_size=3, coverage=1.0,
+        cv_mean=value, threshold_passed=passed, threshold_reason=verdict, p_value=p, null_size=3, null_replicates=40,
+        coverage=1.0,
     )  # fmt: skip
 
 
@@ -76,6 +77,7 @@ def test_the_gate_needs_the_threshold_and_the_fdr_and_names_every_part_that_fail
     by = {r.signature: r for r in rows}
     strong = by["strong"].reason
     assert by["strong"].passed and "q 0.002 <= FDR 0.1" in strong and "coverage 100%" in strong
+    assert "against 40 random 3-gene sets" in strong, "the null's own size, whatever the settings say"
     assert not by["lucky"].passed and by["lucky"].reason.startswith("q 0.667 > FDR 0.1")
     assert not by["weak_but_rare"].passed and "< threshold" in by["weak_but_rare"].reason
     assert "FDR" not in by["weak_but_rare"].reason, "only the parts that failed"

@@ -119,3 +119,11 @@ def test_a_large_run_prints_a_compact_summary_and_writes_the_full_table(tmp_path
 def test_a_local_endpoint_over_a_missing_prefix_is_refused_before_anything_starts(tmp_path: Path) -> None:
     line = one_line_error(genesig("local-endpoint", "--prefix", "no-such-folder", "--port", "9", cwd=tmp_path))
     assert "--prefix no-such-folder: no such folder" in line
+
+
+def test_deploying_a_group_with_nothing_approved_names_how_to_approve(tmp_path: Path) -> None:
+    (tmp_path / "registry").mkdir()
+    line = one_line_error(
+        genesig("step", "deploy", "--registry", "registry", "--group", "metagene_19", "--prefix", "p", cwd=tmp_path)
+    )
+    assert "no Approved package in registry" in line and "genesig registry approve metagene_19 VERSION" in line

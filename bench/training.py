@@ -77,8 +77,8 @@ def one_run(args: argparse.Namespace, cohort: Path, work: Path) -> dict[str, flo
             workdir=work,
             signatures_file=subset,
             approve=True,
-            train=TrainSettings(cv_repeats=args.cv_repeats),
-            gate=GateSettings(threshold=args.threshold),
+            train=TrainSettings(cv_repeats=args.cv_repeats, l2=args.l2),
+            gate=GateSettings(threshold=args.threshold, null_replicates=args.null_replicates),
             jobs=args.jobs,
         )
     )
@@ -109,6 +109,8 @@ def main() -> int:
     parser.add_argument("--cv-repeats", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=2, help="run-local --jobs")
     parser.add_argument("--threshold", type=float, default=0.0, help="gate threshold (0: deploy every model)")
+    parser.add_argument("--l2", type=float, help="a fixed ridge penalty (default: chosen by the nested inner CV)")
+    parser.add_argument("--null-replicates", type=int, default=0, help="random sets per size in the null (0: off)")
     parser.add_argument("--keep", type=Path, help="keep each run's work folder as KEEP/<count>")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "training.json")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -131,7 +133,9 @@ def main() -> int:
             out = subprocess.run(
                 [sys.executable, __file__, "--child", str(count), "--cohort", str(cohort), "--workdir", str(workdir)]
                 + ["--gmt", str(args.gmt), "--patients", str(args.patients), "--cv-repeats", str(args.cv_repeats)]
-                + ["--jobs", str(args.jobs), "--threshold", str(args.threshold)],
+                + ["--jobs", str(args.jobs), "--threshold", str(args.threshold)]
+                + ["--null-replicates", str(args.null_replicates)]
+                + (["--l2", str(args.l2)] if args.l2 is not None else []),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -146,6 +150,8 @@ def main() -> int:
                 "patients": args.patients,
                 "cv_repeats": args.cv_repeats,
                 "threshold": args.threshold,
+                "l2": "inner_cv" if args.l2 is None else args.l2,
+                "null_replicates": args.null_replicates,
                 "machine": {"cpus": os.cpu_count()},
                 "runs": rows,
             },

@@ -42,7 +42,7 @@ class _Network(torch.nn.Module):
 
 
 def train_mlp(
-    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainSettings
+    z: np.ndarray, event: np.ndarray, time: np.ndarray | None, target: TargetKind, config: TrainSettings, l2: float
 ) -> dict[str, np.ndarray]:
     torch.manual_seed(config.seed)
     x = torch.as_tensor(z, dtype=torch.float64)
@@ -60,7 +60,7 @@ def train_mlp(
         else:
             assert time is not None
             loss = cox_loss(eta, time, event)
-        loss = loss + config.l2 * net.penalty() / 2
+        loss = loss + l2 * net.penalty() / 2
         loss.backward()  # type: ignore[no-untyped-call]
         return loss
 

@@ -88,6 +88,7 @@ class SignatureResult:
     threshold_passed: bool = False
     threshold_reason: str = ""
     coverage: float | None = None
+    l2: float | None = None
     p_value: float | None = None
     q_value: float | None = None
     null_size: int | None = None
@@ -159,6 +160,7 @@ class RunSummary:
                         low,
                         high,
                         r.test_value,
+                        r.l2,
                         r.p_value,
                         r.q_value,
                         r.version,
@@ -184,6 +186,7 @@ SUMMARY_COLUMNS = (
     "cv_low",
     "cv_high",
     "test",
+    "l2",
     "p_value",
     "q_value",
     "version",
@@ -221,6 +224,7 @@ def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, 
         result.cv_mean = evaluation["cross_validation"]["mean"]
         result.cv_interval = evaluation["cross_validation"]["interval"]
         result.test_value = evaluation["test"]["value"]
+        result.l2 = evaluation["model"]["l2"]
         result.report = str(folder / "evaluation" / evaluation["report"])
         result.artifact = str(artifact)
         result.passed = result.threshold_passed = bool(evaluation["gate"]["passed"])

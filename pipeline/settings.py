@@ -18,6 +18,10 @@ from genesig.artifact import Architecture
 from genesig.artifact.manifest import TargetKind
 from genesig.errors import DataError
 
+# The ridge penalties (per patient, on standardised genes) the inner cross-validation chooses from when --l2 is not
+# given (genesig.pipeline.validation).
+L2_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+
 GateMetric = Literal["cv_mean", "cv_lower", "test"]
 ModelKind = Literal["linear", "mlp"]
 
@@ -46,8 +50,14 @@ class TrainSettings(msgspec.Struct, frozen=True, kw_only=True):
     model: Annotated[ModelKind, _doc("linear (ridge logistic or Cox) or mlp (one hidden layer)")] = "linear"
     hidden_units: Annotated[int, _doc("mlp hidden layer size (8-32 is sensible)", ge=1, le=1024)] = 16
     activation: Annotated[Literal["relu", "tanh"], _doc("mlp activation")] = "tanh"
-    l2: Annotated[float, _doc("ridge penalty on the weights, per patient", ge=0)] = 0.1
-    max_iter: Annotated[int, _doc("most L-BFGS iterations per fit", ge=1)] = 200
+    l2: Annotated[
+        Annotated[float, msgspec.Meta(ge=0)] | None,
+        _doc(
+            "ridge penalty on the weights, per patient; none: chosen by an inner CV nested in each fold from "
+            + ", ".join(f"{v:g}" for v in L2_GRID)
+        ),
+    ] = None
+    max_iter: Annotated[int, _doc("most Newton steps (linear) or L-BFGS iterations (mlp) per fit", ge=1)] = 200
     seed: Annotated[int, _doc("seed of the split, the folds and the mlp's initial weights", ge=0)] = 0
     test_fraction: Annotated[float, _doc("share of patients held out for the test split", ge=0.05, le=0.5)] = 0.2
     cv_folds: Annotated[int, _doc("folds of the repeated stratified cross-validation", ge=2, le=20)] = 5

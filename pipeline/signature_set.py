@@ -210,6 +210,7 @@ class ReportRow:
     genes: int = 0
     genes_missing: int = 0
     coverage: float | None = None
+    l2: float | None = None
     p_value: float | None = None
     q_value: float | None = None
     version: int | None = None
@@ -235,6 +236,7 @@ def _row(result: dict[str, Any]) -> ReportRow:
         genes=len(result.get("genes", [])),
         genes_missing=len(result.get("missing_genes", [])),
         coverage=result.get("coverage"),
+        l2=result.get("l2"),
         p_value=result.get("p_value"),
         q_value=result.get("q_value"),
     )

@@ -17,17 +17,16 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import RepeatedStratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
 import genesig
 from genesig.artifact import (
     SCHEMA_VERSION,
     Manifest,
-    Output,
     Preprocessing,
-    RiskGroups,
     Signature,
     SignatureModel,
+    Training,
     TrainingData,
     read_artifact,
     write_artifact,
@@ -41,6 +40,15 @@ from genesig.pipeline.metrics import discrimination
 from genesig.pipeline.model import fit_preprocessing, train
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import MatchedSignature
+from genesig.pipeline.validation import (
+    INNER_FOLDS,
+    CrossValidation,
+    choose_penalty,
+    manifest_stub,
+    metric_name,
+    output_spec,
+)
+from genesig.pipeline.validation import cross_validate as validation_cv
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +89,6 @@ class Prepared:
     train: Split
     test: Split
     preprocessing: Preprocessing
-
-
-def metric_name(target: TargetKind) -> str:
-    return "auc" if target == "binary" else "c_index"
 
 
 def choose_target(cohort: Cohort, requested: TargetKind | None) -> TargetKind:
@@ -145,113 +149,23 @@ def preprocess(
 # --- train -------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CrossValidation:
-    metric: str
-    folds: int
-    repeats: int
-    values: list[float]
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.values))
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        """The 2.5th and 97.5th percentiles of the per-fold metric."""
-        low, high = np.percentile(self.values, [2.5, 97.5])
-        return float(low), float(high)
-
-
-def _fit_predict(
-    raw_fit: np.ndarray,
-    event: np.ndarray,
-    time: np.ndarray | None,
-    raw_score: np.ndarray,
-    target: TargetKind,
-    genes: list[str],
-    config: TrainSettings,
-) -> np.ndarray:
-    """Preprocessing and model fitted on one side, linear predictor on the other (no information leaks)."""
-    preprocessing = fit_preprocessing(raw_fit)
-    weights = train(apply_preprocessing(preprocessing, genes, raw_fit), event, time, target, config)
-    manifest = _manifest_stub(genes, target, preprocessing, config)
-    return SignatureModel(manifest, weights).linear_predictor(raw_score)
-
-
 def cross_validate(prepared: Prepared, config: TrainSettings) -> CrossValidation:
-    """Repeated stratified k-fold on the training split; the held-out split is never touched."""
-    folds, repeats = config.cv_folds, config.cv_repeats
-    train_side = prepared.train
-    n_minority = int(min(train_side.event.sum(), len(train_side.event) - train_side.event.sum()))
-    folds = max(2, min(folds, n_minority))
-    splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=repeats, random_state=prepared.seed)
-    values = []
-    for fit_rows, score_rows in splitter.split(train_side.raw, train_side.event):
-        time = train_side.time
-        scores = _fit_predict(
-            train_side.raw[fit_rows],
-            train_side.event[fit_rows],
-            None if time is None else time[fit_rows],
-            train_side.raw[score_rows],
-            prepared.target,
-            prepared.genes,
-            config,
-        )
-        values.append(
-            discrimination(
-                event=train_side.event[score_rows],
-                time=None if time is None else time[score_rows],
-                risk_score=scores,
-            )
-        )
-    return CrossValidation(metric_name(prepared.target), folds, repeats, values)
-
-
-def _manifest_stub(
-    genes: list[str], target: TargetKind, preprocessing: Preprocessing, config: TrainSettings
-) -> Manifest:
-    """Enough of a manifest to evaluate weights with the serving code during cross-validation."""
-    return Manifest(
-        schema_version=SCHEMA_VERSION,
-        name="cv",
-        version=1,
-        signature=Signature(name="cv", genes_requested=genes),
-        genes=genes,
-        id_column="id",
-        target=target,
-        model=config.architecture(),
-        preprocessing=preprocessing,
-        output=_output(target, [0.0] if target == "time_to_event" else [0.5]),
-        metrics={},
-        training_data=TrainingData(fingerprint="", n_rows=1, n_events=0, event_column="event"),
-        created_at="",
-        versions={},
-    )
-
-
-def _output(target: TargetKind, cutpoints: list[float]) -> Output:
-    if target == "binary":
-        return Output(
-            name="probability",
-            description="probability of the event (death); the model is a logistic model on the signature's genes",
-            risk_groups=RiskGroups(cutpoints=cutpoints, labels=["low", "high"]),
-        )
-    return Output(
-        name="risk_score",
-        description="Cox linear predictor (log relative hazard); higher means higher risk",
-        risk_groups=RiskGroups(cutpoints=cutpoints, labels=["low", "high"]),
-    )
+    """The training split's repeated stratified CV, the penalty nested inside it (``genesig.pipeline.validation``)."""
+    side = prepared.train
+    return validation_cv(side.raw, side.event, side.time, prepared.target, prepared.genes, config, prepared.seed)
 
 
 def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir: Path, *, cv: CrossValidation) -> Path:
-    """Fit on the whole training split and write the artifact (with the CV metrics) through the contract's writer."""
+    """Fit on the whole training split (the penalty chosen by an inner CV on it, unless fixed) and write the
+    artifact, with the CV metrics and how the penalty was chosen, through the contract's writer."""
     train_side = prepared.train
-    z = apply_preprocessing(prepared.preprocessing, prepared.genes, train_side.raw)
-    weights = train(z, train_side.event, train_side.time, prepared.target, config)
-    provisional = SignatureModel(
-        _manifest_stub(prepared.genes, prepared.target, prepared.preprocessing, config), weights
+    penalty = choose_penalty(
+        train_side.raw, train_side.event, train_side.time, prepared.target, prepared.genes, config, prepared.seed
     )
+    z = apply_preprocessing(prepared.preprocessing, prepared.genes, train_side.raw)
+    weights = train(z, train_side.event, train_side.time, prepared.target, config, l2=penalty.l2)
+    stub = manifest_stub(prepared.genes, prepared.target, prepared.preprocessing, config)
+    provisional = SignatureModel(stub, weights)
     # Risk groups split at the training split's median output.
     cutpoint = float(np.median(provisional.predict(train_side.raw).values))
     metric = cv.metric
@@ -268,13 +182,14 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
             source=prepared.source,
             genes_requested=prepared.genes_requested,
             genes_missing=prepared.genes_missing,
+            coverage=len(prepared.genes) / len(prepared.genes_requested),
         ),
         genes=prepared.genes,
         id_column=prepared.id_column,
         target=prepared.target,
         model=config.architecture(),
         preprocessing=prepared.preprocessing,
-        output=_output(prepared.target, [cutpoint]),
+        output=output_spec(prepared.target, [cutpoint]),
         metrics={
             f"cv_{metric}_mean": cv.mean,
             f"cv_{metric}_lower": low,
@@ -299,6 +214,16 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
             ),
             "python": platform.python_version(),
         },
+        training=Training(
+            l2=penalty.l2,
+            l2_chosen_by=penalty.chosen_by,
+            l2_candidates=list(penalty.candidates),
+            inner_cv_log_likelihood=list(penalty.inner_log_likelihood),
+            inner_folds=INNER_FOLDS if penalty.chosen_by == "inner_cv" else 0,
+            cv_folds=cv.folds,
+            cv_repeats=cv.repeats,
+            seed=prepared.seed,
+        ),
     )
     return write_artifact(manifest, weights, out_dir)
 
@@ -352,6 +277,12 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: G
         },
         "test": {"value": test_value, "patients": len(test.ids), "events": int(test.event.sum())},
         "train": {"value": m[f"train_{metric}"]},
+        # How the model was fitted and how much of the signature the data had (also in the manifest).
+        "model": {
+            "l2": model.manifest.training.l2 if model.manifest.training else None,
+            "l2_chosen_by": model.manifest.training.l2_chosen_by if model.manifest.training else None,
+            "coverage": model.manifest.signature.coverage,
+        },
         "risk_groups": risk_group_summary(predictions.groups, test.event, test.time, predictions.values),
         # The shape SageMaker's model registry reads as model-quality statistics.
         ("binary_classification_metrics" if prepared.target == "binary" else "survival_metrics"): {

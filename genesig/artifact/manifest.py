@@ -15,7 +15,8 @@ import msgspec
 
 from genesig.errors import ArtifactError
 
-SCHEMA_VERSION = "1.0"
+# 1.1 added signature.coverage and training (how the penalty was chosen); 1.0 readers ignore them.
+SCHEMA_VERSION = "1.1"
 SUPPORTED_MAJOR = 1
 # Not "manifest.json": Multi Model Server reads that name as its own legacy manifest and fails the load.
 MANIFEST_FILENAME = "genesig-model.json"
@@ -40,6 +41,8 @@ class Signature(msgspec.Struct, frozen=True, kw_only=True):
     source: str | None = None
     genes_requested: list[str]
     genes_missing: list[str] = []
+    # The share of genes_requested that the data had (the model uses those); None in 1.0 manifests.
+    coverage: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
 
 class Preprocessing(msgspec.Struct, frozen=True, kw_only=True):
@@ -79,6 +82,21 @@ class TrainingData(msgspec.Struct, frozen=True, kw_only=True):
     time_column: str | None = None
 
 
+class Training(msgspec.Struct, frozen=True, kw_only=True):
+    """How the model was fitted: the ridge penalty and how it was chosen (``inner_cv``: the candidate with the best
+    held-out log-likelihood, summed over a stratified inner cross-validation on the training split; ``fixed``:
+    given)."""
+
+    l2: Annotated[float, msgspec.Meta(ge=0)]
+    l2_chosen_by: Literal["fixed", "inner_cv"]
+    l2_candidates: list[float] = []
+    inner_cv_log_likelihood: list[float] = []
+    inner_folds: NonNegativeInt = 0
+    cv_folds: PositiveInt
+    cv_repeats: PositiveInt
+    seed: NonNegativeInt
+
+
 class FileEntry(msgspec.Struct, frozen=True, kw_only=True):
     sha256: str
     bytes: NonNegativeInt
@@ -101,6 +119,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     training_data: TrainingData
     created_at: str
     versions: dict[str, str]
+    training: Training | None = None  # None in 1.0 manifests
     # Filled in by the artifact writer from the packed files.
     files: dict[str, FileEntry] = {}
     memory_estimate_bytes: NonNegativeInt = 0

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from genesig.artifact.model import apply_preprocessing
 from genesig.pipeline.metrics import c_index
 from genesig.pipeline.mlp import cox_loss
-from genesig.pipeline.model import cox_loss_grad, fit_preprocessing, train
+from genesig.pipeline.model import _Cox, breslow_risk_index, cox_loss_grad, fit_preprocessing, train
 from genesig.pipeline.settings import TrainSettings
 
 
@@ -48,7 +48,7 @@ def test_logistic_model_matches_scikit_learn() -> None:
 
 def test_training_is_deterministic() -> None:
     z, event, time = data(1)
-    for config in (TrainSettings(), TrainSettings(model="mlp", hidden_units=8, seed=3)):
+    for config in (TrainSettings(l2=0.1), TrainSettings(model="mlp", hidden_units=8, seed=3, l2=0.1)):
         a = train(z, event, None, "binary", config)
         b = train(z, event, None, "binary", config)
         assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -87,7 +87,7 @@ def test_unpenalised_cox_model_matches_lifelines() -> None:
 
 def test_mlp_shapes() -> None:
     z, event, _ = data(3)
-    weights = train(z, event, None, "binary", TrainSettings(model="mlp", hidden_units=12))
+    weights = train(z, event, None, "binary", TrainSettings(model="mlp", hidden_units=12, l2=0.1))
     assert weights["hidden.weight"].shape == (12, 5) and weights["output.weight"].shape == (1, 12)
 
 
@@ -95,3 +95,56 @@ def test_time_to_event_needs_time() -> None:
     z, event, _ = data()
     with pytest.raises(Exception, match="needs a time column"):
         train(z, event, None, "time_to_event", TrainSettings())
+
+
+def test_cox_curvature_equals_the_autograd_hessian_with_tied_times() -> None:
+    rng = np.random.default_rng(7)
+    eta = rng.normal(size=30) * 2
+    time = rng.integers(1, 6, size=30).astype(float)
+    event = rng.random(30) < 0.6
+    order, last = breslow_risk_index(time)
+    _, _, curvature = _Cox(event[order], last).derivatives(eta[order])
+    reference = torch.autograd.functional.hessian(  # type: ignore[no-untyped-call]
+        lambda e: cox_loss(e, time[order], event[order]), torch.tensor(eta[order])
+    )
+    np.testing.assert_allclose(curvature(np.eye(30)), reference.numpy(), atol=1e-12)
+
+
+def objective_gradient(weights: dict[str, np.ndarray], z: np.ndarray, event: np.ndarray, time: np.ndarray | None,
+                       l2: float) -> np.ndarray:  # fmt: skip
+    """The gradient of the penalised objective at ``weights``, by autograd: zero at the optimum."""
+    w = torch.tensor(weights["linear.weight"][0], requires_grad=True)
+    b = torch.tensor(weights["linear.bias"], requires_grad=True)
+    eta = torch.as_tensor(z) @ w + b
+    if time is None:
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(eta, torch.as_tensor(event, dtype=torch.float64))
+    else:
+        loss = cox_loss(eta, time, event)
+    (loss + l2 * (w**2).sum() / 2).backward()  # type: ignore[no-untyped-call]
+    assert w.grad is not None and b.grad is not None
+    return np.r_[w.grad.numpy(), b.grad.numpy() if time is None else []]
+
+
+@pytest.mark.parametrize("target", ["binary", "time_to_event"])
+@pytest.mark.parametrize("genes", [5, 400], ids=["fewer genes than patients", "more genes than patients"])
+def test_the_fit_is_the_penalised_optimum(target: str, genes: int) -> None:
+    """Both ways of solving the Newton system (genes <= patients, and through the patients' side) reach the optimum."""
+    z, event, time = data(5, n=80, genes=genes)
+    times = time if target == "time_to_event" else None
+    for l2 in (0.01, 1.0):
+        weights = train(z, event, times, target, TrainSettings(l2=l2))  # type: ignore[arg-type]
+        assert np.abs(objective_gradient(weights, z, event, times, l2)).max() < 1e-7
+
+
+def test_a_warm_start_reaches_the_same_optimum() -> None:
+    z, event, time = data(6, n=80, genes=30)
+    cold = train(z, event, time, "time_to_event", TrainSettings(l2=0.1))
+    warm = train(z, event, time, "time_to_event", TrainSettings(l2=0.1), start=train(z, event, time, "time_to_event",
+                 TrainSettings(l2=10.0)))  # fmt: skip
+    np.testing.assert_allclose(warm["linear.weight"], cold["linear.weight"], atol=1e-7)
+
+
+def test_an_unpenalised_fit_with_more_genes_than_patients_is_refused() -> None:
+    z, event, time = data(1, n=40, genes=60)
+    with pytest.raises(Exception, match="60 genes and 40 patients have no unique unpenalised fit"):
+        train(z, event, time, "time_to_event", TrainSettings(l2=0.0))

@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -13,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 from genesig.artifact import read_artifact
 from genesig.errors import DataError
 from genesig.pipeline.cohort import read_cohort
-from genesig.pipeline.settings import GateSettings, TrainSettings
+from genesig.pipeline.settings import L2_GRID, GateSettings, TrainSettings
 from genesig.pipeline.signatures import default_signatures, match, select
 from genesig.pipeline.steps import (
     EVALUATION_FILE,
@@ -93,6 +94,26 @@ def test_manifest_carries_preprocessing_fingerprint_and_metrics(synthetic_csv: P
     assert manifest.training_data.fingerprint == cohort.fingerprint(["LRIG1", "HPGD", "GDF15"])
     assert {"cv_auc_mean", "cv_auc_lower", "cv_auc_upper", "train_auc"} <= set(manifest.metrics)
     assert manifest.output.risk_groups.labels == ["low", "high"]
+    assert manifest.signature.coverage == 1.0
+
+
+def test_the_shipped_models_penalty_and_how_it_was_chosen_are_in_the_manifest(
+    synthetic_csv: Path, tmp_path: Path
+) -> None:
+    _, prepared = prepared_for(synthetic_csv, "metagene_19")
+    tuned = msgspec.structs.replace(FAST, l2=None)
+    cv = cross_validate(prepared, tuned)
+    training = read_artifact(train_model(prepared, tuned, 1, tmp_path / "tuned", cv=cv)).manifest.training
+    assert training is not None and training.l2_chosen_by == "inner_cv" and training.inner_folds == 3
+    assert training.l2_candidates == sorted(L2_GRID) and training.l2 in L2_GRID
+    best = max(training.inner_cv_log_likelihood)
+    assert training.inner_cv_log_likelihood[training.l2_candidates.index(training.l2)] == best
+    assert (training.cv_folds, training.cv_repeats, training.seed) == (cv.folds, cv.repeats, prepared.seed)
+    assert len(cv.penalties) == len(cv.values) and set(cv.penalties) <= set(L2_GRID)
+    fixed = msgspec.structs.replace(FAST, l2=0.25)
+    manifest = read_artifact(train_model(prepared, fixed, 1, tmp_path / "fixed", cv=cross_validate(prepared, fixed)))
+    assert manifest.manifest.training is not None
+    assert (manifest.manifest.training.l2, manifest.manifest.training.l2_chosen_by) == (0.25, "fixed")
 
 
 def test_prepared_folder_round_trip(synthetic_csv: Path, tmp_path: Path) -> None:

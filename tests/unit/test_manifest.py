@@ -128,3 +128,12 @@ def test_not_json_is_refused() -> None:
 
 def test_manifest_file_name_avoids_the_mms_trap() -> None:
     assert MANIFEST_FILENAME.lower() != "manifest.json"
+
+
+def test_a_1_0_manifest_without_coverage_or_training_is_read(manifest: Manifest) -> None:
+    doc = json.loads(encode_manifest(manifest))
+    doc["schema_version"] = "1.0"
+    doc.pop("training", None)
+    doc["signature"].pop("coverage", None)
+    old = decode_manifest(json.dumps(doc).encode())
+    assert old.training is None and old.signature.coverage is None

@@ -1,0 +1,73 @@
+"""Cross-validation and the penalty chosen by an inner CV nested inside it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.model_selection import RepeatedStratifiedKFold
+
+from genesig.pipeline import validation
+from genesig.pipeline.settings import L2_GRID, TrainSettings
+from genesig.pipeline.validation import choose_penalty, cross_validate
+
+
+def cohort(seed: int, n: int, genes: int, effect: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Raw expression (log-normal) with ``effect`` on the first three genes' log values, in both time and status."""
+    rng = np.random.default_rng(seed)
+    logged = rng.normal(2.0, 1.0, size=(n, genes))
+    eta = effect * (logged[:, 0] + logged[:, 1] - logged[:, 2] - 2.0)
+    time = rng.exponential(1 / np.exp(eta))
+    event = rng.random(n) < 1 / (1 + np.exp(-(eta + 0.8)))  # the effect reaches the status too (binary target)
+    return np.exp(logged), event, time, [f"G{i}" for i in range(genes)]
+
+
+def test_a_fixed_penalty_is_used_as_given() -> None:
+    raw, event, time, genes = cohort(0, 60, 5, 1.0)
+    choice = choose_penalty(raw, event, time, "time_to_event", genes, TrainSettings(l2=0.3), seed=0)
+    assert (choice.l2, choice.chosen_by, choice.candidates) == (0.3, "fixed", ())
+
+
+@pytest.mark.parametrize("target", ["binary", "time_to_event"])
+def test_the_inner_cv_shrinks_noise_hard_and_a_strong_signal_little(target: str) -> None:
+    def choose(raw: np.ndarray, event: np.ndarray, time: np.ndarray, genes: list[str]) -> validation.PenaltyChoice:
+        times = time if target == "time_to_event" else None
+        return choose_penalty(raw, event, times, target, genes, TrainSettings(), seed=0)  # type: ignore[arg-type]
+
+    noise = choose(*cohort(1, 90, 60, 0.0))  # 60 genes of noise: any weight is over-confident
+    assert noise.chosen_by == "inner_cv" and noise.candidates == tuple(sorted(L2_GRID))
+    assert noise.l2 == max(L2_GRID), noise
+    strong = choose(*cohort(2, 300, 3, 1.5))  # three genes, every one carrying the effect
+    assert strong.l2 < 1.0, strong
+    assert strong.inner_log_likelihood[strong.candidates.index(strong.l2)] == max(strong.inner_log_likelihood)
+
+
+def test_the_penalty_of_each_outer_fold_is_chosen_from_that_folds_fitting_rows_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Nested: the rows an outer fold scores never reach the inner CV that chose its penalty."""
+    raw, event, time, genes = cohort(3, 80, 6, 0.8)
+    seen: list[set[float]] = []
+    real = validation.choose_penalty
+
+    def spy(raw_rows: np.ndarray, *args: Any) -> validation.PenaltyChoice:
+        seen.append(set(raw_rows[:, 0].tolist()))
+        return real(raw_rows, *args)
+
+    monkeypatch.setattr(validation, "choose_penalty", spy)
+    config = TrainSettings(cv_folds=4, cv_repeats=2)
+    result = cross_validate(raw, event, time, "time_to_event", genes, config, seed=5)
+    splits = list(RepeatedStratifiedKFold(n_splits=4, n_repeats=2, random_state=5).split(raw, event))
+    assert len(seen) == len(splits) == len(result.values) == len(result.penalties)
+    for rows_seen, (fit_rows, score_rows) in zip(seen, splits, strict=True):
+        assert rows_seen == set(raw[fit_rows, 0].tolist())
+        assert not rows_seen & set(raw[score_rows, 0].tolist())
+    assert set(result.penalties) <= set(L2_GRID)
+
+
+def test_tuning_is_deterministic() -> None:
+    raw, event, time, genes = cohort(4, 70, 8, 0.5)
+    a = cross_validate(raw, event, time, "time_to_event", genes, TrainSettings(cv_repeats=2), seed=1)
+    b = cross_validate(raw, event, time, "time_to_event", genes, TrainSettings(cv_repeats=2), seed=1)
+    assert (a.values, a.penalties) == (b.values, b.penalties)

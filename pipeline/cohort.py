@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from genesig.errors import DataError
-from genesig.pipeline.settings import CohortSettings
+from genesig.pipeline.settings import CohortSettings, ExpressionScale
 
 # Lines in messages are file lines: the header is line 1, the first patient line 2.
 _FIRST_DATA_LINE = 2
@@ -31,11 +31,15 @@ class CohortColumns:
     id: str = CohortSettings().id_column
     event: str = CohortSettings().event_column
     time: str | None = None
+    # raw: non-negative values, log1p-transformed; log: on a log scale already, negative values allowed.
+    values: ExpressionScale = CohortSettings().values
 
 
 def columns_of(settings: CohortSettings) -> CohortColumns:
     # An empty time column (a pipeline parameter's way of saying none) means none.
-    return CohortColumns(id=settings.id_column, event=settings.event_column, time=settings.time_column or None)
+    return CohortColumns(
+        id=settings.id_column, event=settings.event_column, time=settings.time_column or None, values=settings.values
+    )
 
 
 @dataclass(frozen=True)
@@ -59,12 +63,18 @@ class Cohort:
     def has_time(self) -> bool:
         return self.time is not None
 
+    @property
+    def log1p(self) -> bool:
+        """Whether models log-transform the values (raw expression) or take them as given (already log scale)."""
+        return self.columns.values == "raw"
+
     def candidate_genes(self) -> list[str]:
         reserved = {self.columns.id, self.columns.event, self.columns.time}
         return [c for c in self.table.columns if c not in reserved]
 
     def expression(self, genes: list[str]) -> np.ndarray:
-        """Raw values of ``genes`` (rows x genes) as float64, refusing missing, non-numeric and negative values."""
+        """Values of ``genes`` (rows x genes) as float64, refusing missing and non-numeric values, and negative ones
+        when the values are raw expression."""
         absent = [g for g in genes if g not in self.table.columns]
         if absent:
             raise DataError(f"{self.source}: no column for genes {', '.join(absent)}")
@@ -82,7 +92,7 @@ class Cohort:
             block = None
         for j, gene in enumerate(genes):
             column = None if block is None else block[:, j]
-            if column is None or not np.isfinite(column).all() or (column < 0).any():
+            if column is None or not np.isfinite(column).all() or (self.log1p and (column < 0).any()):
                 column = self._numeric_column(gene)
             self._parsed[gene] = column
 
@@ -102,10 +112,11 @@ class Cohort:
         if not_finite.any():
             raise DataError(f"{self.source}: column {gene} has NaN or infinite values in {self._rows(not_finite)}")
         negative = array < 0
-        if negative.any():
+        if self.log1p and negative.any():
             raise DataError(
                 f"{self.source}: column {gene} has negative expression in {self._rows(negative)}; "
-                "expected raw non-negative values (counts, FPKM, TPM)"
+                "expected raw non-negative values (counts, FPKM, TPM), or give --values log for values already on a "
+                "log scale"
             )
         return array
 

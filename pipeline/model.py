@@ -26,13 +26,14 @@ from genesig.errors import DataError
 from genesig.pipeline.settings import TrainSettings
 
 
-def fit_preprocessing(raw: np.ndarray) -> Preprocessing:
-    """log1p, then centre and scale each gene with the training split's mean and standard deviation."""
-    logged = np.log1p(raw)
+def fit_preprocessing(raw: np.ndarray, log1p: bool = True) -> Preprocessing:
+    """log1p (raw expression; not for values already on a log scale), then centre and scale each gene with the
+    training split's mean and standard deviation."""
+    logged = np.log1p(raw) if log1p else np.asarray(raw, dtype=np.float64)
     center = logged.mean(axis=0)
     scale = logged.std(axis=0)
     scale = np.where(scale > 1e-8, scale, 1.0)  # a constant gene carries no signal; keep it finite
-    return Preprocessing(log1p=True, center=center.tolist(), scale=scale.tolist())
+    return Preprocessing(log1p=log1p, center=center.tolist(), scale=scale.tolist())
 
 
 def breslow_risk_index(time: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

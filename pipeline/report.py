@@ -1,14 +1,36 @@
-"""The evaluation report's plot: ROC curve (binary target) or Kaplan-Meier curves of the predicted risk groups."""
+"""Reports a scientist can quote.
+
+Per signature (``report.png`` beside ``evaluation.json``): the held-out patients' ROC with its AUC (binary status),
+or their Kaplan-Meier curves by predicted risk group with censoring marks, numbers at risk and the log-rank p
+(time-to-event); beside the plot, the numbers: the cross-validated metric and its interval, the held-out metric
+with n and events, coverage, the penalty, p and q against random signatures, and the gate's verdict. It is drawn
+from the evaluation's own files (``evaluation.json``, ``predictions.csv``) only, so a run redraws it once the run's
+q-values are known.
+
+Per run (``significance.png`` in the work folder, when the random-signature null is on): every evaluated
+signature's cross-validated metric against its size, over the null's band at each size (random gene sets: median
+and 5-95 % range), passed and failed signatures marked.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
+import scipy.stats
 
 if TYPE_CHECKING:
-    from genesig.pipeline.steps import Prepared
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+    from genesig.pipeline.run import SignatureResult
+
+REPORT_FILE = "report.png"
+RUN_PLOT_FILE = "significance.png"
+GROUP_COLOURS = {"low": "#1b7837", "high": "#b2182b"}
 
 
 def roc_points(event: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -32,37 +54,176 @@ def kaplan_meier(time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.nd
     return np.concatenate([[0.0], times]), np.concatenate([[1.0], survival])
 
 
-def _short(name: str, width: int = 64) -> str:
+def logrank_p(time: np.ndarray, event: np.ndarray, groups: Sequence[str]) -> float | None:
+    """The log-rank test of equal survival across ``groups`` (chi-square with groups - 1 degrees of freedom);
+    None with fewer than two groups or no event."""
+    labels = list(dict.fromkeys(groups))
+    if len(labels) < 2 or not event.any():
+        return None
+    member = np.array([[g == label for g in groups] for label in labels])  # groups x patients
+    observed_minus_expected = np.zeros(len(labels))
+    covariance = np.zeros((len(labels), len(labels)))
+    for t in np.unique(time[event]):
+        at_risk = time >= t
+        n, deaths = at_risk.sum(), (event & (time == t)).sum()
+        n_group = (member & at_risk).sum(axis=1)
+        observed_minus_expected += (member & event & (time == t)).sum(axis=1) - deaths * n_group / n
+        if n > 1:
+            share = n_group / n
+            covariance += deaths * (n - deaths) / (n - 1) * (np.diag(share) - np.outer(share, share))
+    head = slice(0, len(labels) - 1)  # the last group is determined by the others
+    try:
+        statistic = float(
+            observed_minus_expected[head] @ np.linalg.solve(covariance[head, head], observed_minus_expected[head])
+        )
+    except np.linalg.LinAlgError:
+        return None
+    return float(scipy.stats.chi2.sf(statistic, len(labels) - 1))
+
+
+def _short(name: str, width: int = 70) -> str:
     """Signature names (GO terms) can be long: one line that fits the figure's title."""
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
-def write_report(prepared: Prepared, values: np.ndarray, groups: list[str], risk: np.ndarray, out_dir: Path) -> Path:
-    # A bare Figure renders with Agg and keeps no pyplot state; fixed margins instead of
-    # tight_layout, which drew every figure twice (~40% of a report's time at 1,000 signatures).
+def _figure(width: float, height: float) -> Figure:
+    # A bare Figure renders with Agg and keeps no pyplot state; fixed margins instead of tight_layout, which drew
+    # every figure twice (~40% of a report's time at 1,000 signatures).
     from matplotlib.figure import Figure
 
-    test = prepared.test
-    fig = Figure(figsize=(5, 4), dpi=110)
-    fig.subplots_adjust(left=0.13, right=0.97, top=0.88, bottom=0.12)
-    ax = fig.subplots()
-    if test.time is None:
-        fpr, tpr = roc_points(test.event, risk)
-        ax.step(fpr, tpr, where="post", label="model")
-        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    return Figure(figsize=(width, height), dpi=100)
+
+
+def _kaplan_meier_panel(fig: Figure, ax: Axes, table: pd.DataFrame, time_column: str, event_column: str) -> str:
+    """KM curves by risk group with censoring marks, and the numbers at risk under the axes; returns the legend's
+    log-rank line."""
+    time = table[time_column].to_numpy(dtype=float)
+    event = table[event_column].to_numpy() == 1
+    groups = table["risk_group"].astype(str).tolist()
+    labels = list(dict.fromkeys(sorted(set(groups), key=lambda g: (g != "low", g))))
+    for label in labels:
+        mask = np.array([g == label for g in groups])
+        t, s = kaplan_meier(time[mask], event[mask])
+        colour = GROUP_COLOURS.get(label)
+        ax.step(t, s, where="post", color=colour, linewidth=2, label=f"{label} risk (n={int(mask.sum())})")
+        censored = time[mask & ~event]
+        # The survival estimate just after each censoring time: the curve's value at that time.
+        at = s[np.searchsorted(t, censored, side="right") - 1]
+        ax.plot(censored, at, linestyle="none", marker="|", markersize=9, color=colour)
+    ax.set_xlabel(time_column)
+    ax.set_ylabel("survival probability")
+    ax.set_ylim(0, 1.03)
+    ax.set_xlim(left=0)
+    ticks = [x for x in ax.get_xticks() if 0 <= x <= time.max()]
+    ax.set_xticks(ticks)
+    # Numbers at risk: one row per group, under the tick labels.
+    left, bottom, width, _ = ax.get_position().bounds
+    x0, x1 = ax.get_xlim()
+    fig.text(left - 0.03, bottom - 0.13, "at risk", ha="right", fontsize=10, weight="bold")
+    for row, label in enumerate(labels):
+        mask = np.array([g == label for g in groups])
+        y = bottom - 0.17 - 0.04 * row
+        fig.text(left - 0.03, y, label, ha="right", fontsize=10, color=GROUP_COLOURS.get(label))
+        for tick in ticks:
+            fig.text(left + width * (tick - x0) / (x1 - x0), y, str(int((time[mask] >= tick).sum())), ha="center",
+                     fontsize=10)  # fmt: skip
+    p = logrank_p(time, event, groups)
+    return "log-rank p = n/a" if p is None else f"log-rank p = {p:.2g}"
+
+
+def write_report(evaluation: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> Path:
+    """``report.png`` for one signature from its evaluation and held-out predictions (see the module's docstring)."""
+    fig = _figure(11, 5.8)
+    # Time-to-event leaves room under the axes for the numbers at risk.
+    ax = fig.add_axes((0.09, 0.12, 0.50, 0.77) if evaluation["target"] == "binary" else (0.09, 0.34, 0.50, 0.55))
+    metric = evaluation["metric"]
+    label = "AUC" if metric == "auc" else "C-index"
+    test = evaluation["test"]
+    event_column = evaluation.get("event_column", "SurvivalStatus")
+    if evaluation["target"] == "binary":
+        fpr, tpr = roc_points(table[event_column].to_numpy() == 1, table[evaluation["output"]].to_numpy(dtype=float))
+        ax.step(fpr, tpr, where="post", linewidth=2, label=f"model, AUC {test['value']:.3f}")
+        ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance, AUC 0.5")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
-        ax.set_title(f"{_short(prepared.signature)}\nROC on the held-out split", fontsize=9)
+        ax.set_title("ROC, held-out patients", fontsize=12)
     else:
-        for label in dict.fromkeys(groups):
-            mask = np.array([g == label for g in groups])
-            t, s = kaplan_meier(test.time[mask], test.event[mask])
-            ax.step(t, s, where="post", label=f"{label} risk (n={int(mask.sum())})")
-        ax.set_xlabel(prepared.time_column or "time")
-        ax.set_ylabel("survival probability")
-        ax.set_ylim(0, 1.02)
-        ax.set_title(f"{_short(prepared.signature)}\nKaplan-Meier by predicted risk group", fontsize=9)
-    ax.legend(fontsize=8)
-    path = out_dir / "report.png"
+        logrank = _kaplan_meier_panel(fig, ax, table, evaluation["time_column"], event_column)
+        ax.plot([], [], linestyle="none", label=logrank)
+        ax.plot([], [], linestyle="none", marker="|", color="black", label="censored")
+        ax.set_title("Kaplan-Meier by predicted risk group, held-out patients", fontsize=12)
+    ax.legend(fontsize=10, loc="lower left" if evaluation["target"] != "binary" else "lower right")
+    ax.tick_params(labelsize=10)
+    fig.suptitle(_short(evaluation["signature"]), fontsize=14, weight="bold", x=0.09, ha="left")
+    fig.text(0.64, 0.88, _numbers(evaluation, label), va="top", ha="left", fontsize=11, family="monospace")
+    path = out_dir / REPORT_FILE
+    fig.savefig(path)
+    return path
+
+
+def _numbers(evaluation: dict[str, Any], label: str) -> str:
+    """The report's right-hand panel: what the gate saw, in the order a reader checks it."""
+    cv = evaluation["cross_validation"]
+    low, high = cv["interval"]
+    test = evaluation["test"]
+    model = evaluation.get("model", {})
+    significance = evaluation.get("significance") or {}
+    gate = evaluation["gate"]
+    genes = len(evaluation["genes"])
+    rows = [
+        (f"CV {label}", f"{cv['mean']:.3f}  [{low:.3f}, {high:.3f}]"),
+        (f"held-out {label}", f"{test['value']:.3f}"),
+        ("held-out n", f"{test['patients']}, {test['events']} events"),
+        (
+            "genes",
+            f"{genes}" + (f" ({model['coverage']:.0%} of the set)" if model.get("coverage") is not None else ""),
+        ),
+    ]
+    if model.get("l2") is not None:
+        how = "inner CV" if model["l2_chosen_by"] == "inner_cv" else "fixed"
+        rows.append(("ridge penalty", f"{model['l2']:g} ({how})"))
+    if significance.get("p_value") is not None:
+        rows.append(("p vs random", f"{significance['p_value']:.2g} ({significance.get('null_replicates')} sets)"))
+        rows.append(("q (run, BH)", f"{significance['q_value']:.2g}"))
+    lines = [f"{key:<17}{value}" for key, value in rows]
+    lines += ["", "PASSED" if gate["passed"] else "NOT PASSED"]
+    lines += _wrap(gate["reason"], 44)
+    return "\n".join(lines)
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    import textwrap
+
+    return [line for part in text.split("; ") for line in textwrap.wrap(part, width)]
+
+
+def write_null_plot(
+    results: Sequence[SignatureResult], distribution: Callable[[int], np.ndarray], path: Path
+) -> Path | None:
+    """``significance.png``: each evaluated signature's CV metric against its size, over the random null's band."""
+    done = [r for r in results if r.status == "done" and r.cv_mean is not None and r.null_size is not None]
+    if not done:
+        return None
+    fig = _figure(11, 6.5)
+    ax = fig.add_axes((0.08, 0.11, 0.64, 0.8))
+    sizes = sorted({r.null_size for r in done if r.null_size is not None})
+    bands = np.array([np.percentile(distribution(k), [5, 50, 95]) for k in sizes])
+    ax.fill_between(sizes, bands[:, 0], bands[:, 2], color="#cccccc", step="mid", label="random gene sets, 5-95%")
+    ax.step(sizes, bands[:, 1], where="mid", color="#777777", label="random gene sets, median")
+    for passed, colour, text in ((False, "#4575b4", "not passed"), (True, "#d73027", "passed")):
+        chosen = [r for r in done if r.passed == passed]
+        ax.scatter([len(r.genes) for r in chosen], [r.cv_mean for r in chosen], s=22, color=colour,
+                   label=f"{text} ({len(chosen)})", zorder=3)  # fmt: skip
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter
+
+    low, high = ax.get_xlim()
+    ticks = [t for t in (2, 3, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if low <= t <= high]
+    ax.set_xticks(ticks, labels=[str(t) for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("genes in the signature (in the data)", fontsize=12)
+    ax.set_ylabel(f"cross-validated {'AUC' if done[0].metric == 'auc' else 'C-index'}", fontsize=12)
+    ax.set_title("Signatures against random gene sets of their size", fontsize=14)
+    ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path)
     return path

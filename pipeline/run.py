@@ -22,10 +22,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import Cohort, columns_of, read_cohort
 from genesig.pipeline.deploy import deploy_package
 from genesig.pipeline.registry import LocalRegistry
+from genesig.pipeline.report import RUN_PLOT_FILE, write_null_plot, write_report
 from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
 from genesig.pipeline.signatures import (
     GeneSignature,
@@ -258,6 +261,10 @@ def record_verdict(result: SignatureResult) -> None:
         verdict = json.loads(gate_path.read_text())
         verdict.update(passed=result.passed, reason=result.reason, significance=evaluation["significance"])
         gate_path.write_text(json.dumps(verdict, indent=2) + "\n")
+    if result.p_value is not None:
+        # Drawn at evaluation, before the run's q-values existed: drawn again with them and the final verdict.
+        table = pd.read_csv(path.parent / evaluation["predictions"], dtype={0: str})
+        write_report(evaluation, table, path.parent)
 
 
 def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: SignatureResult) -> None:
@@ -429,6 +436,8 @@ def run_local(
     for result in results:
         if result.status == "done":
             record_verdict(result)
+    if options.gate.null_replicates:
+        write_null_plot(results, null.distribution, options.workdir / RUN_PLOT_FILE)
     for result in results:
         if result.passed:
             try:

@@ -46,6 +46,7 @@ PARAMETER_NAMES = (
     "IdColumn",
     "EventColumn",
     "TimeColumn",
+    "ExpressionValues",
     "ProcessingInstanceType",
     "TrainingInstanceType",
     "MetricThreshold",
@@ -55,7 +56,7 @@ PARAMETER_NAMES = (
     "TrainingImageUri",
     "ServingImageUri",
 )
-SET_PARAMETER_NAMES = tuple(n for n in PARAMETER_NAMES if n != "Signature") + ("ShardCount",)
+SET_PARAMETER_NAMES = tuple(n for n in PARAMETER_NAMES if n != "Signature") + ("ShardCount", "NullReplicates", "Fdr")
 # The signature-set run's steps.
 PREPARE_SET, TRAIN_SET, REGISTER_SET = "PrepareSignatureSet", "TrainSignatures", "RegisterSignatures"
 DEFAULT_SHARDS = 4
@@ -149,6 +150,9 @@ def _parameters(config: PipelineConfig, names: tuple[str, ...]) -> dict[str, Any
             ParameterString("IdColumn", default_value=cohort.id_column),
             ParameterString("EventColumn", default_value=cohort.event_column),
             ParameterString("TimeColumn", default_value=cohort.time_column or ""),
+            ParameterString("ExpressionValues", default_value=cohort.values),
+            ParameterInteger("NullReplicates", default_value=gate.null_replicates),
+            ParameterFloat("Fdr", default_value=gate.fdr),
             ParameterInteger("ShardCount", default_value=DEFAULT_SHARDS),
             ParameterString("ProcessingInstanceType", default_value="ml.m5.large"),
             ParameterString("TrainingInstanceType", default_value="ml.m5.large"),
@@ -171,7 +175,7 @@ def _text(value: Any) -> Any:
 
 
 def _column_arguments(ctx: _Context) -> list[Any]:
-    """The cohort's column names, as the step entry points take them."""
+    """The cohort's column names and the scale of its values, as the step entry points take them."""
     return [
         "--id-column",
         ctx["IdColumn"],
@@ -179,6 +183,8 @@ def _column_arguments(ctx: _Context) -> list[Any]:
         ctx["EventColumn"],
         "--time-column",
         ctx["TimeColumn"],
+        "--values",
+        ctx["ExpressionValues"],
     ]
 
 
@@ -488,6 +494,8 @@ def _train_set_step(ctx: _Context, prepare: Any) -> Any:
         "id_column": ctx["IdColumn"],
         "event_column": ctx["EventColumn"],
         "time_column": ctx["TimeColumn"],
+        "values": ctx["ExpressionValues"],
+        "null_replicates": _text(ctx["NullReplicates"]),
         "output_uri": _results_uri(ctx),
     }
     trainer = ModelTrainer(
@@ -537,6 +545,8 @@ def _register_set_step(ctx: _Context, prepare: Any, train: Any) -> Any:
                 ctx["ModelApprovalStatus"],
                 "--mme-prefix",
                 ctx["MmePrefix"],
+                "--fdr",
+                _text(ctx["Fdr"]),
                 "--out",
                 f"{PROCESSING}/report",
             ],

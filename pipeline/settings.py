@@ -22,6 +22,7 @@ from genesig.errors import DataError
 # given (genesig.pipeline.validation).
 L2_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
 
+ExpressionScale = Literal["raw", "log"]
 GateMetric = Literal["cv_mean", "cv_lower", "test"]
 ModelKind = Literal["linear", "mlp"]
 
@@ -37,6 +38,13 @@ class CohortSettings(msgspec.Struct, frozen=True, kw_only=True):
     event_column: Annotated[str, _doc("the event column: 1 = event (death), 0 = no event")] = "SurvivalStatus"
     time_column: Annotated[str | None, _doc("follow-up time; with it the target is time-to-event (Cox)")] = None
     target: Annotated[TargetKind | None, _doc("binary or time_to_event; default: chosen by the data")] = None
+    values: Annotated[
+        ExpressionScale,
+        _doc(
+            "raw: non-negative expression (counts, FPKM, TPM), log1p-transformed by the model; log: already on a log "
+            "scale (log2 intensities, microarray log-ratios; negative values allowed), used as given"
+        ),
+    ] = "raw"
     min_events: Annotated[int, _doc("refuse data with fewer events or non-events than this", ge=2)] = 10
     min_genes: Annotated[int, _doc("skip signatures with fewer of their genes in the data", ge=1)] = 2
     min_coverage: Annotated[

@@ -142,7 +142,7 @@ def preprocess(
         seed=seed,
         train=side(train_rows),
         test=side(test_rows),
-        preprocessing=fit_preprocessing(raw[train_rows]),
+        preprocessing=fit_preprocessing(raw[train_rows], cohort.log1p),
     )
 
 
@@ -152,7 +152,10 @@ def preprocess(
 def cross_validate(prepared: Prepared, config: TrainSettings) -> CrossValidation:
     """The training split's repeated stratified CV, the penalty nested inside it (``genesig.pipeline.validation``)."""
     side = prepared.train
-    return validation_cv(side.raw, side.event, side.time, prepared.target, prepared.genes, config, prepared.seed)
+    return validation_cv(
+        side.raw, side.event, side.time, prepared.target, prepared.genes, config, prepared.seed,
+        log1p=prepared.preprocessing.log1p,
+    )  # fmt: skip
 
 
 def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir: Path, *, cv: CrossValidation) -> Path:
@@ -160,8 +163,9 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
     artifact, with the CV metrics and how the penalty was chosen, through the contract's writer."""
     train_side = prepared.train
     penalty = choose_penalty(
-        train_side.raw, train_side.event, train_side.time, prepared.target, prepared.genes, config, prepared.seed
-    )
+        train_side.raw, train_side.event, train_side.time, prepared.target, prepared.genes, config, prepared.seed,
+        log1p=prepared.preprocessing.log1p,
+    )  # fmt: skip
     z = apply_preprocessing(prepared.preprocessing, prepared.genes, train_side.raw)
     weights = train(z, train_side.event, train_side.time, prepared.target, config, l2=penalty.l2)
     stub = manifest_stub(prepared.genes, prepared.target, prepared.preprocessing, config)
@@ -271,6 +275,10 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: G
         "target": prepared.target,
         "metric": metric,
         "genes": prepared.genes,
+        # The columns of predictions.csv (the report is drawn from it).
+        "output": model.manifest.output.name,
+        "event_column": prepared.event_column,
+        "time_column": prepared.time_column,
         "cross_validation": {
             "mean": m[f"cv_{metric}_mean"],
             "interval": [m[f"cv_{metric}_lower"], m[f"cv_{metric}_upper"]],
@@ -291,21 +299,22 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: G
         },
     }
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(
-        {
-            prepared.id_column: test.ids,
-            model.manifest.output.name: predictions.values,
-            "risk_group": predictions.groups,
-            prepared.event_column: test.event.astype(int),
-        }
-    )
+    columns = {
+        prepared.id_column: test.ids,
+        model.manifest.output.name: predictions.values,
+        "risk_group": predictions.groups,
+        prepared.event_column: test.event.astype(int),
+    }
+    if test.time is not None and prepared.time_column:
+        columns[prepared.time_column] = test.time
+    table = pd.DataFrame(columns)
     table.to_csv(out_dir / PREDICTIONS_FILE, index=False, float_format="%.17g")
     evaluation["predictions"] = PREDICTIONS_FILE
-    evaluation["report"] = write_report(prepared, predictions.values, predictions.groups, risk, out_dir).name
     evaluation["artifact"] = {"file": artifact.name, "sha256": sha256_file(artifact)}
     verdict = gate(evaluation, gate_settings)
     evaluation["gate"] = asdict(verdict)
     write_gate(verdict, out_dir)
+    evaluation["report"] = write_report(evaluation, table, out_dir).name
     (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
     return evaluation
 

@@ -124,6 +124,8 @@ def choose_penalty(
     genes: list[str],
     config: TrainSettings,
     seed: int,
+    *,
+    log1p: bool = True,
 ) -> PenaltyChoice:
     """The fixed penalty when one is given; else the grid's best by a stratified inner CV on these rows alone.
 
@@ -138,7 +140,7 @@ def choose_penalty(
     totals = np.zeros(len(descending))
     splitter = StratifiedKFold(n_splits=_folds(event, INNER_FOLDS), shuffle=True, random_state=seed)
     for fit_rows, score_rows in splitter.split(raw, event):
-        preprocessing = fit_preprocessing(raw[fit_rows])
+        preprocessing = fit_preprocessing(raw[fit_rows], log1p)
         z = apply_preprocessing(preprocessing, genes, raw[fit_rows])
         stub = manifest_stub(genes, target, preprocessing, config)
         fit_time = None if time is None else time[fit_rows]
@@ -169,6 +171,8 @@ def cross_validate(
     genes: list[str],
     config: TrainSettings,
     seed: int,
+    *,
+    log1p: bool = True,
 ) -> CrossValidation:
     """Repeated stratified k-fold over these rows (the training split; the held-out split is never touched): in
     each fold the preprocessing, the penalty (nested inner CV) and the model are fitted on one side and scored on the
@@ -178,8 +182,10 @@ def cross_validate(
     values, penalties = [], []
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(raw, event)):
         fit_time = None if time is None else time[fit_rows]
-        choice = choose_penalty(raw[fit_rows], event[fit_rows], fit_time, target, genes, config, seed + fold)
-        preprocessing = fit_preprocessing(raw[fit_rows])
+        choice = choose_penalty(
+            raw[fit_rows], event[fit_rows], fit_time, target, genes, config, seed + fold, log1p=log1p
+        )
+        preprocessing = fit_preprocessing(raw[fit_rows], log1p)
         weights = train(
             apply_preprocessing(preprocessing, genes, raw[fit_rows]), event[fit_rows], fit_time, target, config,
             l2=choice.l2,

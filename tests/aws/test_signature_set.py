@@ -84,6 +84,18 @@ def test_one_execution_trains_gates_and_registers_the_whole_set(
     assert report["run"]["counts"]["passed"] == len(passed)
 
 
+def test_the_null_and_the_fdr_are_parameters_of_the_set_run(aws: dict[str, Any], cohort: Path, tmp_path: Path) -> None:
+    config, record = run_set(aws, cohort, tmp_path, NullReplicates="20", Fdr="0.25")
+    assert record.status == "Succeeded", [(s.name, s.failure_reason) for s in record.steps]
+    execution_id = record.arn.rsplit("/", 1)[1]
+    report = json.loads(read_object(aws["s3"], s3_join(config.base_uri, "runs", execution_id, "report", "report.json")))
+    evaluated = [r for r in report["signatures"] if r["outcome"] in ("passed", "below threshold")]
+    assert evaluated and all(r["p_value"] is not None and r["q_value"] is not None for r in evaluated)
+    assert all(r["l2"] is not None for r in evaluated), "the penalty each shipped model was fitted with"
+    planted = next(r for r in evaluated if r["signature"] == "metagene_19")
+    assert planted["outcome"] == "passed" and "FDR 0.25" in planted["reason"], planted
+
+
 def test_a_rerun_registers_nothing_new_and_approved_runs_deploy(
     aws: dict[str, Any], cohort: Path, tmp_path: Path
 ) -> None:

@@ -145,3 +145,23 @@ def test_values_are_parsed_exactly_like_the_server_parses_them(seed_cohort: Path
     header = seed_cohort.read_text().splitlines()[0].split(",")
     expected = np.array([[float(line.split(",")[header.index(g)]) for g in genes] for line in lines])
     assert np.array_equal(cohort.expression(genes), expected)
+
+
+def test_log_scale_values_may_be_negative_and_are_used_as_given(tmp_path: Path) -> None:
+    """Microarray log-ratios: refused as raw expression with the option named, read with --values log; the model
+    then skips log1p, in training and in serving alike."""
+    from genesig.artifact.model import apply_preprocessing
+    from genesig.pipeline.model import fit_preprocessing
+
+    rows = balanced()
+    rows[3] = "P3,-3.5,1,1"
+    path = write(tmp_path, cohort_text(rows))
+    with pytest.raises(DataError, match="negative expression.*or give --values log"):
+        read_cohort(path, min_events=5).expression(["G1"])
+    cohort = read_cohort(path, CohortColumns(values="log"), min_events=5)
+    values = cohort.expression(["G1", "G2"])
+    assert values[3, 0] == -3.5 and not cohort.log1p
+    preprocessing = fit_preprocessing(values, cohort.log1p)
+    assert preprocessing.log1p is False and preprocessing.center[0] == pytest.approx(values[:, 0].mean())
+    z = apply_preprocessing(preprocessing, ["G1", "G2"], values)
+    np.testing.assert_allclose(z[:, 0], (values[:, 0] - values[:, 0].mean()) / values[:, 0].std())

@@ -27,6 +27,7 @@ PARAMETERS = {
     "IdColumn",
     "EventColumn",
     "TimeColumn",
+    "ExpressionValues",
     "ModelApprovalStatus",
     "MmePrefix",
     "TrainingImageUri",

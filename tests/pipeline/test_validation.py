@@ -51,9 +51,9 @@ def test_the_penalty_of_each_outer_fold_is_chosen_from_that_folds_fitting_rows_o
     seen: list[set[float]] = []
     real = validation.choose_penalty
 
-    def spy(raw_rows: np.ndarray, *args: Any) -> validation.PenaltyChoice:
+    def spy(raw_rows: np.ndarray, *args: Any, **kwargs: Any) -> validation.PenaltyChoice:
         seen.append(set(raw_rows[:, 0].tolist()))
-        return real(raw_rows, *args)
+        return real(raw_rows, *args, **kwargs)
 
     monkeypatch.setattr(validation, "choose_penalty", spy)
     config = TrainSettings(cv_folds=4, cv_repeats=2)

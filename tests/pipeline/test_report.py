@@ -1,0 +1,102 @@
+"""The reports: the log-rank test against lifelines', the per-signature figure drawn from the evaluation's files, and
+the run-level plot against the random null."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from lifelines.statistics import logrank_test, multivariate_logrank_test
+
+from genesig.pipeline.report import RUN_PLOT_FILE, logrank_p, write_report
+from genesig.pipeline.run import RunOptions, run_local
+from genesig.pipeline.settings import GateSettings, TrainSettings
+from genesig.pipeline.signatures import default_signatures
+from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+
+@pytest.mark.parametrize("groups", [2, 3])
+def test_the_logrank_p_is_lifelines(groups: int) -> None:
+    rng = np.random.default_rng(groups)
+    labels = np.array([f"g{i}" for i in rng.integers(0, groups, size=90)])
+    time = rng.integers(1, 30, size=90).astype(float)  # ties
+    time[labels == "g1"] *= 0.6
+    event = rng.random(90) < 0.7
+    if groups == 2:
+        a, b = labels == "g0", labels == "g1"
+        reference = logrank_test(time[a], time[b], event[a], event[b]).p_value
+    else:
+        reference = multivariate_logrank_test(time, labels, event).p_value
+    assert logrank_p(time, event, labels.tolist()) == pytest.approx(reference, rel=1e-9)
+
+
+def test_no_logrank_p_without_two_groups_or_an_event() -> None:
+    time = np.arange(1.0, 7.0)
+    assert logrank_p(time, np.ones(6, dtype=bool), ["low"] * 6) is None
+    assert logrank_p(time, np.zeros(6, dtype=bool), ["low", "high"] * 3) is None
+
+
+def evaluation(target: str, significance: dict[str, float] | None) -> dict[str, object]:
+    return {
+        "signature": "HALLMARK_HYPOXIA",
+        "target": target,
+        "metric": "auc" if target == "binary" else "c_index",
+        "genes": ["A", "B", "C"],
+        "output": "probability" if target == "binary" else "risk_score",
+        "event_column": "SurvivalStatus",
+        "time_column": None if target == "binary" else "Months",
+        "cross_validation": {"mean": 0.71, "interval": [0.6, 0.8]},
+        "test": {"value": 0.68, "patients": 40, "events": 18},
+        "model": {"l2": 1.0, "l2_chosen_by": "inner_cv", "coverage": 0.75},
+        "significance": significance,
+        "gate": {"passed": True, "reason": "cross-validated mean auc 0.710 >= threshold 0.600"},
+    }
+
+
+@pytest.mark.parametrize("target", ["binary", "time_to_event"])
+@pytest.mark.parametrize("significance", [None, {"p_value": 0.001, "q_value": 0.02, "null_replicates": 100}])
+def test_the_report_is_drawn_from_the_evaluations_files(
+    target: str, significance: dict[str, float] | None, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    table = pd.DataFrame(
+        {
+            "Case_ID": [f"P{i}" for i in range(40)],
+            "probability" if target == "binary" else "risk_score": rng.normal(size=40),
+            "risk_group": ["low", "high"] * 20,
+            "SurvivalStatus": (rng.random(40) < 0.45).astype(int),
+        }
+    )
+    if target == "time_to_event":
+        table["Months"] = rng.exponential(30, size=40)
+    path = write_report(evaluation(target, significance), table, tmp_path)
+    assert path.name == "report.png" and path.stat().st_size > 20_000
+    from matplotlib.image import imread
+
+    height, width = imread(path).shape[:2]
+    assert (width, height) == (1100, 580), "large enough to read at a glance"
+
+
+def test_a_run_with_the_null_redraws_each_report_with_its_q_and_plots_the_run_against_the_null(tmp_path: Path) -> None:
+    data = write_synthetic_cohort(
+        tmp_path / "c.csv", default_signatures(), SyntheticSpec(seed=1, planted={"metagene_19": 2.0})
+    )
+    summary = run_local(
+        RunOptions(
+            data=data,
+            workdir=tmp_path / "w",
+            signatures=("metagene_19", "metagene_3"),
+            train=TrainSettings(cv_repeats=1, l2=0.1),
+            gate=GateSettings(null_replicates=10),
+        )
+    )
+    assert (tmp_path / "w" / RUN_PLOT_FILE).stat().st_size > 20_000
+    for result in summary.results:
+        folder = Path(result.artifact or "").parent.parent / "evaluation"
+        recorded = json.loads((folder / "evaluation.json").read_text())
+        assert recorded["significance"]["q_value"] == result.q_value is not None
+        report = folder / "report.png"
+        assert report.stat().st_mtime_ns >= (folder / "evaluation.json").stat().st_mtime_ns, "drawn after the verdict"

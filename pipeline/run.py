@@ -431,7 +431,7 @@ def run_local(
         null = RandomSignatureNull(
             cohort, options.train, options.cohort.target, options.gate.null_replicates, options.workdir / "null"
         )
-        attach_p_values(results, null)
+        attach_p_values(results, null, jobs=options.jobs or os.cpu_count() or 1)
     gate_run(results, options.gate)
     for result in results:
         if result.status == "done":

@@ -159,7 +159,8 @@ def train_shard(
         # Each instance draws the nulls its signatures need (the same seeded draws on every instance); the run's
         # q-values are computed over every signature by RegisterSignatures.
         replicates = options.gate.null_replicates
-        attach_p_values(results, RandomSignatureNull(cohort, options.train, options.cohort.target, replicates, work))
+        null = RandomSignatureNull(cohort, options.train, options.cohort.target, replicates, work)
+        attach_p_values(results, null, jobs=options.jobs or os.cpu_count() or 1)
     (work / OUTCOMES).mkdir(parents=True, exist_ok=True)
     (work / OUTCOMES / f"{host}.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
     return results

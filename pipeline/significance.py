@@ -29,9 +29,11 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -112,35 +114,81 @@ class RandomSignatureNull:
             self._key = digest.hexdigest()[:16]
         return self._key
 
+    def _path(self, size: int) -> Path:
+        return self.cache_dir / f"null-{self._cache_key()}-k{size}-r{self.replicates}.json"
+
     def distribution(self, size: int) -> np.ndarray:
         """R cross-validated means for random sets of ``size`` genes (seeded by the training seed and the size)."""
-        if size in self._memory:
-            return self._memory[size]
-        path = self.cache_dir / f"null-{self._cache_key()}-k{size}-r{self.replicates}.json"
-        if path.is_file():
-            values = np.asarray(json.loads(path.read_text())["cv_mean"], dtype=float)
-        else:
-            values = self._draw(size)
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, "cv_mean": values.tolist()}))
-            tmp.replace(path)
-        self._memory[size] = values
-        return values
+        if size not in self._memory:
+            self.draw([size])
+        return self._memory[size]
 
-    def _draw(self, size: int) -> np.ndarray:
+    def draw(self, sizes: list[int], jobs: int = 1) -> None:
+        """The nulls of ``sizes`` into memory: from the cache where drawn before, else drawn now, each random set's
+        cross-validation in one of ``jobs`` worker processes (the draws themselves are made here, in order, so the
+        result does not depend on ``jobs``) and cached."""
+        todo = []
+        for size in dict.fromkeys(sizes):
+            if size in self._memory:
+                continue
+            path = self._path(size)
+            if path.is_file():
+                self._memory[size] = np.asarray(json.loads(path.read_text())["cv_mean"], dtype=float)
+            else:
+                todo.append(size)
+        draws = [(size, genes) for size in todo for genes in self._random_sets(size)]
+        if not draws:
+            return
+        values = self._cross_validate_all([genes for _, genes in draws], jobs)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        for size in todo:
+            mine = np.asarray([v for (k, _), v in zip(draws, values, strict=True) if k == size], dtype=float)
+            path = self._path(size)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, "cv_mean": mine.tolist()}))
+            tmp.replace(path)
+            self._memory[size] = mine
+            logger.debug("null of %d-gene sets: %d drawn, median CV mean %.3f", size, len(mine), np.median(mine))
+
+    def _random_sets(self, size: int) -> list[list[str]]:
         size = min(size, len(self.genes))
         rng = np.random.default_rng([self.train.seed, size])
-        values = []
-        for i in range(self.replicates):
-            genes = [self.genes[j] for j in sorted(rng.choice(len(self.genes), size=size, replace=False))]
-            matched = MatchedSignature(
-                GeneSignature(f"random-{size}-{i}", tuple(genes)), f"random-{size}-{i}", genes, []
-            )
-            prepared = preprocess(self.cohort, matched, target=self.target, settings=self.train)  # type: ignore[arg-type]
-            values.append(cross_validate(prepared, self.train).mean)
-        logger.debug("null of %d-gene sets: %d drawn, median CV mean %.3f", size, len(values), float(np.median(values)))
-        return np.asarray(values, dtype=float)
+        return [
+            [self.genes[j] for j in sorted(rng.choice(len(self.genes), size=size, replace=False))]
+            for _ in range(self.replicates)
+        ]
+
+    def _cross_validate_all(self, gene_sets: list[list[str]], jobs: int) -> list[float]:
+        if jobs <= 1 or len(gene_sets) < 2:
+            return [random_set_cv(self.cohort, self.train, self.target, genes) for genes in gene_sets]
+        # forkserver, as run-local's workers: no forked copy of this process's threads (BLAS).
+        context = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(
+            jobs, mp_context=context, initializer=_null_worker_init, initargs=(self.cohort, self.train, self.target)
+        ) as pool:
+            return list(pool.map(_null_worker_cv, gene_sets, chunksize=max(1, len(gene_sets) // (8 * jobs))))
+
+
+def random_set_cv(cohort: Cohort, train: TrainSettings, target: str | None, genes: list[str]) -> float:
+    """The cross-validated mean metric of one random gene set: the same split, folds and model as a signature's."""
+    name = f"random-{len(genes)}"
+    matched = MatchedSignature(GeneSignature(name, tuple(genes)), name, genes, [])
+    prepared = preprocess(cohort, matched, target=target, settings=train)  # type: ignore[arg-type]
+    return cross_validate(prepared, train).mean
+
+
+_NULL_WORKER: dict[str, Any] = {}
+
+
+def _null_worker_init(cohort: Cohort, train: TrainSettings, target: str | None) -> None:
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)  # the workers are the parallelism
+    _NULL_WORKER.update(cohort=cohort, train=train, target=target)
+
+
+def _null_worker_cv(genes: list[str]) -> float:
+    return random_set_cv(_NULL_WORKER["cohort"], _NULL_WORKER["train"], _NULL_WORKER["target"], genes)
 
 
 def _numeric_genes(cohort: Cohort) -> list[str]:
@@ -167,8 +215,10 @@ def _numeric_genes(cohort: Cohort) -> list[str]:
     return usable
 
 
-def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull) -> None:
-    """Each evaluated signature's empirical p against the null of its size (``p_value``; skipped ones keep None)."""
+def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull, jobs: int = 1) -> None:
+    """Each evaluated signature's empirical p against the null of its size (``p_value``; skipped ones keep None); the
+    nulls not yet cached are drawn first, ``jobs`` processes at a time."""
+    null.draw([null_size(len(r.genes)) for r in results if r.status == "done" and r.cv_mean is not None], jobs)
     for r in results:
         if r.status == "done" and r.cv_mean is not None:
             size = null_size(len(r.genes))

@@ -101,6 +101,9 @@ def test_a_signature_with_a_planted_effect_beats_the_random_null_and_noise_does_
     again = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 40, tmp_path / "null").distribution(3)
     np.testing.assert_array_equal(values, again)  # cached on disk, and seeded
     assert len(list((tmp_path / "null").glob("null-*-k3-r40.json"))) == 1
+    in_parallel = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 40, tmp_path / "null-2")
+    in_parallel.draw([3, 5], jobs=2)
+    np.testing.assert_array_equal(in_parallel.distribution(3), values)  # the same draws, whatever the processes
 
     summary = run_local(
         RunOptions(

@@ -178,8 +178,10 @@ def _train_linear(
         if not np.isfinite(decrement) or decrement / 2 <= tolerance:
             break
         scale = 1.0
-        while scale > 1e-10 and not value(theta - scale * step) <= current - 1e-4 * scale * decrement:
+        while scale >= 1e-10 and not value(theta - scale * step) <= current - 1e-4 * scale * decrement:
             scale /= 2
+        if scale < 1e-10:
+            break  # no decrease left to find along the Newton direction: converged to rounding
         theta = theta - scale * step
     return {"linear.weight": theta[None, :k].copy(), "linear.bias": theta[k:].copy() if bias else np.zeros(1)}
 

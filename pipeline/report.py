@@ -104,6 +104,8 @@ def _kaplan_meier_panel(fig: Figure, ax: Axes, table: pd.DataFrame, time_column:
     for label in labels:
         mask = np.array([g == label for g in groups])
         t, s = kaplan_meier(time[mask], event[mask])
+        if time[mask].max() > t[-1]:  # the curve runs on to the group's last follow-up (censored patients)
+            t, s = np.append(t, time[mask].max()), np.append(s, s[-1])
         colour = GROUP_COLOURS.get(label)
         ax.step(t, s, where="post", color=colour, linewidth=2, label=f"{label} risk (n={int(mask.sum())})")
         censored = time[mask & ~event]
@@ -186,7 +188,11 @@ def _numbers(evaluation: dict[str, Any], label: str) -> str:
         rows.append(("p vs random", f"{significance['p_value']:.2g} ({significance.get('null_replicates')} sets)"))
         rows.append(("q (run, BH)", f"{significance['q_value']:.2g}"))
     lines = [f"{key:<17}{value}" for key, value in rows]
-    lines += ["", "PASSED" if gate["passed"] else "NOT PASSED"]
+    if not gate.get("final", True):
+        verdict = ["THRESHOLD PASSED: the run's FDR", "decides (see the run report)"]
+    else:
+        verdict = ["PASSED" if gate["passed"] else "NOT PASSED"]
+    lines += ["", *verdict]
     lines += _wrap(gate["reason"], 44)
     return "\n".join(lines)
 

@@ -247,7 +247,7 @@ def record_verdict(result: SignatureResult) -> None:
     assert result.artifact is not None
     path = Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE
     evaluation = json.loads(path.read_text())
-    evaluation["gate"] = {**evaluation["gate"], "passed": result.passed, "reason": result.reason}
+    evaluation["gate"] = {**evaluation["gate"], "passed": result.passed, "reason": result.reason, "final": True}
     evaluation["significance"] = {
         "p_value": result.p_value,
         "q_value": result.q_value,

@@ -18,9 +18,9 @@ from genesig.artifact import Architecture
 from genesig.artifact.manifest import TargetKind
 from genesig.errors import DataError
 
-# The ridge penalties (per patient, on standardised genes) the inner cross-validation chooses from when --l2 is not
-# given (genesig.pipeline.validation).
-L2_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0)
+# The ridge penalties (against the mean loss per patient, or per event for Cox, on standardised genes) the inner
+# cross-validation chooses from when --l2 is not given (genesig.pipeline.validation).
+L2_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 ExpressionScale = Literal["raw", "log"]
 GateMetric = Literal["cv_mean", "cv_lower", "test"]
@@ -61,8 +61,8 @@ class TrainSettings(msgspec.Struct, frozen=True, kw_only=True):
     l2: Annotated[
         Annotated[float, msgspec.Meta(ge=0)] | None,
         _doc(
-            "ridge penalty on the weights, per patient; none: chosen by an inner CV nested in each fold from "
-            + ", ".join(f"{v:g}" for v in L2_GRID)
+            "ridge penalty on the weights (against the mean loss per patient, or per event for Cox); none: chosen by "
+            "an inner CV nested in each fold from " + ", ".join(f"{v:g}" for v in L2_GRID)
         ),
     ] = None
     max_iter: Annotated[int, _doc("most Newton steps (linear) or L-BFGS iterations (mlp) per fit", ge=1)] = 200

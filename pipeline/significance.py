@@ -32,12 +32,13 @@ import math
 import multiprocessing
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from genesig.pipeline.settings import GateSettings, TrainSettings, as_strings
+from genesig.pipeline.settings import L2_GRID, GateSettings, TrainSettings, as_strings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature
 from genesig.pipeline.steps import cross_validate, preprocess
 
@@ -109,7 +110,22 @@ class RandomSignatureNull:
 
     def _cache_key(self) -> str:
         if self._key is None:
-            settings = json.dumps({"train": as_strings(self.train), "target": self.target}, sort_keys=True)
+            # Everything a random set's cross-validated metric depends on besides the data's values: the settings,
+            # how the values are read, the inner CV's penalty grid and the code that fits.
+            from genesig import __version__
+            from genesig.pipeline.validation import INNER_FOLDS, INNER_TOLERANCE
+
+            settings = json.dumps(
+                {
+                    "train": as_strings(self.train),
+                    "target": self.target,
+                    "values": self.cohort.columns.values,
+                    "l2_grid": L2_GRID,
+                    "inner": [INNER_FOLDS, INNER_TOLERANCE],
+                    "genesig": __version__,
+                },
+                sort_keys=True,
+            )
             digest = hashlib.sha256(self.cohort.fingerprint(self.genes).encode() + settings.encode())
             self._key = digest.hexdigest()[:16]
         return self._key
@@ -143,6 +159,7 @@ class RandomSignatureNull:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for size in todo:
             mine = np.asarray([v for (k, _), v in zip(draws, values, strict=True) if k == size], dtype=float)
+            mine = mine[np.isfinite(mine)]
             path = self._path(size)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, "cv_mean": mine.tolist()}))
@@ -160,21 +177,39 @@ class RandomSignatureNull:
 
     def _cross_validate_all(self, gene_sets: list[list[str]], jobs: int) -> list[float]:
         if jobs <= 1 or len(gene_sets) < 2:
-            return [random_set_cv(self.cohort, self.train, self.target, genes) for genes in gene_sets]
+            from threadpoolctl import threadpool_limits
+
+            with threadpool_limits(1):  # as in the workers: the same arithmetic, whatever the number of processes
+                return [random_set_cv(self.cohort, self.train, self.target, genes) for genes in gene_sets]
         # forkserver, as run-local's workers: no forked copy of this process's threads (BLAS).
         context = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(
-            jobs, mp_context=context, initializer=_null_worker_init, initargs=(self.cohort, self.train, self.target)
-        ) as pool:
-            return list(pool.map(_null_worker_cv, gene_sets, chunksize=max(1, len(gene_sets) // (8 * jobs))))
+        try:
+            with ProcessPoolExecutor(
+                jobs, mp_context=context, initializer=_null_worker_init, initargs=(self.cohort, self.train, self.target)
+            ) as pool:
+                return list(pool.map(_null_worker_cv, gene_sets, chunksize=max(1, len(gene_sets) // (8 * jobs))))
+        except BrokenProcessPool:
+            from genesig.errors import GenesigError
+
+            raise GenesigError(
+                "a worker drawing the random-signature null died (out of memory?): run again with fewer --jobs, or "
+                "a smaller --null-replicates (0 turns the null off)"
+            ) from None
 
 
 def random_set_cv(cohort: Cohort, train: TrainSettings, target: str | None, genes: list[str]) -> float:
-    """The cross-validated mean metric of one random gene set: the same split, folds and model as a signature's."""
+    """The cross-validated mean metric of one random gene set: the same split, folds and model as a signature's;
+    NaN when it cannot be fitted (it is then left out of the null, which is counted as drawn)."""
+    from genesig.errors import GenesigError
+
     name = f"random-{len(genes)}"
     matched = MatchedSignature(GeneSignature(name, tuple(genes)), name, genes, [])
-    prepared = preprocess(cohort, matched, target=target, settings=train)  # type: ignore[arg-type]
-    return cross_validate(prepared, train).mean
+    try:
+        prepared = preprocess(cohort, matched, target=target, settings=train)  # type: ignore[arg-type]
+        return cross_validate(prepared, train).mean
+    except GenesigError as exc:
+        logger.warning("a random %d-gene set could not be fitted and is left out of the null: %s", len(genes), exc)
+        return math.nan
 
 
 _NULL_WORKER: dict[str, Any] = {}

@@ -41,7 +41,6 @@ from genesig.pipeline.model import fit_preprocessing, train
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import MatchedSignature
 from genesig.pipeline.validation import (
-    INNER_FOLDS,
     CrossValidation,
     choose_penalty,
     manifest_stub,
@@ -223,7 +222,7 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
             l2_chosen_by=penalty.chosen_by,
             l2_candidates=list(penalty.candidates),
             inner_cv_log_likelihood=list(penalty.inner_log_likelihood),
-            inner_folds=INNER_FOLDS if penalty.chosen_by == "inner_cv" else 0,
+            inner_folds=penalty.inner_folds,
             cv_folds=cv.folds,
             cv_repeats=cv.repeats,
             seed=prepared.seed,
@@ -312,7 +311,9 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: G
     evaluation["predictions"] = PREDICTIONS_FILE
     evaluation["artifact"] = {"file": artifact.name, "sha256": sha256_file(artifact)}
     verdict = gate(evaluation, gate_settings)
-    evaluation["gate"] = asdict(verdict)
+    # With the random-signature null on, a model that clears the threshold is decided by the run's FDR (q over
+    # every signature), later: until then the verdict is not final.
+    evaluation["gate"] = {**asdict(verdict), "final": not (verdict.passed and gate_settings.null_replicates)}
     write_gate(verdict, out_dir)
     evaluation["report"] = write_report(evaluation, table, out_dir).name
     (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")

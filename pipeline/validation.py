@@ -48,6 +48,7 @@ class PenaltyChoice:
     chosen_by: Literal["fixed", "inner_cv"]
     candidates: tuple[float, ...] = ()
     inner_log_likelihood: tuple[float, ...] = ()
+    inner_folds: int = 0  # INNER_FOLDS, or fewer when the smaller class has fewer patients
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,7 @@ def choose_penalty(
         chosen_by="inner_cv",
         candidates=tuple(float(descending[i]) for i in order),
         inner_log_likelihood=tuple(float(totals[i]) for i in order),
+        inner_folds=splitter.get_n_splits(),
     )
 
 

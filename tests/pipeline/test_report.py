@@ -98,5 +98,6 @@ def test_a_run_with_the_null_redraws_each_report_with_its_q_and_plots_the_run_ag
         folder = Path(result.artifact or "").parent.parent / "evaluation"
         recorded = json.loads((folder / "evaluation.json").read_text())
         assert recorded["significance"]["q_value"] == result.q_value is not None
+        assert recorded["gate"]["final"] is True, "decided by the run, no longer pending its FDR"
         report = folder / "report.png"
         assert report.stat().st_mtime_ns >= (folder / "evaluation.json").stat().st_mtime_ns, "drawn after the verdict"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -162,3 +163,38 @@ def test_random_signatures_are_drawn_only_from_expression_columns(tmp_path: Path
     null = RandomSignatureNull(read_cohort(data), TrainSettings(cv_repeats=1), None, 15, tmp_path / "null")
     assert "Histology" not in null.genes and len(null.genes) == 27
     assert null.distribution(5).shape == (15,)
+
+
+def test_the_null_cache_is_keyed_by_how_values_are_read_and_the_penalty_grid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genesig.pipeline import significance
+    from genesig.pipeline.cohort import CohortColumns
+
+    data = write_synthetic_cohort(tmp_path / "c.csv", noise_and_planted(n_noise=4), SyntheticSpec(seed=1))
+    raw = RandomSignatureNull(read_cohort(data), TrainSettings(), None, 5, tmp_path)._cache_key()
+    logged = RandomSignatureNull(read_cohort(data, CohortColumns(values="log")), TrainSettings(), None, 5, tmp_path)
+    assert logged._cache_key() != raw
+    monkeypatch.setattr(significance, "L2_GRID", (1.0, 10.0))
+    assert RandomSignatureNull(read_cohort(data), TrainSettings(), None, 5, tmp_path)._cache_key() != raw
+
+
+def test_a_random_set_that_cannot_be_fitted_is_left_out_of_the_null(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genesig.errors import DataError
+    from genesig.pipeline import significance
+
+    data = write_synthetic_cohort(tmp_path / "c.csv", noise_and_planted(n_noise=4), SyntheticSpec(seed=1))
+    real = significance.cross_validate
+    calls = iter(range(100))
+
+    def diverging_once(*args: Any, **kwargs: Any) -> Any:
+        if next(calls) == 2:
+            raise DataError("training diverged (non-finite weights); try a larger --l2")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(significance, "cross_validate", diverging_once)
+    null = RandomSignatureNull(read_cohort(data), TrainSettings(cv_repeats=1, l2=0.1), None, 6, tmp_path / "null")
+    values = null.distribution(3)
+    assert values.shape == (5,) and np.isfinite(values).all()

@@ -127,3 +127,33 @@ def test_deploying_a_group_with_nothing_approved_names_how_to_approve(tmp_path: 
         genesig("step", "deploy", "--registry", "registry", "--group", "metagene_19", "--prefix", "p", cwd=tmp_path)
     )
     assert "no Approved package in registry" in line and "genesig registry approve metagene_19 VERSION" in line
+
+
+def test_all_is_a_signature_name_and_every_signature_is_the_default(tmp_path: Path) -> None:
+    """Item 5: `--signature ALL` runs the built-in all-genes signature alone; leaving --signature out runs them all."""
+    import json
+
+    from genesig.pipeline.signatures import default_signatures
+    from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+
+    data = write_synthetic_cohort(tmp_path / "c.csv", default_signatures(), SyntheticSpec(seed=2, planted={}))
+    base = ("run-local", "--data", str(data), "--cv-repeats", "1", "--l2", "0.1", "--quiet")
+    alone = genesig(*base, "--signature", "ALL", "--workdir", "one", cwd=tmp_path)
+    assert alone.returncode == 0, alone.stderr
+    assert [r["signature"] for r in json.loads((tmp_path / "one" / "summary.json").read_text())["results"]] == ["ALL"]
+    every = genesig(*base, "--workdir", "every", cwd=tmp_path)
+    assert every.returncode == 0, every.stderr
+    names = [r["signature"] for r in json.loads((tmp_path / "every" / "summary.json").read_text())["results"]]
+    assert names == [s.name for s in default_signatures()]
+    unknown = one_line_error(genesig(*base, "--signature", "EVERY", cwd=tmp_path))
+    assert "no signature named 'EVERY'" in unknown
+
+
+def test_help_opens_with_what_the_tool_does_and_demo_output_is_ignored_by_git(tmp_path: Path) -> None:
+    """Item 8: `genesig --help` opens with the product, not a developer note; genesig-demo/ is not committed."""
+    shown = genesig("--help", cwd=tmp_path)
+    assert shown.returncode == 0
+    assert shown.stdout.splitlines()[2].startswith("Train, gate, register and serve one cancer-survival model")
+    root = Path(__file__).resolve().parents[2]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "genesig-demo/patients.csv"], cwd=root)
+    assert ignored.returncode == 0

@@ -37,7 +37,7 @@ def test_the_inner_cv_shrinks_noise_hard_and_a_strong_signal_little(target: str)
 
     noise = choose(*cohort(1, 90, 60, 0.0))  # 60 genes of noise: any weight is over-confident
     assert noise.chosen_by == "inner_cv" and noise.candidates == tuple(sorted(L2_GRID))
-    assert noise.l2 == max(L2_GRID), noise
+    assert noise.l2 >= 10, noise  # heavy shrinkage: 10 and 100 are about equally good on pure noise
     strong = choose(*cohort(2, 300, 3, 1.5))  # three genes, every one carrying the effect
     assert strong.l2 < 1.0, strong
     assert strong.inner_log_likelihood[strong.candidates.index(strong.l2)] == max(strong.inner_log_likelihood)

@@ -267,6 +267,17 @@ def record_verdict(result: SignatureResult) -> None:
         write_report(evaluation, table, path.parent)
 
 
+def record_verdicts(results: list[SignatureResult], jobs: int) -> None:
+    """:func:`record_verdict` for each result, in ``jobs`` processes when there are many (redrawing thousands of
+    reports with their q-values is most of the cost of the verdicts)."""
+    if jobs <= 1 or len(results) < 2 * jobs:
+        for result in results:
+            record_verdict(result)
+        return
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        list(pool.map(record_verdict, results, chunksize=max(1, len(results) // (8 * jobs))))
+
+
 def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: SignatureResult) -> None:
     """A model that passed the gate into the local registry (the next version, unless unchanged), and into the MME
     prefix when its package is Approved."""
@@ -433,9 +444,7 @@ def run_local(
         )
         attach_p_values(results, null, jobs=options.jobs or os.cpu_count() or 1)
     gate_run(results, options.gate)
-    for result in results:
-        if result.status == "done":
-            record_verdict(result)
+    record_verdicts([r for r in results if r.status == "done"], options.jobs or os.cpu_count() or 1)
     if options.gate.null_replicates:
         write_null_plot(results, null.distribution, options.workdir / RUN_PLOT_FILE)
     for result in results:

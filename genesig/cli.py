@@ -140,6 +140,20 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise GenesigError(
+                f"--port {port} on {host} is not available ({exc.strerror.lower() if exc.strerror else exc}): stop "
+                "what uses it, or pick another --port"
+            ) from None
+
+
 def _cmd_local_endpoint(args: argparse.Namespace) -> int:
     import asyncio
     import signal
@@ -154,6 +168,7 @@ def _cmd_local_endpoint(args: argparse.Namespace) -> int:
     server: ServerProcess | ContainerServer | None = None
     url = args.model_server_url
     source = ModelSource(args.prefix)  # a bad prefix is refused before anything starts
+    _refuse_a_taken_port(args.host, args.port)  # and so is a port already in use
     made: list[Path] = []  # temporary folders this command created, removed when it stops
     cache = args.cache_dir or Path(tempfile.mkdtemp(prefix="genesig-model-cache-"))
     if args.cache_dir is None:

@@ -62,7 +62,13 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-OUTCOME_STYLES = {"passed": "green", "below threshold": "yellow", "skipped": "dim", "error": "red"}
+OUTCOME_STYLES = {
+    "passed": "green",
+    "not significant": "yellow",
+    "below threshold": "yellow",
+    "skipped": "dim",
+    "error": "red",
+}
 # Notes (why a signature was skipped or failed) printed before the rest are counted.
 MAX_NOTES = 8
 # Signatures shown, by metric, when a run is too large for its whole table.

@@ -106,9 +106,12 @@ class SignatureResult:
 
     @property
     def outcome(self) -> str:
-        """What became of it, in the words of the report: passed, below threshold, skipped or error."""
+        """What became of it, in the words of the report: passed, below threshold, not significant (it cleared the
+        threshold but not the run's false-discovery control), skipped or error."""
         if self.status == "done":
-            return "passed" if self.passed else "below threshold"
+            if self.passed:
+                return "passed"
+            return "not significant" if self.threshold_passed else "below threshold"
         return "skipped" if self.status == "skipped" else "error"
 
     @classmethod

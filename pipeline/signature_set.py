@@ -54,7 +54,7 @@ MAX_SHARDS = 100
 UPLOAD_WORKERS = 16
 REGISTER_WORKERS = 8
 # What a report row says of a signature.
-PASSED, BELOW, SKIPPED, ERRORED = "passed", "below threshold", "skipped", "errored"
+PASSED, BELOW, NOT_SIGNIFICANT, SKIPPED, ERRORED = "passed", "below threshold", "not significant", "skipped", "errored"
 
 
 @dataclass(frozen=True)
@@ -193,7 +193,9 @@ def outcome(result: dict[str, Any]) -> str:
         return SKIPPED
     if result["status"] != "done":
         return ERRORED
-    return PASSED if result["passed"] else BELOW
+    if result["passed"]:
+        return PASSED
+    return NOT_SIGNIFICANT if result.get("threshold_passed") else BELOW
 
 
 @dataclass

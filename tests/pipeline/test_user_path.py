@@ -157,3 +157,16 @@ def test_help_opens_with_what_the_tool_does_and_demo_output_is_ignored_by_git(tm
     root = Path(__file__).resolve().parents[2]
     ignored = subprocess.run(["git", "check-ignore", "-q", "genesig-demo/patients.csv"], cwd=root)
     assert ignored.returncode == 0
+
+
+def test_a_local_endpoint_on_a_port_in_use_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    import socket
+
+    (tmp_path / "prefix").mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        line = one_line_error(genesig("local-endpoint", "--prefix", "prefix", "--port", port, cwd=tmp_path))
+    assert f"--port {port} on 127.0.0.1 is not available (address already in use)" in line
+    assert "pick another --port" in line

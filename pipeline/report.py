@@ -185,6 +185,8 @@ def _numbers(evaluation: dict[str, Any], label: str) -> str:
         how = "inner CV" if model["l2_chosen_by"] == "inner_cv" else "fixed"
         rows.append(("ridge penalty", f"{model['l2']:g} ({how})"))
     if significance.get("p_value") is not None:
+        if significance.get("observed") is not None:
+            rows.append((f"pooled OOF {label}", f"{significance['observed']:.3f}"))
         rows.append(("p vs random", f"{significance['p_value']:.2g} ({significance.get('null_replicates')} sets)"))
         rows.append(("q (run, BH)", f"{significance['q_value']:.2g}"))
     lines = [f"{key:<17}{value}" for key, value in rows]
@@ -206,8 +208,9 @@ def _wrap(text: str, width: int) -> list[str]:
 def write_null_plot(
     results: Sequence[SignatureResult], distribution: Callable[[int], np.ndarray], path: Path
 ) -> Path | None:
-    """``significance.png``: each evaluated signature's CV metric against its size, over the random null's band."""
-    done = [r for r in results if r.status == "done" and r.cv_mean is not None and r.null_size is not None]
+    """``significance.png``: each evaluated signature's pooled out-of-fold metric (what the null compares) against
+    its size, over the random null's band."""
+    done = [r for r in results if r.status == "done" and r.cv_pooled is not None and r.null_size is not None]
     if not done:
         return None
     fig = _figure(11, 6.5)
@@ -218,7 +221,7 @@ def write_null_plot(
     ax.step(sizes, bands[:, 1], where="mid", color="#777777", label="random gene sets, median")
     for passed, colour, text in ((False, "#4575b4", "not passed"), (True, "#d73027", "passed")):
         chosen = [r for r in done if r.passed == passed]
-        ax.scatter([len(r.genes) for r in chosen], [r.cv_mean for r in chosen], s=22, color=colour,
+        ax.scatter([len(r.genes) for r in chosen], [r.cv_pooled for r in chosen], s=22, color=colour,
                    label=f"{text} ({len(chosen)})", zorder=3)  # fmt: skip
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
@@ -228,7 +231,7 @@ def write_null_plot(
     ax.set_xticks(ticks, labels=[str(t) for t in ticks])
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("genes in the signature (in the data)", fontsize=12)
-    ax.set_ylabel(f"cross-validated {'AUC' if done[0].metric == 'auc' else 'C-index'}", fontsize=12)
+    ax.set_ylabel(f"pooled out-of-fold {'AUC' if done[0].metric == 'auc' else 'C-index'}", fontsize=12)
     ax.set_title("Signatures against random gene sets of their size", fontsize=14)
     ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path)

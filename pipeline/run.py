@@ -84,6 +84,8 @@ class SignatureResult:
     n_test: int = 0
     cv_mean: float | None = None
     cv_interval: list[float] | None = None
+    # The pooled out-of-fold metric: what the random-signature null compares.
+    cv_pooled: float | None = None
     test_value: float | None = None
     passed: bool = False
     # The gate in parts: the metric against the threshold (decided when evaluated), then the run's false-discovery
@@ -165,6 +167,7 @@ class RunSummary:
                         r.cv_mean,
                         low,
                         high,
+                        r.cv_pooled,
                         r.test_value,
                         r.l2,
                         r.p_value,
@@ -191,6 +194,7 @@ SUMMARY_COLUMNS = (
     "cv_mean",
     "cv_low",
     "cv_high",
+    "cv_pooled",
     "test",
     "l2",
     "p_value",
@@ -229,6 +233,7 @@ def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, 
         result.metric = evaluation["metric"]
         result.cv_mean = evaluation["cross_validation"]["mean"]
         result.cv_interval = evaluation["cross_validation"]["interval"]
+        result.cv_pooled = evaluation["cross_validation"]["pooled"]
         result.test_value = evaluation["test"]["value"]
         result.l2 = evaluation["model"]["l2"]
         result.report = str(folder / "evaluation" / evaluation["report"])
@@ -252,6 +257,8 @@ def record_verdict(result: SignatureResult) -> None:
     evaluation = json.loads(path.read_text())
     evaluation["gate"] = {**evaluation["gate"], "passed": result.passed, "reason": result.reason, "final": True}
     evaluation["significance"] = {
+        "statistic": f"pooled out-of-fold {result.metric}",
+        "observed": result.cv_pooled,
         "p_value": result.p_value,
         "q_value": result.q_value,
         "null_size": result.null_size,

@@ -209,6 +209,7 @@ class ReportRow:
     cv_mean: float | None = None
     cv_lower: float | None = None
     cv_upper: float | None = None
+    cv_pooled: float | None = None
     test: float | None = None
     genes: int = 0
     genes_missing: int = 0
@@ -235,6 +236,7 @@ def _row(result: dict[str, Any]) -> ReportRow:
         cv_mean=result.get("cv_mean"),
         cv_lower=interval[0],
         cv_upper=interval[1],
+        cv_pooled=result.get("cv_pooled"),
         test=result.get("test_value"),
         genes=len(result.get("genes", [])),
         genes_missing=len(result.get("missing_genes", [])),

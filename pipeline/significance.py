@@ -2,8 +2,10 @@
 
 Random gene sets are prognostic more often than not (Venet et al., PLoS Comput Biol 2011), so a threshold on a
 cross-validated metric alone passes noise in proportion to the number of signatures tried. Here each signature's
-cross-validated mean metric is compared with the same metric for ``R`` random gene sets of its size drawn from the
-cohort's genes, with the same split, folds, preprocessing and model (Starmans et al., PLoS One 2011):
+pooled out-of-fold metric (each repeat's out-of-fold scores over every training patient, scored once, averaged over
+the repeats: ``CrossValidation.pooled_mean``) is compared with the same metric for ``R`` random gene sets of its
+size drawn from the cohort's genes, with the same split, folds, preprocessing and model (Starmans et al., PLoS One
+2011):
 
     p = (1 + #{random >= observed}) / (R + 1)
 
@@ -51,6 +53,8 @@ EXACT_UP_TO = 10
 SIZE_RATIO = 1.2
 # Below this many random sets at or above the observed metric, p comes from the null's fitted normal tail.
 TAIL_MIN_EXCEED = 10
+# What a signature and its random sets are compared on.
+STATISTIC = "cv_pooled"
 
 
 def null_size(k: int) -> int:
@@ -94,7 +98,7 @@ def bh_qvalues(p_values: Iterable[float]) -> np.ndarray:
 
 
 class RandomSignatureNull:
-    """Null distributions of the cross-validated mean metric of random gene sets, by size, cached on disk."""
+    """Null distributions of the pooled out-of-fold metric of random gene sets, by size, cached on disk."""
 
     def __init__(
         self, cohort: Cohort, train: TrainSettings, target: str | None, replicates: int, cache_dir: Path
@@ -123,6 +127,7 @@ class RandomSignatureNull:
                     "l2_grid": L2_GRID,
                     "inner": [INNER_FOLDS, INNER_TOLERANCE],
                     "genesig": __version__,
+                    "statistic": STATISTIC,
                 },
                 sort_keys=True,
             )
@@ -134,7 +139,7 @@ class RandomSignatureNull:
         return self.cache_dir / f"null-{self._cache_key()}-k{size}-r{self.replicates}.json"
 
     def distribution(self, size: int) -> np.ndarray:
-        """R cross-validated means for random sets of ``size`` genes (seeded by the training seed and the size)."""
+        """R pooled out-of-fold metrics for random sets of ``size`` genes (seeded by the training seed and the size)."""
         if size not in self._memory:
             self.draw([size])
         return self._memory[size]
@@ -149,7 +154,7 @@ class RandomSignatureNull:
                 continue
             path = self._path(size)
             if path.is_file():
-                self._memory[size] = np.asarray(json.loads(path.read_text())["cv_mean"], dtype=float)
+                self._memory[size] = np.asarray(json.loads(path.read_text())[STATISTIC], dtype=float)
             else:
                 todo.append(size)
         draws = [(size, genes) for size in todo for genes in self._random_sets(size)]
@@ -162,10 +167,10 @@ class RandomSignatureNull:
             mine = mine[np.isfinite(mine)]
             path = self._path(size)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, "cv_mean": mine.tolist()}))
+            tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, STATISTIC: mine.tolist()}))
             tmp.replace(path)
             self._memory[size] = mine
-            logger.debug("null of %d-gene sets: %d drawn, median CV mean %.3f", size, len(mine), np.median(mine))
+            logger.debug("null of %d-gene sets: %d drawn, median %.3f", size, len(mine), np.median(mine))
 
     def _random_sets(self, size: int) -> list[list[str]]:
         size = min(size, len(self.genes))
@@ -198,7 +203,7 @@ class RandomSignatureNull:
 
 
 def random_set_cv(cohort: Cohort, train: TrainSettings, target: str | None, genes: list[str]) -> float:
-    """The cross-validated mean metric of one random gene set: the same split, folds and model as a signature's;
+    """The pooled out-of-fold metric of one random gene set: the same split, folds and model as a signature's;
     NaN when it cannot be fitted (it is then left out of the null, which is counted as drawn)."""
     from genesig.errors import GenesigError
 
@@ -206,7 +211,7 @@ def random_set_cv(cohort: Cohort, train: TrainSettings, target: str | None, gene
     matched = MatchedSignature(GeneSignature(name, tuple(genes)), name, genes, [])
     try:
         prepared = preprocess(cohort, matched, target=target, settings=train)  # type: ignore[arg-type]
-        return cross_validate(prepared, train).mean
+        return cross_validate(prepared, train).pooled_mean
     except GenesigError as exc:
         logger.warning("a random %d-gene set could not be fitted and is left out of the null: %s", len(genes), exc)
         return math.nan
@@ -253,12 +258,12 @@ def _numeric_genes(cohort: Cohort) -> list[str]:
 def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull, jobs: int = 1) -> None:
     """Each evaluated signature's empirical p against the null of its size (``p_value``; skipped ones keep None); the
     nulls not yet cached are drawn first, ``jobs`` processes at a time."""
-    null.draw([null_size(len(r.genes)) for r in results if r.status == "done" and r.cv_mean is not None], jobs)
+    null.draw([null_size(len(r.genes)) for r in results if r.status == "done" and r.cv_pooled is not None], jobs)
     for r in results:
-        if r.status == "done" and r.cv_mean is not None:
+        if r.status == "done" and r.cv_pooled is not None:
             size = null_size(len(r.genes))
             distribution = null.distribution(size)
-            r.p_value = null_p(r.cv_mean, distribution)
+            r.p_value = null_p(r.cv_pooled, distribution)
             r.null_size = size
             r.null_replicates = len(distribution)
 
@@ -277,8 +282,9 @@ def gate_run(results: list[SignatureResult], gate: GateSettings) -> None:
             significant = r.q_value <= gate.fdr
             parts.append(
                 (
-                    f"q {r.q_value:.3g} {'<=' if significant else '>'} FDR {gate.fdr:g} (p {r.p_value:.2g} against "
-                    f"{r.null_replicates} random {r.null_size}-gene sets)",
+                    f"q {r.q_value:.3g} {'<=' if significant else '>'} FDR {gate.fdr:g} (pooled out-of-fold "
+                    f"{r.metric} {r.cv_pooled:.3f}, p {r.p_value:.2g} against {r.null_replicates} random "
+                    f"{r.null_size}-gene sets)",
                     significant,
                 )
             )

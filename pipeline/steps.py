@@ -195,6 +195,7 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
         output=output_spec(prepared.target, [cutpoint]),
         metrics={
             f"cv_{metric}_mean": cv.mean,
+            f"cv_{metric}_pooled": cv.pooled_mean,
             f"cv_{metric}_lower": low,
             f"cv_{metric}_upper": high,
             f"train_{metric}": train_metric,
@@ -281,6 +282,8 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: G
         "cross_validation": {
             "mean": m[f"cv_{metric}_mean"],
             "interval": [m[f"cv_{metric}_lower"], m[f"cv_{metric}_upper"]],
+            # The out-of-fold scores pooled over each repeat's folds, scored once (what the null compares).
+            "pooled": m[f"cv_{metric}_pooled"],
         },
         "test": {"value": test_value, "patients": len(test.ids), "events": int(test.event.sum())},
         "train": {"value": m[f"train_{metric}"]},

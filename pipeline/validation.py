@@ -8,6 +8,12 @@ penalty the same way, from an inner CV on the whole training split. Inner fits g
 penalty, each starting from the last one's weights (a warm start: ridge solutions move smoothly with the penalty)
 and stopping at a looser tolerance, since only the ranking of the candidates is wanted. The cost is
 ``INNER_FOLDS x len(L2_GRID)`` extra fits per outer fold.
+
+Besides the mean of the per-fold metrics (the gate's threshold is on it), each repeat's out-of-fold scores are
+pooled over all its folds and scored once: the pooled out-of-fold metric ("cross-validated risk scores", Simon et
+al., Brief Bioinform 2011; pre-validation, Tibshirani and Efron 2002). A fold of 30 patients gives a noisy metric
+and a mean of five of them is noisier than one metric over all the patients, so the random-signature null
+compares this one (``genesig.pipeline.significance``).
 """
 
 from __future__ import annotations
@@ -59,10 +65,17 @@ class CrossValidation:
     values: list[float]
     # The penalty each outer fold chose (all equal to the fixed one when --l2 is given).
     penalties: list[float]
+    # Per repeat: the metric of the out-of-fold scores of every patient, pooled over that repeat's folds.
+    pooled: list[float]
 
     @property
     def mean(self) -> float:
         return float(np.mean(self.values))
+
+    @property
+    def pooled_mean(self) -> float:
+        """The pooled out-of-fold metric, averaged over the repeats."""
+        return float(np.mean(self.pooled))
 
     @property
     def interval(self) -> tuple[float, float]:
@@ -181,7 +194,8 @@ def cross_validate(
     other, through the serving code path."""
     folds = _folds(event, config.cv_folds)
     splitter = RepeatedStratifiedKFold(n_splits=folds, n_repeats=config.cv_repeats, random_state=seed)
-    values, penalties = [], []
+    values, penalties, pooled = [], [], []
+    out_of_fold = np.empty(len(event))
     for fold, (fit_rows, score_rows) in enumerate(splitter.split(raw, event)):
         fit_time = None if time is None else time[fit_rows]
         choice = choose_penalty(
@@ -199,4 +213,7 @@ def cross_validate(
             discrimination(event=event[score_rows], time=None if time is None else time[score_rows], risk_score=scores)
         )
         penalties.append(choice.l2)
-    return CrossValidation(metric_name(target), folds, config.cv_repeats, values, penalties)
+        out_of_fold[score_rows] = scores
+        if (fold + 1) % folds == 0:  # a repeat's folds cover every row once
+            pooled.append(discrimination(event=event, time=time, risk_score=out_of_fold))
+    return CrossValidation(metric_name(target), folds, config.cv_repeats, values, penalties, pooled)

@@ -62,7 +62,8 @@ def result(name: str, *, passed: bool, p: float | None, value: float = 0.7) -> S
     verdict = f"cross-validated mean auc {value:.3f} {'>=' if passed else '<'} threshold 0.600"
     return SignatureResult(
         signature=name, name=name, genes=["A", "B", "C"], missing_genes=[], status="done", metric="auc",
-        cv_mean=value, threshold_passed=passed, threshold_reason=verdict, p_value=p, null_size=3, null_replicates=40,
+        cv_mean=value, cv_pooled=value, threshold_passed=passed, threshold_reason=verdict, p_value=p, null_size=3,
+        null_replicates=40,
         coverage=1.0,
     )  # fmt: skip
 

@@ -71,3 +71,36 @@ def test_tuning_is_deterministic() -> None:
     a = cross_validate(raw, event, time, "time_to_event", genes, TrainSettings(cv_repeats=2), seed=1)
     b = cross_validate(raw, event, time, "time_to_event", genes, TrainSettings(cv_repeats=2), seed=1)
     assert (a.values, a.penalties) == (b.values, b.penalties)
+
+
+@pytest.mark.parametrize("target", ["binary", "time_to_event"])
+def test_the_pooled_metric_scores_each_repeats_out_of_fold_predictions_once(target: str) -> None:
+    """Per repeat, every training row is scored once by the fold model that did not see it; those scores are pooled
+    and scored together (what the random-signature null compares), not averaged per fold."""
+    from genesig.artifact import SignatureModel
+    from genesig.artifact.model import apply_preprocessing
+    from genesig.pipeline.metrics import discrimination
+    from genesig.pipeline.model import fit_preprocessing, train
+
+    raw, event, time, genes = cohort(6, 90, 4, 0.6)
+    times = time if target == "time_to_event" else None
+    config = TrainSettings(cv_folds=3, cv_repeats=2, l2=1.0)
+    result = cross_validate(raw, event, times, target, genes, config, seed=9)  # type: ignore[arg-type]
+    assert len(result.pooled) == 2 and result.pooled_mean == pytest.approx(np.mean(result.pooled))
+
+    expected = []
+    splits = list(RepeatedStratifiedKFold(n_splits=3, n_repeats=2, random_state=9).split(raw, event))
+    for repeat in range(2):
+        scores = np.full(len(event), np.nan)
+        for fit_rows, score_rows in splits[3 * repeat : 3 * repeat + 3]:
+            prep = fit_preprocessing(raw[fit_rows], True)
+            fit_times = None if times is None else times[fit_rows]
+            weights = train(
+                apply_preprocessing(prep, genes, raw[fit_rows]), event[fit_rows], fit_times, target, config, l2=1.0
+            )  # type: ignore[arg-type]
+            stub = validation.manifest_stub(genes, target, prep, config)  # type: ignore[arg-type]
+            scores[score_rows] = SignatureModel(stub, weights).linear_predictor(raw[score_rows])
+        assert not np.isnan(scores).any(), "each row scored once per repeat"
+        expected.append(discrimination(event=event, time=times, risk_score=scores))
+    np.testing.assert_allclose(result.pooled, expected, rtol=1e-12)
+    assert result.pooled_mean != pytest.approx(result.mean), "pooled, not the mean of the folds"

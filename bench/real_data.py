@@ -135,7 +135,10 @@ def hallmark(name: str, replicates: int, cv_repeats: int, work: Path) -> dict[st
     path = work / f"{name}.csv"
     survset_cohort(name).to_csv(path, index=False)
     rows: dict[str, Any] = {"cohort": name, "signature_sets": HALLMARK.name, "replicates": replicates}
-    for label, gate in (("threshold_only", GateSettings()), ("null_and_fdr", GateSettings(null_replicates=replicates))):
+    for label, gate in (
+        ("threshold_only", GateSettings(null_replicates=0)),
+        ("null_and_fdr", GateSettings(null_replicates=replicates)),
+    ):
         started = time.perf_counter()
         summary = run_local(
             RunOptions(

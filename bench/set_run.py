@@ -143,7 +143,8 @@ def set_run(args: argparse.Namespace, cohort: Path, sets: Path, work: Path) -> d
         memory = MachineMemory()
         memory.start()
         started = time.perf_counter()
-        arn = start_set(sm, config.set_name, {"ShardCount": str(args.shards), "MetricThreshold": str(args.threshold)})
+        parameters = {"MetricThreshold": str(args.threshold), "NullReplicates": str(args.null_replicates)}
+        arn = start_set(sm, config.set_name, {"ShardCount": str(args.shards), **parameters})
         runner = DockerRunner() if args.image else ProcessRunner()
         record = LocalPipelineRunner(sm, s3, runner, work / "runs").run(arn)
         run_seconds = time.perf_counter() - started
@@ -179,7 +180,13 @@ def run_local_beside(args: argparse.Namespace, cohort: Path, sets: Path, work: P
     memory.start()
     started = time.perf_counter()
     summary = run_local(
-        RunOptions(data=cohort, workdir=work, signatures_file=sets, jobs=0, gate=GateSettings(threshold=args.threshold))
+        RunOptions(
+            data=cohort,
+            workdir=work,
+            signatures_file=sets,
+            jobs=0,
+            gate=GateSettings(threshold=args.threshold, null_replicates=args.null_replicates),
+        )
     )
     return {
         "wall_s": round(time.perf_counter() - started, 1),
@@ -210,6 +217,9 @@ def main() -> int:
     parser.add_argument("--gmt", type=Path, default=DEFAULT_GMT)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--patients", type=int, default=120)
+    parser.add_argument(
+        "--null-replicates", type=int, default=0, help="the gate's random sets per size (0 here: the run's own cost)"
+    )
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--threshold", type=float, default=0.6)
     parser.add_argument("--where", default="cv_mean >= 0.65 and test >= 0.6", help="the approval rule")

@@ -110,7 +110,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=2, help="run-local --jobs")
     parser.add_argument("--threshold", type=float, default=0.0, help="gate threshold (0: deploy every model)")
     parser.add_argument("--l2", type=float, help="a fixed ridge penalty (default: chosen by the nested inner CV)")
-    parser.add_argument("--null-replicates", type=int, default=0, help="random sets per size in the null (0: off)")
+    parser.add_argument(
+        "--null-replicates",
+        type=int,
+        default=0,
+        help="random sets per size in the null (0, the default here: the run alone; the product default is 100)",
+    )
     parser.add_argument("--keep", type=Path, help="keep each run's work folder as KEEP/<count>")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "training.json")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)

@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     synth = sub.add_parser("synth", help="write a seeded synthetic cohort with planted effects")
     synth.add_argument("--out", type=Path, required=True)
-    synth.add_argument("--patients", type=int, default=120)
+    synth.add_argument("--patients", type=int, default=200)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument(
         "--plant",
@@ -358,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the whole flow on this machine: data, pipeline, server, endpoint, predictions")
     demo.add_argument("--data", type=Path, help="a cohort file (default: a generated synthetic cohort)")
     demo.add_argument("--workdir", type=Path, default=Path("genesig-demo"))
-    demo.add_argument("--patients", type=int, default=120, help="size of the generated cohort")
+    demo.add_argument("--patients", type=int, default=200, help="size of the generated cohort")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--keep-running", action="store_true", help="leave the endpoint up until Ctrl-C")
     demo.add_argument("--image", help="serve with this serving image under Docker (see ./build_and_push.sh)")

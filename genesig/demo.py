@@ -93,7 +93,7 @@ def run_demo(
     workdir: Path,
     data: Path | None = None,
     *,
-    patients: int = 120,
+    patients: int = 200,
     seed: int = 0,
     keep_running: bool = False,
     on_summary: Any = None,

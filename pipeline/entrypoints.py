@@ -15,6 +15,8 @@ from genesig.errors import DataError
 
 logger = logging.getLogger(__name__)
 GATE_FAILED_EXIT = 3
+# The gate options of the one-signature steps: the random-signature null and FDR belong to a run of many.
+THRESHOLD_GATE = ("threshold", "gate_on")
 
 
 def _model_file(path: Path) -> Path:
@@ -247,12 +249,13 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     e.add_argument("--prepared", type=Path, required=True)
     e.add_argument("--model", type=Path, required=True, help="the artifact, or the folder holding it")
     e.add_argument("--out", type=Path, required=True)
-    add_arguments(e, GateSettings)
+    # One signature alone has no run to control the false discoveries of: the threshold decides.
+    add_arguments(e, GateSettings, only=THRESHOLD_GATE)
     e.set_defaults(func=_evaluate)
 
     g = steps.add_parser("gate", help=f"check the metric; exit {GATE_FAILED_EXIT} when the model fails")
     g.add_argument("--evaluation", type=Path, required=True)
-    add_arguments(g, GateSettings)
+    add_arguments(g, GateSettings, only=THRESHOLD_GATE)
     g.add_argument("--out", type=Path, help="folder for gate.json")
     g.set_defaults(func=_gate)
 

@@ -229,7 +229,9 @@ def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, 
         model_dir = folder / "model"
         shutil.rmtree(model_dir, ignore_errors=True)  # an earlier run's provisional artifact
         artifact = train_model(prepared, options.train, PROVISIONAL_VERSION, model_dir, cv=cv)
-        evaluation = evaluate(prepared, artifact, folder / "evaluation", options.gate)
+        evaluation = evaluate(
+            prepared, artifact, folder / "evaluation", options.gate, run_decides=options.gate.null_replicates > 0
+        )
         result.metric = evaluation["metric"]
         result.cv_mean = evaluation["cross_validation"]["mean"]
         result.cv_interval = evaluation["cross_validation"]["interval"]

@@ -90,9 +90,11 @@ class GateSettings(msgspec.Struct, frozen=True, kw_only=True):
     null_replicates: Annotated[
         int,
         _doc(
-            "random gene sets per size in the null each signature is compared with (0: off; 100 is a good start)", ge=0
+            "random gene sets per size in the null each signature is compared with, in run-local and the "
+            "signature-set run (0: off, the threshold alone decides)",
+            ge=0,
         ),
-    ] = 0
+    ] = 100
 
 
 Settings = TypeVar("Settings", CohortSettings, TrainSettings, GateSettings)

@@ -31,13 +31,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
 from genesig.pipeline.names import names_for
 from genesig.pipeline.run import RunOptions, SignatureResult, evaluate_all, load_signatures
 from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
-from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run
+from genesig.pipeline.significance import RandomSignatureNull, assign_p_values, attach_p_values, gate_run
 from genesig.pipeline.steps import EVALUATION_FILE
 
 logger = logging.getLogger(__name__)
@@ -49,6 +51,7 @@ COHORT_FILE = "cohort.csv"
 REPORT_FILE = "report.json"
 REPORT_CSV = "report.csv"
 OUTCOMES = "outcomes"
+NULLS = "nulls"  # each instance's random-signature nulls, by size
 SIGNATURES = "signatures"
 MAX_SHARDS = 100
 UPLOAD_WORKERS = 16
@@ -160,7 +163,11 @@ def train_shard(
         # q-values are computed over every signature by RegisterSignatures.
         replicates = options.gate.null_replicates
         null = RandomSignatureNull(cohort, options.train, options.cohort.target, replicates, work)
-        attach_p_values(results, null, jobs=options.jobs or os.cpu_count() or 1)
+        nulls = attach_p_values(results, null, jobs=options.jobs or os.cpu_count() or 1)
+        # RegisterSignatures computes the p-values again over every instance's nulls: the tail they share is
+        # learned from all of the run's sizes, so a signature's p does not depend on its shard.
+        (work / NULLS).mkdir(parents=True, exist_ok=True)
+        (work / NULLS / f"{host}.json").write_text(json.dumps({str(k): v.tolist() for k, v in nulls.items()}) + "\n")
     (work / OUTCOMES).mkdir(parents=True, exist_ok=True)
     (work / OUTCOMES / f"{host}.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
     return results
@@ -184,8 +191,11 @@ def upload_results(s3: Any, work: Path, results: list[SignatureResult], output_u
 
     with ThreadPoolExecutor(max_workers=UPLOAD_WORKERS) as pool:
         list(pool.map(put, files))
+    nulls = work / NULLS / f"{host}.json"
+    if nulls.is_file():
+        put(nulls)
     put(work / OUTCOMES / f"{host}.json")  # last: its presence says the instance finished
-    return len(files) + 1
+    return len(files) + 1 + nulls.is_file()
 
 
 def outcome(result: dict[str, Any]) -> str:
@@ -260,6 +270,11 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> list[Report
             "did not finish (see the TrainSignatures job's log)"
         )
     evaluated = [SignatureResult(**r) for r in results]
+    nulls: dict[int, np.ndarray] = {}
+    for path in sorted((results_dir / NULLS).glob("*.json")):
+        nulls.update({int(k): np.asarray(v, dtype=float) for k, v in json.loads(path.read_text()).items()})
+    if nulls:
+        assign_p_values(evaluated, nulls)
     gate_run(evaluated, gate)
     return sorted((_row(asdict(r)) for r in evaluated), key=lambda r: r.signature)
 

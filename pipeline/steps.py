@@ -253,10 +253,14 @@ def risk_group_summary(
     return summary
 
 
-def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: GateSettings) -> dict[str, Any]:
+def evaluate(
+    prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: GateSettings, *, run_decides: bool = False
+) -> dict[str, Any]:
     """Score the held-out split through the serving code path, gate the model, and write ``evaluation.json`` (the
     gate's verdict under ``gate``, the artifact's file and sha256 under ``artifact``), ``gate.json`` and the
-    report. run-local and the pipeline's EvaluateModel job both come here."""
+    report. run-local and the pipeline's EvaluateModel job both come here. ``run_decides``: a run's false-discovery
+    control decides later whether a model that clears the threshold passes (run-local and the signature-set run with
+    the null on); one signature evaluated alone is gated on the threshold."""
     from genesig.pipeline.report import write_report
 
     model = read_artifact(artifact)
@@ -316,7 +320,7 @@ def evaluate(prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: G
     verdict = gate(evaluation, gate_settings)
     # With the random-signature null on, a model that clears the threshold is decided by the run's FDR (q over
     # every signature), later: until then the verdict is not final.
-    evaluation["gate"] = {**asdict(verdict), "final": not (verdict.passed and gate_settings.null_replicates)}
+    evaluation["gate"] = {**asdict(verdict), "final": not (verdict.passed and run_decides)}
     write_gate(verdict, out_dir)
     evaluation["report"] = write_report(evaluation, table, out_dir).name
     (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")

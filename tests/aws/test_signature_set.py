@@ -85,7 +85,7 @@ def test_one_execution_trains_gates_and_registers_the_whole_set(
 
 
 def test_the_null_and_the_fdr_are_parameters_of_the_set_run(aws: dict[str, Any], cohort: Path, tmp_path: Path) -> None:
-    config, record = run_set(aws, cohort, tmp_path, NullReplicates="20", Fdr="0.25")
+    config, record = run_set(aws, cohort, tmp_path, NullReplicates="60", Fdr="0.25")
     assert record.status == "Succeeded", [(s.name, s.failure_reason) for s in record.steps]
     execution_id = record.arn.rsplit("/", 1)[1]
     report = json.loads(read_object(aws["s3"], s3_join(config.base_uri, "runs", execution_id, "report", "report.json")))
@@ -94,6 +94,26 @@ def test_the_null_and_the_fdr_are_parameters_of_the_set_run(aws: dict[str, Any],
     assert all(r["l2"] is not None for r in evaluated), "the penalty each shipped model was fitted with"
     planted = next(r for r in evaluated if r["signature"] == "metagene_19")
     assert planted["outcome"] == "passed" and "FDR 0.25" in planted["reason"], planted
+    # Each instance drew only its shard's sizes; RegisterSignatures computed p over all of them, so every p is the
+    # one run-local gives on the same data and settings, whatever the shards.
+    from genesig.pipeline.run import RunOptions, run_local
+    from genesig.pipeline.settings import GateSettings
+
+    sets = tmp_path / "sets.json"
+    sets.write_text(json.dumps({s.name: list(s.genes) for s in signature_set()}))
+    local = run_local(
+        RunOptions(
+            data=cohort,
+            workdir=tmp_path / "local",
+            signatures_file=sets,
+            gate=GateSettings(null_replicates=60, fdr=0.25),
+        )
+    )
+    here = {r.signature: [r.p_value, r.q_value] for r in local.results if r.status == "done"}
+    there = {r["signature"]: [r["p_value"], r["q_value"]] for r in evaluated}
+    assert there.keys() == here.keys()
+    for name, values in there.items():
+        assert values == pytest.approx(here[name], rel=1e-9), name
 
 
 def test_a_rerun_registers_nothing_new_and_approved_runs_deploy(

@@ -40,6 +40,16 @@ def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> Non
         assert result.returncode == 0, f"{args[0]}: {result.stderr[-2000:]}"
     assert (prefix / "metagene_19-v1.tar.gz").is_file()
     assert json.loads((evaluation / "gate.json").read_text())["passed"] is True
+    # One signature on its own is gated on the threshold: its verdict is final, with no run's FDR pending.
+    assert json.loads((evaluation / "evaluation.json").read_text())["gate"]["final"] is True
+
+
+def test_the_one_signature_steps_offer_no_null_or_fdr() -> None:
+    """The random-signature null and the FDR are a run's (run-local, the signature-set run), not one signature's."""
+    for name in ("evaluate", "gate"):
+        shown = step(name, "--help")
+        assert shown.returncode == 0 and "--threshold" in shown.stdout and "--gate-on" in shown.stdout
+        assert "--null-replicates" not in shown.stdout and "--fdr" not in shown.stdout, name
 
 
 def test_gate_failure_has_its_own_exit_status(tmp_path: Path) -> None:

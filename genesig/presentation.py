@@ -315,7 +315,8 @@ def render_plan(estimate: dict[str, Any]) -> None:
     a = estimate["assumptions"]
     console.print(
         f"Assumed: {a['processing_startup_minutes']} min to start a processing job, {a['training_startup_minutes']} "
-        f"min a training job; {a['seconds_per_signature']} s to train one signature; {a['pass_rate']:.0%} pass; "
+        f"min a training job; {a['seconds_per_signature']} s to train one signature; the gate's null: "
+        f"{a['null_replicates']} random sets for each of {estimate['null_sizes']} sizes; {a['pass_rate']:.0%} pass; "
         f"${a['price_per_instance_hour']}/instance-hour; {a['max_parallel']} executions at once "
         "(each is an option of `genesig pipeline plan`).",
         highlight=False,

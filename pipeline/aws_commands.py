@@ -168,8 +168,14 @@ def _plan(args: argparse.Namespace) -> int:
         pass_rate=args.pass_rate,
         price_per_instance_hour=args.price_per_hour,
         max_parallel=args.max_parallel,
+        null_replicates=args.null_replicates,
     )
-    estimate = plan(len(load_signatures(args.signatures)), args.shards, assumptions)
+    from genesig.pipeline.significance import null_size
+
+    signatures = load_signatures(args.signatures)
+    # Sizes as the sets list them: genes missing from the data only make a signature smaller.
+    sizes = len({null_size(len(s.genes)) for s in signatures})
+    estimate = plan(len(signatures), args.shards, assumptions, null_sizes=sizes)
     if args.json:
         sys.stdout.write(json.dumps(estimate, indent=2) + "\n")
     else:
@@ -425,6 +431,9 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             cmd.add_argument("--training-startup-minutes", type=float, default=a.training_startup_minutes)
             cmd.add_argument("--seconds-per-signature", type=float, default=a.seconds_per_signature)
             cmd.add_argument("--pass-rate", type=float, default=a.pass_rate, help="share of signatures that pass")
+            cmd.add_argument(
+                "--null-replicates", type=int, default=a.null_replicates, help="random sets per size (0: off)"
+            )
             cmd.add_argument(
                 "--price-per-hour",
                 type=float,

@@ -32,6 +32,9 @@ class Assumptions:
     price_per_instance_hour: float = 0.115
     # One execution per signature: how many run at once (`genesig pipeline start-all --max-parallel`).
     max_parallel: int = 4
+    # Random gene sets per size in the gate's null (the NullReplicates parameter; 0 is off); a random set costs about
+    # what a signature does, and each size is drawn once in the run, the sizes dealt across the instances.
+    null_replicates: int = 100
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,12 @@ def _estimate(design: str, jobs: int, instances: int, instance_minutes: float, w
     )
 
 
-def signature_set_run(signatures: int, shards: int, a: Assumptions) -> Estimate:
-    """PrepareSignatureSet → TrainSignatures (``shards`` instances) → RegisterSignatures."""
+def signature_set_run(signatures: int, shards: int, a: Assumptions, null_sizes: int = 0) -> Estimate:
+    """PrepareSignatureSet → TrainSignatures (``shards`` instances, each with its share of the signatures and of the
+    null's sizes) → RegisterSignatures."""
     prepare = a.processing_startup_minutes + 1.0  # reading the cohort and dealing the shards
-    train = a.training_startup_minutes + math.ceil(signatures / shards) * a.seconds_per_signature / 60
+    random_sets = math.ceil(null_sizes / shards) * a.null_replicates
+    train = a.training_startup_minutes + (math.ceil(signatures / shards) + random_sets) * a.seconds_per_signature / 60
     register = a.processing_startup_minutes + signatures * a.pass_rate * a.seconds_per_registration / 60 + 1.0
     minutes = prepare + shards * train + register
     return _estimate("signature-set run", 3, 2 + shards, minutes, prepare + train + register, a)
@@ -77,7 +82,11 @@ def per_signature_executions(signatures: int, a: Assumptions) -> Estimate:
     )
 
 
-def plan(signatures: int, shards: int, assumptions: Assumptions | None = None) -> dict[str, object]:
+def plan(
+    signatures: int, shards: int, assumptions: Assumptions | None = None, *, null_sizes: int = 0
+) -> dict[str, object]:
+    """Both designs for ``signatures`` signatures; ``null_sizes``: the sizes the gate's null needs (one signature
+    alone has no null)."""
     if signatures < 1:
         raise DataError("the signature set is empty")
     if not 1 <= shards <= 100:
@@ -86,7 +95,8 @@ def plan(signatures: int, shards: int, assumptions: Assumptions | None = None) -
     return {
         "signatures": signatures,
         "shards": shards,
-        "signature_set": asdict(signature_set_run(signatures, shards, a)),
+        "null_sizes": null_sizes,
+        "signature_set": asdict(signature_set_run(signatures, shards, a, null_sizes)),
         "per_signature": asdict(per_signature_executions(signatures, a)),
         "assumptions": asdict(a),
     }

@@ -39,7 +39,7 @@ from genesig.pipeline.names import names_for
 from genesig.pipeline.run import RunOptions, SignatureResult, evaluate_all, load_signatures
 from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
-from genesig.pipeline.significance import RandomSignatureNull, assign_p_values, attach_p_values, gate_run
+from genesig.pipeline.significance import RandomSignatureNull, assign_p_values, gate_run, null_size
 from genesig.pipeline.steps import EVALUATION_FILE
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,19 @@ def deal(matched: list[MatchedSignature], shards: int) -> list[list[MatchedSigna
     return groups
 
 
+def deal_null_sizes(matched: list[MatchedSignature], shards: int) -> list[list[int]]:
+    """The null sizes the run's signatures need, into ``shards`` groups of about equal work (a random set costs
+    about what a signature of its size does): each size is drawn by one instance, not by every instance whose
+    signatures need it."""
+    groups: list[list[int]] = [[] for _ in range(shards)]
+    loads = [(0, i) for i in range(shards)]
+    for size in sorted({null_size(len(m.present)) for m in matched}, reverse=True):
+        load, i = heapq.heappop(loads)
+        groups[i].append(size)
+        heapq.heappush(loads, (load + size + 8, i))
+    return [sorted(g) for g in groups]
+
+
 def prepare_set(
     data: Path, signatures_file: Path | None, out_dir: Path, *, shards: int, settings: CohortSettings
 ) -> SetPlan:
@@ -110,8 +123,10 @@ def prepare_set(
     cohort.table[keep + genes].to_csv(out_dir / "cohort" / COHORT_FILE, index=False)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     groups = deal(trainable, shards)
+    null_sizes = deal_null_sizes(trainable, shards)
     for i, group in enumerate(groups):
-        doc = {"shard": i, "signatures": [_signature_doc(m) for m in group]}
+        # The random-signature null is drawn once per size for the whole run, each size by one instance.
+        doc = {"shard": i, "signatures": [_signature_doc(m) for m in group], "null_sizes": null_sizes[i]}
         (out_dir / "shards" / SHARD_FILE.format(i)).write_text(json.dumps(doc) + "\n")
     (out_dir / SKIPPED_FILE).write_text(json.dumps(skipped, indent=1) + "\n")
     plan = SetPlan(
@@ -137,14 +152,17 @@ def prepare_set(
     return plan
 
 
-def read_shards(folder: Path, available: list[str], min_genes: int) -> list[MatchedSignature]:
-    """The signatures of the shard files in ``folder`` (an instance's part of the shards channel)."""
-    matched = []
+def read_shards(folder: Path, available: list[str], min_genes: int) -> tuple[list[MatchedSignature], list[int]]:
+    """The signatures of the shard files in ``folder`` (an instance's part of the shards channel), and the null
+    sizes this instance draws."""
+    matched, sizes = [], []
     for path in sorted(folder.glob("shard-*.json")):
-        for doc in json.loads(path.read_text())["signatures"]:
-            signature = GeneSignature(doc["name"], tuple(doc["genes"]), doc["source"], doc["description"])
+        doc = json.loads(path.read_text())
+        for one in doc["signatures"]:
+            signature = GeneSignature(one["name"], tuple(one["genes"]), one["source"], one["description"])
             matched.append(match(signature, available, min_genes))
-    return matched
+        sizes += doc.get("null_sizes", [])
+    return matched, sizes
 
 
 def train_shard(
@@ -155,19 +173,18 @@ def train_shard(
     cohort = read_cohort(
         single_file(cohort_dir, (".csv",), "cohort"), columns_of(options.cohort), min_events=options.cohort.min_events
     )
-    matched = read_shards(shards_dir, cohort.candidate_genes(), options.cohort.min_genes)
+    matched, null_sizes = read_shards(shards_dir, cohort.candidate_genes(), options.cohort.min_genes)
     logger.info("%s: %d signatures to train", host, len(matched))
     results = evaluate_all(RunOptions(**{**options.__dict__, "workdir": work}), cohort, matched)
-    if options.gate.null_replicates:
-        # Each instance draws the nulls its signatures need (the same seeded draws on every instance); the run's
-        # q-values are computed over every signature by RegisterSignatures.
-        replicates = options.gate.null_replicates
-        null = RandomSignatureNull(cohort, options.train, options.cohort.target, replicates, work)
-        nulls = attach_p_values(results, null, jobs=options.jobs or os.cpu_count() or 1)
-        # RegisterSignatures computes the p-values again over every instance's nulls: the tail they share is
-        # learned from all of the run's sizes, so a signature's p does not depend on its shard.
+    if options.gate.null_replicates and null_sizes:
+        # This instance's share of the run's null sizes (PrepareSignatureSet dealt them); RegisterSignatures computes
+        # every signature's p over all of them, so a p does not depend on the shards.
+        null = RandomSignatureNull(cohort, options.train, options.cohort.target, options.gate.null_replicates, work)
+        null.draw(null_sizes, jobs=options.jobs or os.cpu_count() or 1)
+        nulls = {str(size): null.distribution(size).tolist() for size in null_sizes}
+        logger.info("%s: drew the null of %d sizes", host, len(null_sizes))
         (work / NULLS).mkdir(parents=True, exist_ok=True)
-        (work / NULLS / f"{host}.json").write_text(json.dumps({str(k): v.tolist() for k, v in nulls.items()}) + "\n")
+        (work / NULLS / f"{host}.json").write_text(json.dumps(nulls) + "\n")
     (work / OUTCOMES).mkdir(parents=True, exist_ok=True)
     (work / OUTCOMES / f"{host}.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
     return results
@@ -274,6 +291,12 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> list[Report
     for path in sorted((results_dir / NULLS).glob("*.json")):
         nulls.update({int(k): np.asarray(v, dtype=float) for k, v in json.loads(path.read_text()).items()})
     if nulls:
+        needed = {null_size(len(r.genes)) for r in evaluated if r.status == "done" and r.cv_pooled is not None}
+        if needed - nulls.keys():
+            raise GenesigError(
+                f"the run has no null for signatures of {', '.join(map(str, sorted(needed - nulls.keys())))} genes: "
+                "a training instance did not upload its nulls (see the TrainSignatures job's log)"
+            )
         assign_p_values(evaluated, nulls)
     gate_run(evaluated, gate)
     return sorted((_row(asdict(r)) for r in evaluated), key=lambda r: r.signature)

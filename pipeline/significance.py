@@ -105,13 +105,13 @@ class NullTail:
                 shape, scale = math.nan, math.nan
             if np.isfinite(shape) and scale > 0:
                 self.pareto = (threshold, float(shape), float(scale))
-                logger.info(
+                logger.debug(
                     "null tail: generalised Pareto (shape %.3f, scale %.3f) over the largest %d of %d standardised "
                     "random-set metrics from %d sizes", shape, scale, self.exceedances, len(self.pool),
                     len(self.moments),
                 )  # fmt: skip
             else:
-                logger.info("null tail: no generalised Pareto fit; beyond the random sets, a normal tail")
+                logger.debug("null tail: no generalised Pareto fit; beyond the random sets, a normal tail")
 
     def p_value(self, observed: float, size: int) -> float:
         from scipy.stats import genpareto, norm
@@ -305,14 +305,13 @@ def _numeric_genes(cohort: Cohort) -> list[str]:
     return usable
 
 
-def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull, jobs: int = 1) -> dict[int, np.ndarray]:
+def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull, jobs: int = 1) -> None:
     """Each evaluated signature's p against the null of its size (``p_value``; skipped ones keep None); the nulls not
-    yet cached are drawn first, ``jobs`` processes at a time. Returns the nulls, by size."""
+    yet cached are drawn first, ``jobs`` processes at a time."""
     sizes = sorted({null_size(len(r.genes)) for r in results if r.status == "done" and r.cv_pooled is not None})
     null.draw(sizes, jobs)
     nulls = {size: null.distribution(size) for size in sizes}
     assign_p_values(results, nulls)
-    return nulls
 
 
 def assign_p_values(results: list[SignatureResult], nulls: Mapping[int, np.ndarray]) -> None:

@@ -201,7 +201,7 @@ def _register_set(args: argparse.Namespace) -> int:
 
     if not 0 < args.fdr <= 1:
         raise DataError(f"--fdr must be above 0 and at most 1, not {args.fdr}")
-    rows = collect(args.results, args.set, GateSettings(fdr=args.fdr))
+    rows = collect(args.results, args.set, GateSettings(fdr=args.fdr, null_replicates=args.null_replicates))
     register_passing(
         rows,
         args.results,
@@ -301,6 +301,12 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     gs.add_argument("--out", type=Path, required=True, help="folder for report.json and report.csv")
     gs.add_argument(
         "--fdr", type=float, default=GateSettings().fdr, help="largest Benjamini-Hochberg q over the run (default 0.1)"
+    )
+    gs.add_argument(
+        "--null-replicates",
+        type=int,
+        default=0,
+        help="the run's NullReplicates (above 0: every null needed must be there)",
     )
     gs.set_defaults(func=_register_set)
 

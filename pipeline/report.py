@@ -8,8 +8,8 @@ from the evaluation's own files (``evaluation.json``, ``predictions.csv``) only,
 q-values are known.
 
 Per run (``significance.png`` in the work folder, when the random-signature null is on): every evaluated
-signature's cross-validated metric against its size, over the null's band at each size (random gene sets: median
-and 5-95 % range), passed and failed signatures marked.
+signature's pooled out-of-fold metric (what the null compares) against its size, over the null's band at each size
+(random gene sets: median and 5-95 % range), passed and failed signatures marked.
 """
 
 from __future__ import annotations

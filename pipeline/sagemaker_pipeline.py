@@ -547,6 +547,8 @@ def _register_set_step(ctx: _Context, prepare: Any, train: Any) -> Any:
                 ctx["MmePrefix"],
                 "--fdr",
                 _text(ctx["Fdr"]),
+                "--null-replicates",
+                _text(ctx["NullReplicates"]),
                 "--out",
                 f"{PROCESSING}/report",
             ],

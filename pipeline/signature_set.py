@@ -3,8 +3,9 @@
 Three jobs, whatever the number of signatures:
 
 - **PrepareSignatureSet** (processing): the cohort and the signature set in; every signature matched against
-  the cohort; the trainable ones dealt into S shards balanced by their gene counts; the cohort reduced to the
-  genes they use; the skipped ones (too few genes) recorded with their reasons.
+  the cohort; the trainable ones dealt into S shards balanced by their gene counts, and the sizes the gate's null needs
+  dealt across the same shards (each drawn once); the cohort with every gene (the null draws from all of them);
+  the skipped ones (too few genes) recorded with their reasons.
 - **TrainSignatures** (one training job with S instances; the shards channel ``ShardedByS3Key``, so each
   instance receives its own shard): each instance runs, for each signature of its shard, exactly what
   ``genesig run-local`` runs (preprocess, cross-validate, fit, evaluate, gate) and uploads the signature's
@@ -290,14 +291,15 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> list[Report
     nulls: dict[int, np.ndarray] = {}
     for path in sorted((results_dir / NULLS).glob("*.json")):
         nulls.update({int(k): np.asarray(v, dtype=float) for k, v in json.loads(path.read_text()).items()})
-    if nulls:
-        needed = {null_size(len(r.genes)) for r in evaluated if r.status == "done" and r.cv_pooled is not None}
+    needed = {null_size(len(r.genes)) for r in evaluated if r.status == "done" and r.cv_pooled is not None}
+    if gate.null_replicates and needed:
         if needed - nulls.keys():
             raise GenesigError(
                 f"the run has no null for signatures of {', '.join(map(str, sorted(needed - nulls.keys())))} genes: "
                 "a training instance did not upload its nulls (see the TrainSignatures job's log)"
             )
-        assign_p_values(evaluated, nulls)
+        # The sizes of the signatures evaluated, as run-local uses: a size dealt for one that failed is left out.
+        assign_p_values(evaluated, {size: nulls[size] for size in needed})
     gate_run(evaluated, gate)
     return sorted((_row(asdict(r)) for r in evaluated), key=lambda r: r.signature)
 
@@ -324,8 +326,14 @@ def register_passing(
             [artifact] = sorted((folder / "model").glob("*.tar.gz"))
             evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
             # The run's verdict, registered with the model (the instance only knew the threshold's).
-            evaluation["gate"] = {**evaluation.get("gate", {}), "passed": True, "reason": row.reason}
-            evaluation["significance"] = {"p_value": row.p_value, "q_value": row.q_value, "coverage": row.coverage}
+            evaluation["gate"] = {**evaluation.get("gate", {}), "passed": True, "reason": row.reason, "final": True}
+            evaluation["significance"] = {
+                "statistic": f"pooled out-of-fold {row.metric}",
+                "observed": row.cv_pooled,
+                "p_value": row.p_value,
+                "q_value": row.q_value,
+                "coverage": row.coverage,
+            }
             registration = register_model(
                 sm,
                 s3,

@@ -58,7 +58,8 @@ SIZE_RATIO = 1.2
 # Below this many random sets at or above the observed metric, p comes from the null's fitted tail.
 TAIL_MIN_EXCEED = 10
 # The generalised Pareto tail is fitted to this many of the pooled standardised null's largest values (or a tenth of
-# the pool when that is fewer); with fewer than TAIL_MIN_POOL values in the pool, the normal tail is used.
+# the pool when that is fewer); with fewer than TAIL_MIN_POOL values in the pool, there is no fitted tail and p goes
+# no lower than the pool's own 1 / (N + 1).
 TAIL_EXCEEDANCES = 250
 TAIL_MIN_POOL = 100
 # What a signature and its random sets are compared on.
@@ -111,24 +112,27 @@ class NullTail:
                     len(self.moments),
                 )  # fmt: skip
             else:
-                logger.debug("null tail: no generalised Pareto fit; beyond the random sets, a normal tail")
+                logger.debug("null tail: no generalised Pareto fit; p no lower than 1 / (random sets + 1)")
 
     def p_value(self, observed: float, size: int) -> float:
         from scipy.stats import genpareto, norm
 
+        if not math.isfinite(observed):
+            return 1.0
         null = self.nulls[size]
         empirical = empirical_p(observed, null)
         if np.count_nonzero(null >= observed) >= TAIL_MIN_EXCEED or size not in self.moments:
             return empirical
         mean, spread = self.moments[size]
         z = (observed - mean) / spread
-        normal = float(norm.sf(z))
-        if self.pareto is None:
-            return min(empirical, normal)
-        threshold, shape, scale = self.pareto
         beyond = int(np.count_nonzero(self.pool >= z))
+        pooled = (1 + beyond) / (len(self.pool) + 1)
+        if self.pareto is None:  # too few random sets to fit a tail to: no further than the pool's own
+            return min(empirical, pooled)
+        normal = float(norm.sf(z))
+        threshold, shape, scale = self.pareto
         if z <= threshold or beyond >= TAIL_MIN_EXCEED:
-            tail = (1 + beyond) / (len(self.pool) + 1)
+            tail = pooled
         else:
             tail = self.exceedances / len(self.pool) * float(genpareto.sf(z - threshold, shape, 0, scale))
         return float(min(empirical, max(tail, normal)))

@@ -287,7 +287,7 @@ def evaluate(
             "mean": m[f"cv_{metric}_mean"],
             "interval": [m[f"cv_{metric}_lower"], m[f"cv_{metric}_upper"]],
             # The out-of-fold scores pooled over each repeat's folds, scored once (what the null compares).
-            "pooled": m[f"cv_{metric}_pooled"],
+            "pooled": m.get(f"cv_{metric}_pooled"),  # None in artifacts trained before it was recorded
         },
         "test": {"value": test_value, "patients": len(test.ids), "events": int(test.event.sum())},
         "train": {"value": m[f"train_{metric}"]},

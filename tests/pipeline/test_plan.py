@@ -56,29 +56,3 @@ def test_the_null_is_planned_once_per_size_shared_across_the_instances() -> None
     ] == pytest.approx(25, abs=0.1)
     assert four["instance_minutes"] - without["instance_minutes"] == pytest.approx(4 * 8 * 100 * 0.5 / 60, abs=0.1)
     assert four["wall_minutes"] < one_instance["wall_minutes"]
-
-
-def test_each_null_size_is_drawn_by_exactly_one_instance(tmp_path: Path) -> None:
-    """PrepareSignatureSet deals the sizes the run's null needs across the shards, each size once."""
-    from genesig.pipeline.settings import CohortSettings
-    from genesig.pipeline.signature_set import prepare_set, read_shards
-    from genesig.pipeline.signatures import GeneSignature
-    from genesig.pipeline.significance import null_size
-    from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
-
-    sizes = [2, 3, 3, 5, 8, 12, 12, 20, 33, 40]
-    sets = [GeneSignature(f"s{i}_{k}", tuple(f"G{i}_{j}" for j in range(k))) for i, k in enumerate(sizes)]
-    data = write_synthetic_cohort(tmp_path / "c.csv", sets, SyntheticSpec(seed=0, background_genes=10))
-    gmt = tmp_path / "sets.json"
-    gmt.write_text(json.dumps({s.name: list(s.genes) for s in sets}))
-    prepare_set(data, gmt, tmp_path / "set", shards=3, settings=CohortSettings())
-    dealt = []
-    for shard in sorted((tmp_path / "set" / "shards").glob("shard-*.json")):
-        folder = tmp_path / shard.stem
-        folder.mkdir()
-        (folder / shard.name).write_bytes(shard.read_bytes())
-        _, mine = read_shards(folder, [g for s in sets for g in s.genes], 2)
-        dealt.append(mine)
-    assert all(dealt), "every instance draws a share"
-    flat = [k for share in dealt for k in share]
-    assert sorted(flat) == sorted({null_size(k) for k in sizes}), "each size once, none missing"

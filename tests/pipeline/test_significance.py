@@ -53,6 +53,10 @@ def test_beyond_the_random_sets_p_comes_from_the_tail_the_sizes_share() -> None:
     assert tail.p_value(0.58, 5) <= empirical_p(0.58, null)
     # A size too small to standardise keeps its empirical p.
     assert NullTail({**nulls, 40: np.array([0.5, 0.5])}).p_value(0.9, 40) == pytest.approx(1 / 3)
+    # Too few random sets to fit a tail to (one size, 60 sets): no lower than the pool's own 1 / (N + 1).
+    assert NullTail({5: null[:60]}).p_value(0.8, 5) == pytest.approx(1 / 61)
+    # A metric that could not be computed is never significant.
+    assert tail.p_value(float("nan"), 5) == 1.0
 
 
 def test_a_heavy_tailed_null_gives_calibrated_p_values_where_a_normal_tail_would_not() -> None:

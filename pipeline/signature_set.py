@@ -27,10 +27,11 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,7 +41,7 @@ from genesig.pipeline.names import names_for
 from genesig.pipeline.run import RunOptions, SignatureResult, evaluate_all, load_signatures
 from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
-from genesig.pipeline.significance import RandomSignatureNull, assign_p_values, gate_run, null_size
+from genesig.pipeline.significance import RandomSignatureNull, assign_p_values, gate_run, null_size, sizes_needed
 from genesig.pipeline.steps import EVALUATION_FILE
 
 logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ SIGNATURES = "signatures"
 MAX_SHARDS = 100
 UPLOAD_WORKERS = 16
 REGISTER_WORKERS = 8
+T = TypeVar("T")
 # What a report row says of a signature.
 PASSED, BELOW, NOT_SIGNIFICANT, SKIPPED, ERRORED = "passed", "below threshold", "not significant", "skipped", "errored"
 
@@ -77,29 +79,30 @@ def _signature_doc(matched: MatchedSignature) -> dict[str, Any]:
     return {"name": s.name, "genes": list(s.genes), "source": s.source, "description": s.description}
 
 
-def deal(matched: list[MatchedSignature], shards: int) -> list[list[MatchedSignature]]:
-    """Signatures into ``shards`` groups of about equal work (largest first, each to the least loaded group);
-    the same set always deals the same way."""
-    groups: list[list[MatchedSignature]] = [[] for _ in range(shards)]
+def _least_loaded(items: list[T], genes: Callable[[T], int], shards: int) -> list[list[T]]:
+    """``items`` (in the order given: largest first) into ``shards`` groups of about equal work, each to the least
+    loaded group; an item's work is a fixed cost plus its genes. The same items always deal the same way."""
+    groups: list[list[T]] = [[] for _ in range(shards)]
     loads = [(0, i) for i in range(shards)]
-    for one in sorted(matched, key=lambda m: (-len(m.present), m.artifact_name)):
+    for item in items:
         load, i = heapq.heappop(loads)
-        groups[i].append(one)
-        heapq.heappush(loads, (load + len(one.present) + 8, i))  # a fixed cost per signature, plus its genes
+        groups[i].append(item)
+        heapq.heappush(loads, (load + genes(item) + 8, i))
     return groups
+
+
+def deal(matched: list[MatchedSignature], shards: int) -> list[list[MatchedSignature]]:
+    """Signatures into ``shards`` groups of about equal work."""
+    ordered = sorted(matched, key=lambda m: (-len(m.present), m.artifact_name))
+    return _least_loaded(ordered, lambda m: len(m.present), shards)
 
 
 def deal_null_sizes(matched: list[MatchedSignature], shards: int) -> list[list[int]]:
     """The null sizes the run's signatures need, into ``shards`` groups of about equal work (a random set costs
     about what a signature of its size does): each size is drawn by one instance, not by every instance whose
     signatures need it."""
-    groups: list[list[int]] = [[] for _ in range(shards)]
-    loads = [(0, i) for i in range(shards)]
-    for size in sorted({null_size(len(m.present)) for m in matched}, reverse=True):
-        load, i = heapq.heappop(loads)
-        groups[i].append(size)
-        heapq.heappush(loads, (load + size + 8, i))
-    return [sorted(g) for g in groups]
+    sizes = sorted({null_size(len(m.present)) for m in matched}, reverse=True)
+    return [sorted(g) for g in _least_loaded(sizes, lambda size: size, shards)]
 
 
 def prepare_set(
@@ -291,7 +294,7 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> list[Report
     nulls: dict[int, np.ndarray] = {}
     for path in sorted((results_dir / NULLS).glob("*.json")):
         nulls.update({int(k): np.asarray(v, dtype=float) for k, v in json.loads(path.read_text()).items()})
-    needed = {null_size(len(r.genes)) for r in evaluated if r.status == "done" and r.cv_pooled is not None}
+    needed = set(sizes_needed(evaluated))
     if gate.null_replicates and needed:
         if needed - nulls.keys():
             raise GenesigError(

@@ -312,17 +312,27 @@ def _numeric_genes(cohort: Cohort) -> list[str]:
 def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull, jobs: int = 1) -> None:
     """Each evaluated signature's p against the null of its size (``p_value``; skipped ones keep None); the nulls not
     yet cached are drawn first, ``jobs`` processes at a time."""
-    sizes = sorted({null_size(len(r.genes)) for r in results if r.status == "done" and r.cv_pooled is not None})
+    sizes = sizes_needed(results)
     null.draw(sizes, jobs)
     nulls = {size: null.distribution(size) for size in sizes}
     assign_p_values(results, nulls)
+
+
+def _compared(result: SignatureResult) -> bool:
+    """Whether a signature meets the null: evaluated, with the metric the null compares."""
+    return result.status == "done" and result.cv_pooled is not None
+
+
+def sizes_needed(results: list[SignatureResult]) -> list[int]:
+    """The null sizes of the signatures a run compares with the null."""
+    return sorted({null_size(len(r.genes)) for r in results if _compared(r)})
 
 
 def assign_p_values(results: list[SignatureResult], nulls: Mapping[int, np.ndarray]) -> None:
     """p against the run's nulls (every size drawn in the run: the tail they share is learned from all of them)."""
     tail = NullTail(nulls)
     for r in results:
-        if r.status == "done" and r.cv_pooled is not None:
+        if _compared(r):
             size = null_size(len(r.genes))
             r.p_value = tail.p_value(r.cv_pooled, size)
             r.null_size = size

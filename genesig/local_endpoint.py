@@ -289,6 +289,9 @@ class LocalEndpoint:
             del self.unloading[victim]
             done.set()
         logger.info("evicted %s (unload answered %d)", victim, status)
+        # Its files are no longer in use: over the cache's size limit they go now, not at the next extraction
+        # (a load that evicts several models would otherwise leave them all on disk).
+        self._trim_disk(keep=keep)
         return True
 
     async def _ensure_loaded(self, target: str) -> tuple[str, bool]:

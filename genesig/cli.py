@@ -9,7 +9,7 @@ import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from genesig.errors import GenesigError
 from genesig.logs import configure_logging
@@ -267,8 +267,16 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that answers bad arguments with one line naming the problem and where to look (argparse's own
+    answer opens with the whole usage text, which buries the problem); subcommands inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="genesig",
         description="Train, gate, register and serve one cancer-survival model per gene signature, every signature "
         "behind one SageMaker multi-model endpoint. Start with `genesig demo`; `genesig COMMAND --help` for each "

@@ -175,3 +175,20 @@ def test_a_local_endpoint_on_a_port_in_use_is_refused_before_anything_starts(tmp
         line = one_line_error(genesig("local-endpoint", "--prefix", "prefix", "--port", port, cwd=tmp_path))
     assert f"--port {port} on 127.0.0.1 is not available (address already in use)" in line
     assert "pick another --port" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "problem", "where"),
+    [
+        (("run-local", "--data", "x.csv", "--target", "nope"), "invalid choice: 'nope'", "genesig run-local --help"),
+        (("nosuch",), "invalid choice: 'nosuch'", "genesig --help"),
+        (("step", "evaluate"), "required: --prepared", "genesig step evaluate --help"),
+        (("run-local", "--data", "x.csv", "--jobs", "two"), "--jobs: invalid int value", "genesig run-local --help"),
+    ],
+)
+def test_bad_arguments_are_one_line_naming_the_problem_and_the_help(
+    tmp_path: Path, args: tuple[str, ...], problem: str, where: str
+) -> None:
+    line = one_line_error(genesig(*args, cwd=tmp_path))
+    assert problem in line and f"see `{where}`" in line, line
+    assert "usage:" not in line

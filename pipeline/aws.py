@@ -87,6 +87,7 @@ def is_not_found(code: str, message: str) -> bool:
 def translated(what: str) -> Iterator[None]:
     """AWS's exceptions inside as our typed errors: ClientError by its code, missing set-up as one line."""
     from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+    from botocore.exceptions import ConnectionError as AwsConnectionError
 
     try:
         yield
@@ -98,6 +99,13 @@ def translated(what: str) -> Iterator[None]:
         ) from None
     except NoRegionError:
         raise AwsSetupError(f"{what}: no AWS region; pass --region or set AWS_DEFAULT_REGION") from None
+    except AwsConnectionError as exc:
+        where = exc.kwargs.get("endpoint_url", "the endpoint")
+        raise AwsError(
+            f"{what}: could not connect to {where}; check the endpoint URL (the --*-endpoint-url options or"
+            " AWS_ENDPOINT_URL_*), that the service there is running, and the network",
+            what=what,
+        ) from None
     except BotoCoreError as exc:
         raise AwsError(f"{what} failed: {exc}", what=what) from None
 

@@ -145,6 +145,27 @@ def test_access_denied_is_one_line_naming_the_fix(tmp_path: Path, denying_url: s
     assert "access denied (AccessDeniedException)" in line and "IAM policy" in line
 
 
+def test_nothing_listening_at_the_endpoint_url_is_one_line_naming_what_to_check(tmp_path: Path) -> None:
+    from genesig.server_process import free_port
+
+    env = {
+        **bare_env(tmp_path),
+        "AWS_DEFAULT_REGION": "eu-west-1",
+        "AWS_ACCESS_KEY_ID": "a",
+        "AWS_SECRET_ACCESS_KEY": "b",
+    }
+    (tmp_path / "patients.csv").write_text("GENE_A,GENE_B\n1,2\n")
+    url = f"http://127.0.0.1:{free_port()}"
+    line = one_line(
+        genesig(
+            *("predict", "--target-model", "m-v1.tar.gz", "--input", str(tmp_path / "patients.csv")),
+            *("--endpoint", "genesig-mme", "--url", url),
+            env=env,
+        )
+    )
+    assert f"could not connect to {url}/" in line and "check the endpoint URL" in line, line
+
+
 def test_errors_keep_their_code_and_only_not_found_means_absent() -> None:
     def raising(code: str, message: str = "") -> Any:
         def fn(**_kwargs: Any) -> None:

@@ -211,7 +211,7 @@ class RandomSignatureNull:
                 self._memory[size] = np.asarray(json.loads(path.read_text())[STATISTIC], dtype=float)
             else:
                 todo.append(size)
-        draws = [(size, genes) for size in todo for genes in self._random_sets(size)]
+        draws = [(size, genes) for size in todo for genes in self.random_sets(size)]
         if not draws:
             return
         values = self._cross_validate_all([genes for _, genes in draws], jobs)
@@ -226,7 +226,8 @@ class RandomSignatureNull:
             self._memory[size] = mine
             logger.debug("null of %d-gene sets: %d drawn, median %.3f", size, len(mine), np.median(mine))
 
-    def _random_sets(self, size: int) -> list[list[str]]:
+    def random_sets(self, size: int) -> list[list[str]]:
+        """The R random gene sets of ``size`` genes the null cross-validates (the same ones on every call)."""
         size = min(size, len(self.genes))
         rng = np.random.default_rng([self.train.seed, size])
         return [

@@ -39,7 +39,7 @@ from genesig.pipeline.signatures import (
     read_signatures,
     select,
 )
-from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run
+from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run, significance_record
 from genesig.pipeline.steps import (
     EVALUATION_FILE,
     GATE_FILE,
@@ -258,15 +258,7 @@ def record_verdict(result: SignatureResult) -> None:
     path = Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE
     evaluation = json.loads(path.read_text())
     evaluation["gate"] = {**evaluation["gate"], "passed": result.passed, "reason": result.reason, "final": True}
-    evaluation["significance"] = {
-        "statistic": f"pooled out-of-fold {result.metric}",
-        "observed": result.cv_pooled,
-        "p_value": result.p_value,
-        "q_value": result.q_value,
-        "null_size": result.null_size,
-        "null_replicates": result.null_replicates,
-        "coverage": result.coverage,
-    }
+    evaluation["significance"] = significance_record(result)
     path.write_text(json.dumps(evaluation, indent=2) + "\n")
     gate_path = path.parent / GATE_FILE
     if gate_path.is_file():

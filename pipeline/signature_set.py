@@ -41,7 +41,14 @@ from genesig.pipeline.names import names_for
 from genesig.pipeline.run import RunOptions, SignatureResult, evaluate_all, load_signatures
 from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
-from genesig.pipeline.significance import RandomSignatureNull, assign_p_values, gate_run, null_size, sizes_needed
+from genesig.pipeline.significance import (
+    RandomSignatureNull,
+    assign_p_values,
+    gate_run,
+    null_size,
+    significance_record,
+    sizes_needed,
+)
 from genesig.pipeline.steps import EVALUATION_FILE
 
 logger = logging.getLogger(__name__)
@@ -248,6 +255,8 @@ class ReportRow:
     l2: float | None = None
     p_value: float | None = None
     q_value: float | None = None
+    null_size: int | None = None
+    null_replicates: int | None = None
     version: int | None = None
     package_arn: str = ""
     approval_status: str = ""
@@ -275,6 +284,8 @@ def _row(result: dict[str, Any]) -> ReportRow:
         l2=result.get("l2"),
         p_value=result.get("p_value"),
         q_value=result.get("q_value"),
+        null_size=result.get("null_size"),
+        null_replicates=result.get("null_replicates"),
     )
 
 
@@ -330,13 +341,7 @@ def register_passing(
             evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
             # The run's verdict, registered with the model (the instance only knew the threshold's).
             evaluation["gate"] = {**evaluation.get("gate", {}), "passed": True, "reason": row.reason, "final": True}
-            evaluation["significance"] = {
-                "statistic": f"pooled out-of-fold {row.metric}",
-                "observed": row.cv_pooled,
-                "p_value": row.p_value,
-                "q_value": row.q_value,
-                "coverage": row.coverage,
-            }
+            evaluation["significance"] = significance_record(row)
             registration = register_model(
                 sm,
                 s3,

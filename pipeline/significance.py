@@ -40,7 +40,7 @@ from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -338,6 +338,31 @@ def assign_p_values(results: list[SignatureResult], nulls: Mapping[int, np.ndarr
             r.p_value = tail.p_value(r.cv_pooled, size)
             r.null_size = size
             r.null_replicates = len(nulls[size])
+
+
+class Compared(Protocol):
+    """What a run knows of one signature's comparison with the null (run-local's results, the set run's rows)."""
+
+    metric: str
+    cv_pooled: float | None
+    p_value: float | None
+    q_value: float | None
+    null_size: int | None
+    null_replicates: int | None
+    coverage: float | None
+
+
+def significance_record(result: Compared) -> dict[str, Any]:
+    """The ``significance`` block an evaluation and a registered package carry once the run has decided."""
+    return {
+        "statistic": f"pooled out-of-fold {result.metric}",
+        "observed": result.cv_pooled,
+        "p_value": result.p_value,
+        "q_value": result.q_value,
+        "null_size": result.null_size,
+        "null_replicates": result.null_replicates,
+        "coverage": result.coverage,
+    }
 
 
 def gate_run(results: list[SignatureResult], gate: GateSettings) -> None:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from genesig.errors import DataError
 
@@ -20,6 +21,8 @@ THRESHOLD_GATE = ("threshold", "gate_on")
 
 
 def _model_file(path: Path) -> Path:
+    if not path.exists():
+        raise DataError(f"--model {path}: no such file or folder (the train step's output, or its .tar.gz)")
     if path.is_dir():
         found = sorted(path.glob("*.tar.gz"))
         if len(found) != 1:
@@ -87,7 +90,7 @@ def _gate(args: argparse.Namespace) -> int:
     from genesig.pipeline.settings import GateSettings, from_arguments
     from genesig.pipeline.steps import gate, write_gate
 
-    evaluation = json.loads(args.evaluation.read_text())
+    evaluation = _read_evaluation(args.evaluation)
     verdict = gate(evaluation, from_arguments(args, GateSettings))
     if args.out:
         write_gate(verdict, args.out)
@@ -105,7 +108,7 @@ def _register(args: argparse.Namespace) -> int:
     from genesig.pipeline.registry import LocalRegistry
 
     artifact = _model_file(args.model)
-    evaluation = json.loads(args.evaluation.read_text())
+    evaluation = _read_evaluation(args.evaluation)
     group = args.group or read_artifact(artifact).manifest.name
     package, created = LocalRegistry(args.registry).register(group, artifact, evaluation, approve=args.approve)
     if created:
@@ -159,7 +162,7 @@ def _register_sagemaker(args: argparse.Namespace) -> int:
     from genesig.pipeline import aws
     from genesig.pipeline.sagemaker_registry import register_model
 
-    evaluation = json.loads(_evaluation_file(args.evaluation).read_text())
+    evaluation = _read_evaluation(args.evaluation)
     s3 = aws.client("s3")
     with tempfile.TemporaryDirectory() as tmp:
         artifact = Path(tmp) / "model.tar.gz"
@@ -218,8 +221,18 @@ def _register_set(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluation_file(path: Path) -> Path:
-    return path / "evaluation.json" if path.is_dir() else path
+def _read_evaluation(path: Path) -> dict[str, Any]:
+    """evaluation.json (or the folder holding it), as the evaluate step wrote it; anything else is one line."""
+    file = path / "evaluation.json" if path.is_dir() else path
+    try:
+        evaluation = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise DataError(f"--evaluation {file}: no such file (the evaluate step's evaluation.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"--evaluation {file}: not valid JSON ({exc}); run the evaluate step again") from None
+    if not isinstance(evaluation, dict) or not {"metric", "cross_validation"} <= evaluation.keys():
+        raise DataError(f"--evaluation {file}: not an evaluation written by the evaluate step (no metric)")
+    return evaluation
 
 
 def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from genesig.pipeline.entrypoints import GATE_FAILED_EXIT
 
 
@@ -66,3 +68,33 @@ def test_gate_failure_has_its_own_exit_status(tmp_path: Path) -> None:
 def test_step_errors_are_clear(tmp_path: Path) -> None:
     result = step("train", "--prepared", tmp_path, "--out", tmp_path / "m")
     assert result.returncode == 2 and "has no prepared.json: run the preprocess step first" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (None, "no such file (the evaluate step's evaluation.json)"),
+        ("{", "not valid JSON"),
+        ("[1, 2]", "not an evaluation written by the evaluate step"),
+    ],
+)
+def test_a_missing_or_broken_evaluation_is_one_line(tmp_path: Path, content: str | None, problem: str) -> None:
+    evaluation = tmp_path / "evaluation.json"
+    if content is not None:
+        evaluation.write_text(content)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "m-v1.tar.gz").write_bytes(b"")  # never read: the evaluation is refused first
+    for args in (
+        ("gate", "--evaluation", evaluation, "--threshold", "0.6"),
+        ("register", "--model", model, "--evaluation", evaluation, "--registry", tmp_path / "registry"),
+    ):
+        result = step(*args)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+        assert problem in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (tmp_path / "registry").exists()
+
+
+def test_a_missing_model_is_one_line(tmp_path: Path) -> None:
+    result = step("register", "--model", tmp_path / "nope", "--evaluation", tmp_path, "--registry", tmp_path / "r")
+    assert result.returncode == 2 and "--model" in result.stderr and "no such file or folder" in result.stderr

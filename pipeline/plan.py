@@ -36,6 +36,17 @@ class Assumptions:
     # what a signature does, and each size is drawn once in the run, the sizes dealt across the instances.
     null_replicates: int = 100
 
+    def __post_init__(self) -> None:
+        """Each assumption as its option: a negative time, price or count, or a pass rate outside 0-1, is refused."""
+        for name, value in asdict(self).items():
+            option = "--" + name.replace("_", "-").replace("price-per-instance-hour", "price-per-hour")
+            if value < 0:
+                raise DataError(f"{option} must be 0 or more, not {value:g}")
+        if self.pass_rate > 1:
+            raise DataError(f"--pass-rate is a share of the signatures: at most 1, not {self.pass_rate:g}")
+        if self.max_parallel < 1:
+            raise DataError(f"--max-parallel must be at least 1, not {self.max_parallel}")
+
 
 @dataclass(frozen=True)
 class Estimate:

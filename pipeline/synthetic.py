@@ -34,6 +34,16 @@ class SyntheticSpec:
     # genes, and the random-signature null is drawn from all of them.
     background_genes: int = 0
 
+    def __post_init__(self) -> None:
+        if self.n_patients < 20:
+            raise DataError(f"--patients {self.n_patients}: a synthetic cohort needs at least 20 patients")
+        if not 0 < self.event_rate < 1:
+            raise DataError(f"--event-rate {self.event_rate:g}: the share of patients with the event, between 0 and 1")
+        if self.background_genes < 0:
+            raise DataError(f"--background-genes {self.background_genes}: a number of genes, 0 or more")
+        if not 0 <= self.dropout < 1:
+            raise DataError(f"dropout {self.dropout:g}: the share of zero values, at least 0 and below 1")
+
 
 def _intercept_for_rate(eta: np.ndarray, rate: float) -> float:
     low, high = -20.0, 20.0
@@ -49,9 +59,11 @@ def _intercept_for_rate(eta: np.ndarray, rate: float) -> float:
 def synthetic_cohort(signatures: list[GeneSignature], spec: SyntheticSpec) -> pd.DataFrame:
     unknown = sorted(set(spec.planted) - {s.name for s in signatures})
     if unknown:
-        raise DataError(f"planted effect for unknown signatures: {', '.join(unknown)}")
-    if spec.n_patients < 20:
-        raise DataError("a synthetic cohort needs at least 20 patients")
+        known = [s.name for s in signatures]
+        listed = ", ".join(known[:8]) + (f" and {len(known) - 8} more" if len(known) > 8 else "")
+        raise DataError(
+            f"--plant {', '.join(unknown)}: no such signature in the set (it has {listed}); --signatures sets them"
+        )
     rng = np.random.default_rng(spec.seed)
     n = spec.n_patients
     activity: dict[str, np.ndarray] = {}

@@ -56,3 +56,18 @@ def test_the_null_is_planned_once_per_size_shared_across_the_instances() -> None
     ] == pytest.approx(25, abs=0.1)
     assert four["instance_minutes"] - without["instance_minutes"] == pytest.approx(4 * 8 * 100 * 0.5 / 60, abs=0.1)
     assert four["wall_minutes"] < one_instance["wall_minutes"]
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"null_replicates": -3}, "--null-replicates must be 0 or more, not -3"),
+        ({"pass_rate": 2.0}, "--pass-rate is a share of the signatures: at most 1"),
+        ({"max_parallel": 0}, "--max-parallel must be at least 1"),
+        ({"price_per_instance_hour": -1.0}, "--price-per-hour must be 0 or more"),
+        ({"training_startup_minutes": -4.0}, "--training-startup-minutes must be 0 or more"),
+    ],
+)
+def test_an_impossible_assumption_is_refused_naming_its_option(change: dict[str, float], problem: str) -> None:
+    with pytest.raises(DataError, match=problem):
+        Assumptions(**change)  # type: ignore[arg-type]

@@ -38,6 +38,20 @@ def test_times_are_censored_near_the_event_rate() -> None:
     assert 0.30 < frame["SurvivalStatus"].mean() < 0.40
 
 
-def test_unknown_planted_signature_is_refused() -> None:
-    with pytest.raises(DataError, match="unknown signatures: nope"):
-        synthetic_cohort(default_signatures(), SyntheticSpec(planted={"nope": 1.0}))
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"event_rate": 1.5}, "--event-rate 1.5: the share of patients with the event"),
+        ({"event_rate": -0.5}, "--event-rate -0.5"),
+        ({"background_genes": -5}, "--background-genes -5"),
+        ({"n_patients": 5}, "--patients 5: a synthetic cohort needs at least 20"),
+    ],
+)
+def test_an_impossible_cohort_is_refused_naming_its_option(change: dict[str, float], problem: str) -> None:
+    with pytest.raises(DataError, match=problem):
+        SyntheticSpec(**change)  # type: ignore[arg-type]
+
+
+def test_planting_an_unknown_signature_names_the_known_ones() -> None:
+    with pytest.raises(DataError, match=r"--plant nosuch: no such signature in the set \(it has metagene_19"):
+        synthetic_cohort(default_signatures(), SyntheticSpec(planted={"nosuch": 1.0}))

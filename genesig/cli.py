@@ -271,8 +271,19 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse that answers bad arguments with one line naming the problem and where to look (argparse's own
     answer opens with the whole usage text, which buries the problem); subcommands inherit it."""
 
+    # The innermost parser that started parsing: argparse reports unrecognized arguments from the top parser, yet
+    # their help is the subcommand's.
+    innermost: OneLineParser | None = None
+
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        OneLineParser.innermost = self
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
+        prog = self.prog
+        if message.startswith("unrecognized arguments") and OneLineParser.innermost is not None:
+            prog = OneLineParser.innermost.prog
+        self.exit(2, f"{prog}: {message}; see `{prog} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

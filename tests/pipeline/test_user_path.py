@@ -184,6 +184,8 @@ def test_a_local_endpoint_on_a_port_in_use_is_refused_before_anything_starts(tmp
         (("nosuch",), "invalid choice: 'nosuch'", "genesig --help"),
         (("step", "evaluate"), "required: --prepared", "genesig step evaluate --help"),
         (("run-local", "--data", "x.csv", "--jobs", "two"), "--jobs: invalid int value", "genesig run-local --help"),
+        (("run-local", "--data", "x.csv", "--bogus"), "unrecognized arguments: --bogus", "genesig run-local --help"),
+        (("step", "gate", "--evaluation", "e", "--bogus"), "unrecognized arguments", "genesig step gate --help"),
     ],
 )
 def test_bad_arguments_are_one_line_naming_the_problem_and_the_help(

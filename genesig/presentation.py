@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from rich import box
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -74,7 +75,7 @@ MAX_NOTES = 8
 # Signatures shown, by metric, when a run is too large for its whole table.
 TOP_ROWS = 15
 # What the run table's columns other than the name take (no vertical rules): the name gets the rest of the line.
-OTHER_COLUMNS_WIDTH = 108
+OTHER_COLUMNS_WIDTH = 113
 
 
 def shorten(name: str, width: int = 60) -> str:
@@ -96,8 +97,9 @@ def _package(r: SignatureResult) -> str:
 def _run_table(rows: list[SignatureResult], title: str) -> Table:
     width = max(20, console.width - OTHER_COLUMNS_WIDTH)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("signature", "genes", "train/test", "metric", "CV mean [95% CI]", "test", "q", "outcome", "package"):
-        table.add_column(column, no_wrap=True)
+    columns = ("signature", "genes", "train/test", "metric", "CV mean [folds 2.5-97.5%]", "test", "q", "outcome")
+    for column in (*columns, "package"):
+        table.add_column(escape(column), no_wrap=True)  # "[...]" is rich markup otherwise, and vanishes
     for r in rows:
         genes = f"{len(r.genes)}" + (f" (-{len(r.missing_genes)})" if r.missing_genes else "")
         outcome = f"[{OUTCOME_STYLES[r.outcome]}]{r.outcome}[/]"

@@ -31,6 +31,9 @@ if TYPE_CHECKING:
 REPORT_FILE = "report.png"
 RUN_PLOT_FILE = "significance.png"
 GROUP_COLOURS = {"low": "#1b7837", "high": "#b2182b"}
+# significance.png names this many passing signatures (the best first), each cut to LABEL_CHARS characters.
+LABELLED_SIGNATURES = 15
+LABEL_CHARS = 28
 
 
 def roc_points(event: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -154,7 +157,7 @@ def write_report(evaluation: dict[str, Any], table: pd.DataFrame, out_dir: Path)
         ax.plot([], [], linestyle="none", label=logrank)
         ax.plot([], [], linestyle="none", marker="|", color="black", label="censored")
         ax.set_title("Kaplan-Meier by predicted risk group, held-out patients", fontsize=12)
-    ax.legend(fontsize=10, loc="lower left" if evaluation["target"] != "binary" else "lower right")
+    ax.legend(fontsize=10, loc="best")  # over the fewest points: it must not hide a curve
     ax.tick_params(labelsize=10)
     fig.suptitle(_short(evaluation["signature"]), fontsize=14, weight="bold", x=0.09, ha="left")
     fig.text(0.64, 0.88, _numbers(evaluation, label), va="top", ha="left", fontsize=11, family="monospace")
@@ -188,8 +191,8 @@ def _numbers(evaluation: dict[str, Any], label: str) -> str:
         if significance.get("observed") is not None:
             rows.append((f"pooled OOF {label}", f"{significance['observed']:.3f}"))
         rows.append(("p vs random", f"{significance['p_value']:.2g} ({significance.get('null_replicates')} sets)"))
-        rows.append(("q (run, BH)", f"{significance['q_value']:.2g}"))
-    lines = [f"{key:<17}{value}" for key, value in rows]
+        rows.append(("q (run, BH)", f"{significance['q_value']:.3g}"))  # as the reason gives it
+    lines = [f"{key + ' ':<18}{value}" for key, value in rows]
     if not gate.get("final", True):
         verdict = ["THRESHOLD PASSED: the run's FDR", "decides (see the run report)"]
     else:
@@ -217,12 +220,21 @@ def write_null_plot(
     ax = fig.add_axes((0.08, 0.11, 0.64, 0.8))
     sizes = sorted({r.null_size for r in done if r.null_size is not None})
     bands = np.array([np.percentile(distribution(k), [5, 50, 95]) for k in sizes])
-    ax.fill_between(sizes, bands[:, 0], bands[:, 2], color="#cccccc", step="mid", label="random gene sets, 5-95%")
-    ax.step(sizes, bands[:, 1], where="mid", color="#777777", label="random gene sets, median")
+    # The null only at the sizes drawn: its median and 5-95% range of each.
+    ax.errorbar(
+        sizes, bands[:, 1], yerr=[bands[:, 1] - bands[:, 0], bands[:, 2] - bands[:, 1]], fmt="_", markersize=14,
+        color="#888888", ecolor="#bbbbbb", elinewidth=6, label="random gene sets: median, 5-95%", zorder=2,
+    )  # fmt: skip
     for passed, colour, text in ((False, "#4575b4", "not passed"), (True, "#d73027", "passed")):
         chosen = [r for r in done if r.passed == passed]
         ax.scatter([len(r.genes) for r in chosen], [r.cv_pooled for r in chosen], s=22, color=colour,
                    label=f"{text} ({len(chosen)})", zorder=3)  # fmt: skip
+    # Name the passing signatures (the best ones when there are many): the dots a reader asks about.
+    passing = sorted((r for r in done if r.passed), key=lambda r: -(r.cv_pooled or 0.0))[:LABELLED_SIGNATURES]
+    for r in passing:
+        name = r.signature if len(r.signature) <= LABEL_CHARS else r.signature[: LABEL_CHARS - 1] + "…"
+        ax.annotate(name, (len(r.genes), r.cv_pooled or 0.0), xytext=(5, 3),
+                    textcoords="offset points", fontsize=8, color="#a50026")  # fmt: skip
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter
 

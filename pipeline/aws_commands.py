@@ -419,7 +419,9 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             cmd.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json); default: built-in metagenes")
         if verb == "start":
             cmd.add_argument(
-                "--signature", default="ALL", help="the signature (default ALL: the built-in all-genes signature)"
+                "--signature",
+                default="ALL",
+                help="the signature (default ALL: the built-in signature of all 21 metagene genes)",
             )
         if verb in ("start-set", "plan", "run-here"):
             cmd.add_argument("--shards", type=int, default=4, help="training instances of the signature-set run (4)")

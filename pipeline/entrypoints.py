@@ -244,7 +244,9 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     p = steps.add_parser("preprocess", help="select genes, split, fit preprocessing on train")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--signatures", type=Path)
-    p.add_argument("--signature", required=True, help="the signature's name (ALL: the built-in all-genes signature)")
+    p.add_argument(
+        "--signature", required=True, help="the signature's name (ALL: the built-in signature of all 21 metagene genes)"
+    )
     add_arguments(p, CohortSettings)
     add_arguments(p, TrainSettings, only=("test_fraction", "seed"))
     p.add_argument("--out", type=Path, required=True)

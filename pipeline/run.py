@@ -135,6 +135,8 @@ class RunSummary:
     workdir: str
     threshold: float
     gate_on: str
+    fdr: float
+    null_replicates: int
     results: list[SignatureResult]
 
     def to_json(self) -> dict[str, Any]:
@@ -192,8 +194,8 @@ SUMMARY_COLUMNS = (
     "n_train",
     "n_test",
     "cv_mean",
-    "cv_low",
-    "cv_high",
+    "cv_lower",
+    "cv_upper",
     "cv_pooled",
     "test",
     "l2",
@@ -463,6 +465,8 @@ def run_local(
         workdir=str(options.workdir),
         threshold=options.gate.threshold,
         gate_on=options.gate.gate_on,
+        fdr=options.gate.fdr,
+        null_replicates=options.gate.null_replicates,
         results=results,
     )
     summary.write(options.workdir)

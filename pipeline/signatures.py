@@ -133,7 +133,7 @@ def check_unique(signatures: list[GeneSignature], source: str) -> None:
 
 def select(signatures: list[GeneSignature], names: Sequence[str] | None) -> list[GeneSignature]:
     """The signatures named (as defined, or by artifact name), in file order; every signature when ``names`` is
-    None. ``ALL`` is a name like any other (the built-in set's all-genes signature)."""
+    None. ``ALL`` is a name like any other (the built-in set's signature of all 21 metagene genes)."""
     if names is None:
         return list(signatures)
     if isinstance(names, str):

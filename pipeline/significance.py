@@ -332,6 +332,13 @@ def sizes_needed(results: list[SignatureResult]) -> list[int]:
 def assign_p_values(results: list[SignatureResult], nulls: Mapping[int, np.ndarray]) -> None:
     """p against the run's nulls (every size drawn in the run: the tail they share is learned from all of them)."""
     tail = NullTail(nulls)
+    compared = sum(_compared(r) for r in results)
+    if tail.pareto is None and compared:
+        logger.warning(
+            "the null has %d random sets in all, too few (under %d) to fit its tail: no p can go below %.2g, and "
+            "Benjamini-Hochberg over %d signatures needs p <= FDR/%d for the first to pass; raise --null-replicates "
+            "(100 by default)", len(tail.pool), TAIL_MIN_POOL, 1 / (len(tail.pool) + 1), compared, compared,
+        )  # fmt: skip
     for r in results:
         if _compared(r):
             size = null_size(len(r.genes))

@@ -145,6 +145,9 @@ def test_summary_json_has_each_signatures_verdict_and_reason(synthetic_csv: Path
     run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", train=TrainSettings(cv_repeats=2)))
     doc = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert len(doc["results"]) == 7
+    assert (doc["threshold"], doc["fdr"], doc["null_replicates"]) == (0.6, 0.1, 100), "the gate it was run with"
+    header = (tmp_path / "w" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert {"cv_mean", "cv_lower", "cv_upper", "cv_pooled", "p_value", "q_value", "coverage"} <= set(header)
     for row in doc["results"]:
         assert {"signature", "genes", "metric", "cv_mean", "cv_interval", "passed", "reason"} <= set(row)
         assert isinstance(row["passed"], bool) and row["reason"]

@@ -14,6 +14,7 @@ from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.significance import (
     NullTail,
     RandomSignatureNull,
+    assign_p_values,
     bh_qvalues,
     empirical_p,
     gate_run,
@@ -168,6 +169,19 @@ def write_sets(tmp_path: Path, signatures: list) -> Path:  # type: ignore[type-a
     return path
 
 
+def test_a_null_too_small_to_fit_its_tail_is_a_warning_that_says_how_low_p_can_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rows = [result(name, passed=True, p=None) for name in ("a", "b")]
+    rng = np.random.default_rng(0)
+    assign_p_values(rows, {3: rng.normal(0.5, 0.05, 5)})
+    assert [r.p_value for r in rows] == [1 / 6, 1 / 6], "no lower than the pool's 1 / (N + 1)"
+    assert "the null has 5 random sets in all" in caplog.text and "no p can go below 0.17" in caplog.text
+    caplog.clear()
+    assign_p_values(rows, {k: rng.normal(0.5, 0.05, 100) for k in (3, 4)})
+    assert "too few" not in caplog.text, "a fitted tail: no warning"
+
+
 def test_the_gate_benchmark_reports_both_gates_on_planted_cohorts(tmp_path: Path) -> None:
     import json
     import subprocess
@@ -185,6 +199,9 @@ def test_the_gate_benchmark_reports_both_gates_on_planted_cohorts(tmp_path: Path
     for gate in ("null_and_fdr", "threshold_only"):
         assert set(seed[gate]) == {"planted_passed", "noise_passed", "fdp"} and 0 <= seed[gate]["fdp"] <= 1
     assert "| null + FDR (new) |" in run.stdout and "| threshold only (before) |" in run.stdout
+    contamination = seed["null_contamination"]
+    assert 0 <= contamination["holding_a_planted_gene"] <= contamination["random_sets"] > 0
+    assert 0 <= contamination["of_the_top_10_holding_one"] <= 10
 
 
 def test_random_signatures_are_drawn_only_from_expression_columns(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,8 +186,17 @@ def _read_table(path: Path) -> pd.DataFrame:
             # pandas renames a repeated column ("A" -> "A.1"): check the header as written.
             with open(path, newline="", encoding="utf-8-sig") as handle:
                 _check_unique_columns(next(csv.reader(handle, delimiter=sep), []), path.name)
-            return pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
-    except (ValueError, OSError, pd.errors.ParserError, csv.Error) as exc:
+            # Rows longer than the header are an error, not an index pandas would infer (shifting every column).
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", pd.errors.ParserWarning)
+                return pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep, index_col=False)
+    except (pd.errors.ParserError, pd.errors.ParserWarning, csv.Error) as exc:
+        kind = "TSV" if suffix == ".tsv" else "CSV"
+        raise DataError(
+            f"cannot read {path.name}: not a well-formed {kind} ({str(exc).strip()}); check that every quote is closed "
+            "and every row has as many fields as the header"
+        ) from None
+    except (ValueError, OSError) as exc:
         raise DataError(f"cannot read {path.name}: {exc}") from None
     raise DataError(f"{path.name}: unsupported data file type {suffix!r}; use .csv, .tsv or .parquet")
 

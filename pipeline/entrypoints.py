@@ -123,6 +123,8 @@ def _deploy(args: argparse.Namespace) -> int:
     from genesig.pipeline.registry import LocalRegistry
 
     registry = LocalRegistry(args.registry)
+    if not args.registry.is_dir():
+        raise DataError(registry.missing_message())
     package = (
         registry.describe_model_package(args.group, args.version)
         if args.version

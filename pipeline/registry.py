@@ -57,6 +57,12 @@ class LocalRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    def missing_message(self) -> str:
+        return (
+            f"no registry at {self.root}: nothing was registered there; check the folder (run-local's --workdir holds "
+            "registry/), or register first (genesig run-local, genesig step register)"
+        )
+
     def _group_dir(self, group: str) -> Path:
         if not group or "/" in group or group.startswith("."):
             raise DataError(f"invalid model package group name {group!r}")
@@ -171,7 +177,9 @@ class LocalRegistry:
     def describe_model_package(self, group: str, version: int) -> ModelPackage:
         path = self._group_dir(group) / "packages" / f"{version}.json"
         if not path.is_file():
-            raise ModelNotFound(f"model package {group}/{version} does not exist")
+            if not self.root.is_dir():
+                raise ModelNotFound(self.missing_message())
+            raise ModelNotFound(f"model package {group}/{version} does not exist in {self.root}")
         return ModelPackage(**json.loads(path.read_text()))
 
     def update_approval_status(
@@ -179,6 +187,7 @@ class LocalRegistry:
     ) -> ModelPackage:
         if status not in APPROVAL_STATUSES:
             raise DataError(f"approval status must be one of {', '.join(APPROVAL_STATUSES)}")
+        self.describe_model_package(group, version)  # refused before the lock creates anything
         with self._locked(group) as folder:
             package = self.describe_model_package(group, version)
             history = package.status_history + [

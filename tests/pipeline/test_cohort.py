@@ -120,6 +120,21 @@ def test_empty_and_unsupported_files(tmp_path: Path) -> None:
         read_cohort(tmp_path / "nowhere.csv")
 
 
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ('Case_ID,G1,SurvivalStatus\n"p1,1,0\n', "EOF inside string"),
+        ("Case_ID,G1,SurvivalStatus\np1,1,0\np2,1,0,7\n", "Expected 3 fields in line 3, saw 4"),
+        # Every row one field longer: pandas would take the first column as an index and shift the rest.
+        ("Case_ID,G1,SurvivalStatus\np1,1,0,7\np2,1,1,7\n", "does not match length of data"),
+    ],
+)
+def test_a_malformed_csv_names_the_problem_and_what_to_check(tmp_path: Path, text: str, detail: str) -> None:
+    with pytest.raises(DataError, match="not a well-formed CSV") as error:
+        read_cohort(write(tmp_path, text))
+    assert detail in error.value.message and "as many fields as the header" in error.value.message
+
+
 def test_parquet_reads_like_csv(tmp_path: Path, seed_cohort: Path) -> None:
     frame = pd.read_csv(seed_cohort)
     frame.to_parquet(tmp_path / "c.parquet", index=False)

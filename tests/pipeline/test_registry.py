@@ -162,3 +162,20 @@ def test_a_deploy_killed_halfway_leaves_no_object_under_the_model_name(
     os.utime(partial, (hour_ago, hour_ago))
     sync(registry, prefix)
     assert sorted(p.name for p in prefix.iterdir()) == [package.artifact_name]
+
+
+def test_approving_in_a_folder_with_no_registry_says_so_and_creates_nothing(tmp_path: Path) -> None:
+    registry = LocalRegistry(tmp_path / "nowhere" / "registry")
+    with pytest.raises(ModelNotFound, match="no registry at .*nowhere/registry: nothing was registered there"):
+        registry.update_approval_status("g", 1, "Approved")
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_approving_a_version_that_does_not_exist_leaves_the_registry_as_it_was(
+    registry: LocalRegistry, make_archive: Callable[..., Path]
+) -> None:
+    register(registry, make_archive)
+    before = sorted(p.name for p in registry.root.rglob("*"))
+    with pytest.raises(ModelNotFound, match="model package other/1 does not exist in"):
+        registry.update_approval_status("other", 1, "Approved")
+    assert sorted(p.name for p in registry.root.rglob("*")) == before

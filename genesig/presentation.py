@@ -192,7 +192,7 @@ def render_demo(result: Any, workdir: str) -> None:
             f"{p.get('id', '?')}: {p.get('probability', p.get('risk_score', 0.0)):.3f} {p['risk_group']}"
             for p in predictions
         )
-        gate = "[green]passed[/]" if r.passed else "[red]failed[/]" if r.status == "done" else f"[yellow]{r.status}[/]"
+        gate = f"[{OUTCOME_STYLES[r.outcome]}]{r.outcome}[/]"  # in the run table's words
         metric = f"{r.metric} {_fmt(r.cv_mean)}" if r.cv_mean is not None else "-"
         table.add_row(r.signature, gate, metric, r.deployed or "-", examples or "-")
     console.print(table)

@@ -160,13 +160,13 @@ def write_report(evaluation: dict[str, Any], table: pd.DataFrame, out_dir: Path)
     ax.legend(fontsize=10, loc="best")  # over the fewest points: it must not hide a curve
     ax.tick_params(labelsize=10)
     fig.suptitle(_short(evaluation["signature"]), fontsize=14, weight="bold", x=0.09, ha="left")
-    fig.text(0.64, 0.88, _numbers(evaluation, label), va="top", ha="left", fontsize=11, family="monospace")
+    fig.text(0.64, 0.88, panel_text(evaluation, label), va="top", ha="left", fontsize=11, family="monospace")
     path = out_dir / REPORT_FILE
     fig.savefig(path)
     return path
 
 
-def _numbers(evaluation: dict[str, Any], label: str) -> str:
+def panel_text(evaluation: dict[str, Any], label: str) -> str:
     """The report's right-hand panel: what the gate saw, in the order a reader checks it."""
     cv = evaluation["cross_validation"]
     low, high = cv["interval"]
@@ -195,8 +195,12 @@ def _numbers(evaluation: dict[str, Any], label: str) -> str:
     lines = [f"{key + ' ':<18}{value}" for key, value in rows]
     if not gate.get("final", True):
         verdict = ["THRESHOLD PASSED: the run's FDR", "decides (see the run report)"]
-    else:
-        verdict = ["PASSED" if gate["passed"] else "NOT PASSED"]
+    elif gate["passed"]:
+        verdict = ["PASSED"]
+    else:  # in the run table's words: which part of the gate it missed
+        value, threshold = gate.get("value"), gate.get("threshold")
+        below = value is not None and threshold is not None and value < threshold
+        verdict = ["BELOW THRESHOLD" if below or significance.get("q_value") is None else "NOT SIGNIFICANT"]
     lines += ["", *verdict]
     lines += _wrap(gate["reason"], 44)
     return "\n".join(lines)

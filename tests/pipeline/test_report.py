@@ -101,3 +101,38 @@ def test_a_run_with_the_null_redraws_each_report_with_its_q_and_plots_the_run_ag
         assert recorded["gate"]["final"] is True, "decided by the run, no longer pending its FDR"
         report = folder / "report.png"
         assert report.stat().st_mtime_ns >= (folder / "evaluation.json").stat().st_mtime_ns, "drawn after the verdict"
+
+
+def panel_evaluation(cv_mean: float, passed: bool, q: float | None) -> dict[str, object]:
+    significance = {"observed": 0.666, "p_value": 0.011, "q_value": q, "null_replicates": 100} if q is not None else {}
+    return {
+        "metric": "c_index",
+        "target": "time_to_event",
+        "genes": ["A", "B", "C"],
+        "cross_validation": {"mean": cv_mean, "interval": [0.5, 0.8]},
+        "test": {"value": 0.7, "patients": 40, "events": 14},
+        "model": {"coverage": 1.0, "l2": 0.1, "l2_chosen_by": "inner_cv"},
+        "significance": significance,
+        "gate": {"passed": passed, "value": cv_mean, "threshold": 0.6, "reason": "r", "final": True},
+    }
+
+
+@pytest.mark.parametrize(
+    ("cv_mean", "passed", "q", "verdict"),
+    [
+        (0.68, True, 0.0385, "PASSED"),
+        (0.68, False, 0.3, "NOT SIGNIFICANT"),
+        (0.55, False, 0.9, "BELOW THRESHOLD"),
+        (0.55, False, None, "BELOW THRESHOLD"),
+    ],
+)
+def test_the_panel_names_the_outcome_as_the_run_table_does_and_keeps_labels_apart(
+    cv_mean: float, passed: bool, q: float | None, verdict: str
+) -> None:
+    from genesig.pipeline.report import panel_text
+
+    lines = panel_text(panel_evaluation(cv_mean, passed, q), "C-index").splitlines()
+    assert verdict in lines
+    assert all(" " in line.strip() for line in lines if line.strip() and line.strip() != verdict and line != "r")
+    if q is not None:
+        assert "pooled OOF C-index 0.666" in lines and f"q (run, BH)       {q:.3g}" in lines

@@ -43,7 +43,7 @@ from genesig.pipeline.cohort import read_cohort
 from genesig.pipeline.run import SignatureResult
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import GeneSignature, match
-from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run
+from genesig.pipeline.significance import NullTail, RandomSignatureNull, attach_p_values, gate_run
 from genesig.pipeline.steps import cross_validate, preprocess
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
@@ -67,14 +67,14 @@ def signature_set(noise: int, seed: int) -> list[GeneSignature]:
 def null_contamination(null: RandomSignatureNull, sizes: list[int]) -> dict[str, float]:
     """How many of the null's random sets hold a planted gene, and how many of the null's 10 largest values (each
     size's metrics standardised, as the shared tail sees them) come from such sets."""
+    tail = NullTail({size: null.distribution(size) for size in sizes})
     standardised: list[tuple[float, bool]] = []
-    for size in sizes:
-        values = null.distribution(size)
+    for size, (mean, spread) in tail.moments.items():
+        values = tail.nulls[size]
         holds = [any(gene.startswith(tuple(PLANTED)) for gene in genes) for genes in null.random_sets(size)]
         if len(holds) != len(values):  # a random set whose metric was not finite was dropped: cannot align
             continue
-        spread = float(np.std(values, ddof=1)) or 1.0
-        standardised += list(zip(((values - values.mean()) / spread).tolist(), holds, strict=True))
+        standardised += list(zip(((values - mean) / spread).tolist(), holds, strict=True))
     standardised.sort(reverse=True)
     return {
         "random_sets": len(standardised),

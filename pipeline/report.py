@@ -236,8 +236,7 @@ def write_null_plot(
     # Name the passing signatures (the best ones when there are many): the dots a reader asks about.
     passing = sorted((r for r in done if r.passed), key=lambda r: -(r.cv_pooled or 0.0))[:LABELLED_SIGNATURES]
     for r in passing:
-        name = r.signature if len(r.signature) <= LABEL_CHARS else r.signature[: LABEL_CHARS - 1] + "…"
-        ax.annotate(name, (len(r.genes), r.cv_pooled or 0.0), xytext=(5, 3),
+        ax.annotate(_short(r.signature, LABEL_CHARS), (len(r.genes), r.cv_pooled or 0.0), xytext=(5, 3),
                     textcoords="offset points", fontsize=8, color="#a50026")  # fmt: skip
     ax.set_xscale("log")
     from matplotlib.ticker import NullFormatter

@@ -16,7 +16,8 @@ false-discovery proportion (noise passed / all passed).
 Also reported: how many of the null's random sets hold a planted gene, and how many of the null's 10 largest values
 (standardised by size, as the shared tail sees them) come from such sets. Random sets are drawn from every gene of
 the cohort, so a random set holding one planted gene is a competitor the signature must beat; ``--background-genes``
-adds genes in no signature (16,000: a genome-wide cohort), which makes such sets rarer.
+adds genes in no signature (16,000: a genome-wide cohort), which makes such sets rarer. How much power any
+calibrated test of this null can have on these cohorts: ``bench/significance_bound.py``.
 
 Usage: python bench/significance.py [--seeds 10] [--noise 1000] [--patients 200] [--replicates 100]
                                     [--background-genes 0] [--cv-repeats 2] [--processes 2]
@@ -39,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from genesig.logs import configure_logging
-from genesig.pipeline.cohort import read_cohort
+from genesig.pipeline.cohort import Cohort, read_cohort
 from genesig.pipeline.run import SignatureResult
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import GeneSignature, match
@@ -83,18 +84,25 @@ def null_contamination(null: RandomSignatureNull, sizes: list[int]) -> dict[str,
     }
 
 
-def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    configure_logging("WARNING")
+def planted_cohort(seed: int, args: argparse.Namespace) -> tuple[list[GeneSignature], Cohort]:
+    """Seed ``seed``'s signature set (the planted ones first) and its cohort, written as a CSV and read back as a
+    run reads it."""
     signatures = signature_set(args.noise, seed)
-    train = TrainSettings(seed=seed, cv_repeats=args.cv_repeats)
-    gate = GateSettings(threshold=args.threshold, fdr=args.fdr, null_replicates=args.replicates)
     with tempfile.TemporaryDirectory(prefix="genesig-gate-bench-") as tmp:
         data = write_synthetic_cohort(
             Path(tmp) / "cohort.csv",
             signatures,
             SyntheticSpec(n_patients=args.patients, seed=seed, planted=PLANTED, background_genes=args.background_genes),
         )
-        cohort = read_cohort(data)
+        return signatures, read_cohort(data)
+
+
+def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    configure_logging("WARNING")
+    signatures, cohort = planted_cohort(seed, args)
+    train = TrainSettings(seed=seed, cv_repeats=args.cv_repeats)
+    gate = GateSettings(threshold=args.threshold, fdr=args.fdr, null_replicates=args.replicates)
+    with tempfile.TemporaryDirectory(prefix="genesig-gate-bench-") as tmp:
         started = time.perf_counter()
         results = []
         for signature in signatures:

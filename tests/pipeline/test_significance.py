@@ -182,23 +182,27 @@ def test_a_null_too_small_to_fit_its_tail_is_a_warning_that_says_how_low_p_can_g
     assert "too few" not in caplog.text, "a fitted tail: no warning"
 
 
-def test_the_gate_benchmark_reports_both_gates_on_planted_cohorts(tmp_path: Path) -> None:
+def run_bench(script: str, args: list[str], out: Path) -> tuple[str, dict[str, Any]]:
+    """Run ``bench/<script>`` on a small case: its standard output and the report it wrote."""
     import json
     import subprocess
     import sys
 
-    bench = Path(__file__).resolve().parents[2] / "bench" / "significance.py"
-    out = tmp_path / "significance.json"
-    args = ["--seeds", "1", "--noise", "12", "--replicates", "10", "--cv-repeats", "1", "--processes", "1"]
+    bench = Path(__file__).resolve().parents[2] / "bench" / script
     run = subprocess.run(
         [sys.executable, str(bench), *args, "--out", str(out)], capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    report = json.loads(out.read_text())
+    return run.stdout, json.loads(out.read_text())
+
+
+def test_the_gate_benchmark_reports_both_gates_on_planted_cohorts(tmp_path: Path) -> None:
+    args = ["--seeds", "1", "--noise", "12", "--replicates", "10", "--cv-repeats", "1", "--processes", "1"]
+    stdout, report = run_bench("significance.py", args, tmp_path / "significance.json")
     [seed] = report["runs"]
     for gate in ("null_and_fdr", "threshold_only"):
         assert set(seed[gate]) == {"planted_passed", "noise_passed", "fdp"} and 0 <= seed[gate]["fdp"] <= 1
-    assert "| null + FDR (new) |" in run.stdout and "| threshold only (before) |" in run.stdout
+    assert "| null + FDR (new) |" in stdout and "| threshold only (before) |" in stdout
     contamination = seed["null_contamination"]
     assert 0 <= contamination["holding_a_planted_gene"] <= contamination["random_sets"] > 0
     assert 0 <= contamination["of_the_top_10_holding_one"] <= 10
@@ -250,3 +254,41 @@ def test_a_random_set_that_cannot_be_fitted_is_left_out_of_the_null(
     null = RandomSignatureNull(read_cohort(data), TrainSettings(cv_repeats=1, l2=0.1), None, 6, tmp_path / "null")
     values = null.distribution(3)
     assert values.shape == (5,) and np.isfinite(values).all()
+
+
+def test_the_power_ceiling_benchmark_bounds_each_planted_signatures_true_p(tmp_path: Path) -> None:
+    from scipy.stats import hypergeom
+
+    args = ["--seeds", "1", "--noise", "12", "--hold-draws", "12", "--clean-draws", "12", "--processes", "1"]
+    _, report = run_bench("significance_bound.py", args, tmp_path / "bound.json")
+    [seed] = report["runs"]
+    assert seed["p_hold"] == pytest.approx(float(hypergeom.sf(0, seed["genes"], 20, 10))), "P(a 10-gene set holds one)"
+    assert seed["bh_line"] == pytest.approx(0.1 * 2 / 14)
+    assert set(seed["planted"]) == {"planted_strong", "planted_moderate"}
+    for planted in seed["planted"].values():
+        assert 0 <= planted["p_lower_bound_95"] <= planted["p_true"] <= 1
+        assert planted["passable"] == (planted["p_true"] <= seed["bh_line"])
+        assert not (planted["passable"] and planted["surely_not_passable"])
+        reached, drawn = map(int, planted["reach_of_holding"].split("/"))
+        assert drawn == 12 and planted["p_true"] >= seed["p_hold"] * reached / drawn
+    both = seed["planted"].values()
+    assert report["summary"]["power_ceiling"] == sum(p["passable"] for p in both) / 2
+    assert report["summary"]["power_ceiling_upper"] == sum(not p["surely_not_passable"] for p in both) / 2
+
+
+def test_the_power_ceilings_conditioned_draws_hold_a_planted_gene_or_none() -> None:
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        bound = importlib.import_module("significance_bound")
+    finally:
+        sys.path.pop(0)
+    genes = [f"N{j}" for j in range(200)] + ["planted_strong_G0", "planted_strong_G1"]
+    planted = {"planted_strong_G0", "planted_strong_G1"}
+    rng = np.random.default_rng(0)
+    holding = bound.draw_sets(genes, planted, True, 30, rng)
+    clean = bound.draw_sets(genes, planted, False, 30, rng)
+    assert all(len(s) == 10 and planted & set(s) for s in holding)
+    assert all(len(s) == len(set(s)) == 10 and not planted & set(s) for s in clean)

@@ -196,12 +196,25 @@ def run_bench(script: str, args: list[str], out: Path) -> tuple[str, dict[str, A
     return run.stdout, json.loads(out.read_text())
 
 
+def bench_module(name: str) -> Any:
+    """``bench/<name>.py``, imported as the benchmark runs it (its own folder first on the path)."""
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
+
+
 def test_the_gate_benchmark_reports_both_gates_on_planted_cohorts(tmp_path: Path) -> None:
     args = ["--seeds", "1", "--noise", "12", "--replicates", "10", "--cv-repeats", "1", "--processes", "1"]
     stdout, report = run_bench("significance.py", args, tmp_path / "significance.json")
     [seed] = report["runs"]
     for gate in ("null_and_fdr", "threshold_only"):
-        assert set(seed[gate]) == {"planted_passed", "noise_passed", "fdp"} and 0 <= seed[gate]["fdp"] <= 1
+        assert set(seed[gate]) == {"planted_passed", "noise_passed", "noise_passed_holding_a_planted_gene", "fdp"}
+        assert 0 <= seed[gate]["fdp"] <= 1 and seed[gate]["noise_passed_holding_a_planted_gene"] == 0, "none hold one"
     assert "| null + FDR (new) |" in stdout and "| threshold only (before) |" in stdout
     contamination = seed["null_contamination"]
     assert 0 <= contamination["holding_a_planted_gene"] <= contamination["random_sets"] > 0
@@ -256,6 +269,18 @@ def test_a_random_set_that_cannot_be_fitted_is_left_out_of_the_null(
     assert values.shape == (5,) and np.isfinite(values).all()
 
 
+def test_the_gate_benchmarks_noise_sets_hold_planted_genes_only_when_asked() -> None:
+    bench = bench_module("significance")
+
+    from genesig.pipeline.signatures import GeneSignature
+
+    def holding(signatures: list[GeneSignature]) -> int:
+        return sum(any(g.startswith("planted_") for g in s.genes) for s in signatures[2:])
+
+    assert holding(bench.signature_set(300, 0)) == 0
+    assert holding(bench.signature_set(300, 0, noise_holds_planted=True)) > 10, "a few percent of sets of 3-100 genes"
+
+
 def test_the_power_ceiling_benchmark_bounds_each_planted_signatures_true_p(tmp_path: Path) -> None:
     from scipy.stats import hypergeom
 
@@ -277,14 +302,7 @@ def test_the_power_ceiling_benchmark_bounds_each_planted_signatures_true_p(tmp_p
 
 
 def test_the_power_ceilings_conditioned_draws_hold_a_planted_gene_or_none() -> None:
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-    try:
-        bound = importlib.import_module("significance_bound")
-    finally:
-        sys.path.pop(0)
+    bound = bench_module("significance_bound")
     genes = [f"N{j}" for j in range(200)] + ["planted_strong_G0", "planted_strong_G1"]
     planted = {"planted_strong_G0", "planted_strong_G1"}
     rng = np.random.default_rng(0)

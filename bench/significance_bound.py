@@ -20,7 +20,8 @@ p is above FDR x 2 / m cannot pass under any test that is calibrated for this nu
 signatures at or below that line is the design's power ceiling.
 
 Usage: python bench/significance_bound.py [--seeds 10] [--hold-draws 400] [--clean-draws 1000]
-                                          [--background-genes 0] [--cv-repeats 1] [--processes 2]
+                                          [--background-genes 0] [--gene-noise 0.6] [--cv-repeats 1]
+                                          [--processes 2]
 Not a test: it measures.
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import beta, hypergeom, norm
-from significance import PLANTED, planted_cohort
+from significance import PLANTED, add_gene_noise, planted_cohort
 
 from genesig.logs import configure_logging
 from genesig.pipeline.settings import GateSettings, TrainSettings
@@ -130,6 +131,7 @@ def main() -> int:
     parser.add_argument("--hold-draws", type=int, default=400)
     parser.add_argument("--clean-draws", type=int, default=1000)
     parser.add_argument("--background-genes", type=int, default=0)
+    add_gene_noise(parser)
     parser.add_argument("--cv-repeats", type=int, default=1)
     parser.add_argument("--fdr", type=float, default=GateSettings().fdr)
     parser.add_argument("--processes", type=int, default=2)

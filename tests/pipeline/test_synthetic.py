@@ -32,6 +32,15 @@ def test_genes_correlate_within_a_signature_not_across() -> None:
     assert within > 0.2 and across < 0.1
 
 
+def test_more_gene_noise_makes_a_signature_less_coherent() -> None:
+    def within(noise: float) -> float:
+        frame = synthetic_cohort(default_signatures(), SyntheticSpec(n_patients=600, seed=1, gene_noise=noise))
+        corr = np.log1p(frame[["CDH2", "POSTN", "VCAN"]]).corr().to_numpy()
+        return float(corr[np.triu_indices(3, 1)].mean())
+
+    assert within(0.6) > within(1.2) + 0.08 > 0.08
+
+
 def test_times_are_censored_near_the_event_rate() -> None:
     frame = synthetic_cohort(default_signatures(), SyntheticSpec(n_patients=500, seed=2, with_time=True))
     assert (frame["SurvivalMonths"] > 0).all()
@@ -45,6 +54,7 @@ def test_times_are_censored_near_the_event_rate() -> None:
         ({"event_rate": -0.5}, "--event-rate -0.5"),
         ({"background_genes": -5}, "--background-genes -5"),
         ({"n_patients": 5}, "--patients 5: a synthetic cohort needs at least 20"),
+        ({"gene_noise": 0.0}, "gene noise 0: the SD of a gene's own noise, above 0"),
     ],
 )
 def test_an_impossible_cohort_is_refused_naming_its_option(change: dict[str, float], problem: str) -> None:

@@ -1,4 +1,4 @@
-"""How much power can any calibrated test of the random-signature null have on the gate benchmark's design?
+"""How much power can a calibrated test of the random-signature null have on the gate benchmark's design?
 
 The gate benchmark (``bench/significance.py``) plants two 10-gene signatures in a cohort and asks the gate to pass
 them among 1,000 noise signatures. The null the gate uses is the one issue 16 defines: random gene sets of the same
@@ -14,10 +14,12 @@ uniformly among those that hold a planted gene, P(reach | no hold) from sets tha
 normal fitted to them where none reaches). Each random set goes through the gate's own code
 (``significance.random_set_cv``: same split, folds, preprocessing, tuned ridge).
 
-Benjamini-Hochberg over m signatures passes a signature at rank r only if p <= FDR x r / m. Giving each planted
-signature the most generous rank (2: both planted first, no noise set before them), a planted signature whose true
-p is above FDR x 2 / m cannot pass under any test that is calibrated for this null. The share of planted
-signatures at or below that line is the design's power ceiling.
+Benjamini-Hochberg over m signatures passes a signature only if p <= FDR x r / m, r the number of discoveries.
+Giving each planted signature the most generous line when no noise signature is discovered (r = 2: both planted
+ones), a planted signature whose true p is above FDR x 2 / m cannot pass under any test that is calibrated for this
+null and ranks signatures by this metric. The share of planted signatures at or below that line is the design's
+power ceiling: ``power_ceiling`` from the estimate (whose part from sets holding no planted gene may be a normal's
+extrapolation), ``power_ceiling_upper`` from the lower bound alone.
 
 Usage: python bench/significance_bound.py [--seeds 10] [--hold-draws 400] [--clean-draws 1000]
                                           [--background-genes 0] [--gene-noise 0.6] [--cv-repeats 1]

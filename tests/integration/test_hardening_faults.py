@@ -207,8 +207,10 @@ def test_an_unload_answers_the_requests_its_model_already_accepted(
         thread.join(timeout=60)
     record_property("outcomes", {k: (status, round(at, 2)) for k, (status, at) in outcome.items()})
     assert outcome["slow"][0] == 200 and outcome["queued"][0] == 200, outcome
-    # The unload answered only after the request it had accepted (inside a worker for 3 s) was answered.
-    assert outcome["unload"][0] == 200 and outcome["unload"][1] >= outcome["slow"][1], outcome
+    # The unload answered only after the request it had accepted (inside a worker for 3 s) was answered. The two
+    # answers leave the server back to back and each client thread stamps its own on reading it, so a busy machine
+    # can stamp the unload's first by a millisecond (seen in CI); an unload that did not wait answers ~2 s earlier.
+    assert outcome["unload"][0] == 200 and outcome["unload"][1] >= outcome["slow"][1] - 0.25, outcome
     assert outcome["after"][0] == 404 and outcome["after"][1] < outcome["slow"][1], "new requests are not held"
     with ModelServerClient(server.url, timeout=30) as client:
         assert client.invoke(name, BODY).status == 404

@@ -34,6 +34,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 logger = logging.getLogger("bench.significance")
 BENCH_DIR = Path(__file__).resolve().parent
 PLANTED = {"planted_strong": 2.0, "planted_moderate": 1.5}
+
+
+def holds_planted(genes: Iterable[str]) -> bool:
+    """Whether a gene set holds a gene of a planted signature."""
+    return any(gene.startswith(tuple(PLANTED)) for gene in genes)
 
 
 def signature_set(noise: int, seed: int, noise_holds_planted: bool = False) -> list[GeneSignature]:
@@ -77,7 +83,7 @@ def null_contamination(null: RandomSignatureNull, sizes: list[int]) -> dict[str,
     standardised: list[tuple[float, bool]] = []
     for size, (mean, spread) in tail.moments.items():
         values = tail.nulls[size]
-        holds = [any(gene.startswith(tuple(PLANTED)) for gene in genes) for genes in null.random_sets(size)]
+        holds = [holds_planted(genes) for genes in null.random_sets(size)]
         if len(holds) != len(values):  # a random set whose metric was not finite was dropped: cannot align
             continue
         standardised += list(zip(((values - mean) / spread).tolist(), holds, strict=True))
@@ -110,7 +116,17 @@ def planted_cohort(
         return signatures, read_cohort(data)
 
 
-def add_gene_noise(parser: argparse.ArgumentParser) -> None:
+def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options ``planted_cohort`` reads (and the number of seeds), shared by the gate benchmarks."""
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--noise", type=int, default=1000)
+    parser.add_argument("--patients", type=int, default=200)
+    parser.add_argument(
+        "--background-genes",
+        type=int,
+        default=0,
+        help="genes in no signature, added to the 4,000 noise genes and 20 planted ones (16000: genome-wide)",
+    )
     parser.add_argument(
         "--gene-noise",
         type=float,
@@ -150,7 +166,7 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         holding = sum(
             p
             for p, r, s in zip(passed, results, signatures, strict=True)
-            if r.signature not in PLANTED and any(gene.startswith(tuple(PLANTED)) for gene in s.genes)
+            if r.signature not in PLANTED and holds_planted(s.genes)
         )
         return {
             "planted_passed": planted,
@@ -177,17 +193,8 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--noise", type=int, default=1000)
-    parser.add_argument("--patients", type=int, default=200)
+    add_cohort_arguments(parser)
     parser.add_argument("--replicates", type=int, default=100)
-    parser.add_argument(
-        "--background-genes",
-        type=int,
-        default=0,
-        help="genes in no signature, added to the 4,000 noise genes and 20 planted ones (16000: genome-wide)",
-    )
-    add_gene_noise(parser)
     parser.add_argument(
         "--noise-holds-planted",
         action="store_true",

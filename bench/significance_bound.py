@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 from scipy.stats import beta, hypergeom, norm
-from significance import PLANTED, add_gene_noise, planted_cohort
+from significance import PLANTED, add_cohort_arguments, holds_planted, planted_cohort
 
 from genesig.logs import configure_logging
 from genesig.pipeline.settings import GateSettings, TrainSettings
@@ -68,15 +68,16 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     signatures, cohort = planted_cohort(seed, args)
     train = TrainSettings(seed=seed, cv_repeats=args.cv_repeats)
     genes = cohort.candidate_genes()
-    planted_genes = {g for g in genes if g.startswith(tuple(PLANTED))}
+    planted_genes = {g for g in genes if holds_planted([g])}
     rng = np.random.default_rng([seed, 1_000_003])
-    hold = np.array(
-        [random_set_cv(cohort, train, None, s) for s in draw_sets(genes, planted_genes, True, args.hold_draws, rng)]
-    )
-    clean = np.array(
-        [random_set_cv(cohort, train, None, s) for s in draw_sets(genes, planted_genes, False, args.clean_draws, rng)]
-    )
-    hold, clean = hold[np.isfinite(hold)], clean[np.isfinite(clean)]
+
+    def metrics(holding: bool, count: int) -> np.ndarray:  # the finite ones: as the gate's null leaves out the rest
+        values = np.array(
+            [random_set_cv(cohort, train, None, s) for s in draw_sets(genes, planted_genes, holding, count, rng)]
+        )
+        return values[np.isfinite(values)]
+
+    hold, clean = metrics(True, args.hold_draws), metrics(False, args.clean_draws)
     p_hold = float(hypergeom.sf(0, len(genes), len(planted_genes), SIZE))
     line = args.fdr * 2 / (args.noise + len(PLANTED))
     out: dict[str, Any] = {"seed": seed, "genes": len(genes), "p_hold": p_hold, "bh_line": line, "planted": {}}
@@ -127,13 +128,9 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, default=10)
-    parser.add_argument("--noise", type=int, default=1000)
-    parser.add_argument("--patients", type=int, default=200)
+    add_cohort_arguments(parser)
     parser.add_argument("--hold-draws", type=int, default=400)
     parser.add_argument("--clean-draws", type=int, default=1000)
-    parser.add_argument("--background-genes", type=int, default=0)
-    add_gene_noise(parser)
     parser.add_argument("--cv-repeats", type=int, default=1)
     parser.add_argument("--fdr", type=float, default=GateSettings().fdr)
     parser.add_argument("--processes", type=int, default=2)

@@ -21,7 +21,7 @@ null and ranks signatures by this metric. The share of planted signatures at or 
 power ceiling: ``power_ceiling`` from the estimate (whose part from sets holding no planted gene may be a normal's
 extrapolation), ``power_ceiling_upper`` from the lower bound alone.
 
-Usage: python bench/significance_bound.py [--seeds 10] [--hold-draws 400] [--clean-draws 1000]
+Usage: python bench/significance_bound.py [--seeds 10] [--first-seed 0] [--hold-draws 400] [--clean-draws 1000]
                                           [--background-genes 0] [--gene-noise 0.6] [--cv-repeats 1]
                                           [--processes 2]
 Not a test: it measures.
@@ -138,7 +138,8 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging("INFO")
     with ProcessPoolExecutor(max_workers=args.processes) as pool:
-        runs = list(pool.map(one_seed, range(args.seeds), [args] * args.seeds))
+        seeds = range(args.first_seed, args.first_seed + args.seeds)
+        runs = list(pool.map(one_seed, seeds, [args] * args.seeds))
     summary = summarise(runs)
     report = {"parameters": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from genesig.pipeline.run import SignatureResult
+    from genesig.pipeline.significance import SizeNull
 
 REPORT_FILE = "report.png"
 RUN_PLOT_FILE = "significance.png"
@@ -213,7 +214,7 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def write_null_plot(
-    results: Sequence[SignatureResult], distribution: Callable[[int], np.ndarray], path: Path
+    results: Sequence[SignatureResult], distribution: Callable[[int], SizeNull], path: Path
 ) -> Path | None:
     """``significance.png``: each evaluated signature's pooled out-of-fold metric (what the null compares) against
     its size, over the random null's band."""
@@ -223,7 +224,7 @@ def write_null_plot(
     fig = _figure(11, 6.5)
     ax = fig.add_axes((0.08, 0.11, 0.64, 0.8))
     sizes = sorted({r.null_size for r in done if r.null_size is not None})
-    bands = np.array([np.percentile(distribution(k), [5, 50, 95]) for k in sizes])
+    bands = np.array([distribution(k).percentiles([5, 50, 95]) for k in sizes])
     # The null only at the sizes drawn: its median and 5-95% range of each.
     ax.errorbar(
         sizes, bands[:, 1], yerr=[bands[:, 1] - bands[:, 0], bands[:, 2] - bands[:, 1]], fmt="_", markersize=14,

@@ -33,8 +33,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import numpy as np
-
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
 from genesig.pipeline.names import names_for
@@ -43,6 +41,7 @@ from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
 from genesig.pipeline.significance import (
     RandomSignatureNull,
+    SizeNull,
     assign_p_values,
     gate_run,
     null_size,
@@ -192,7 +191,7 @@ def train_shard(
         # every signature's p over all of them, so a p does not depend on the shards.
         null = RandomSignatureNull(cohort, options.train, options.cohort.target, options.gate.null_replicates, work)
         null.draw(null_sizes, jobs=options.jobs or os.cpu_count() or 1)
-        nulls = {str(size): null.distribution(size).tolist() for size in null_sizes}
+        nulls = {str(size): null.distribution(size).to_json() for size in null_sizes}
         logger.info("%s: drew the null of %d sizes", host, len(null_sizes))
         (work / NULLS).mkdir(parents=True, exist_ok=True)
         (work / NULLS / f"{host}.json").write_text(json.dumps(nulls) + "\n")
@@ -302,9 +301,15 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> list[Report
             "did not finish (see the TrainSignatures job's log)"
         )
     evaluated = [SignatureResult(**r) for r in results]
-    nulls: dict[int, np.ndarray] = {}
+    nulls: dict[int, SizeNull] = {}
     for path in sorted((results_dir / NULLS).glob("*.json")):
-        nulls.update({int(k): np.asarray(v, dtype=float) for k, v in json.loads(path.read_text()).items()})
+        try:
+            nulls.update({int(k): SizeNull.from_json(v) for k, v in json.loads(path.read_text()).items()})
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise GenesigError(
+                f"{NULLS}/{path.name}: not a null this version reads ({type(exc).__name__}: {exc}); the training "
+                "instance wrote it with another image or was cut short: rerun the pipeline with this image"
+            ) from None
     needed = set(sizes_needed(evaluated))
     if gate.null_replicates and needed:
         if needed - nulls.keys():

@@ -22,6 +22,21 @@ noise signatures at 1-in-100 of their own null into p ~ 1e-5. Beyond the fitted 
 bounds it) the normal's tail is the floor. The gate passes a signature when its metric clears the threshold **and**
 q <= FDR (coverage is checked before training: below the minimum a signature is skipped).
 
+Random sets are drawn in two strata (stratified sampling, as in survey statistics). A random set's metric is high
+mostly when it holds one of the few genes that discriminate well on their own (a prognostic gene, or a noise gene
+lucky in this cohort); such sets are rare (a few % of small sets) and decide the far tail, where Benjamini-Hochberg
+looks (p ~ 1e-4), and R = 100 uniform draws hold only a handful of them. So the genes are ranked by how well each
+alone discriminates on the training patients, the top ``TOP_GENE_SHARE`` of them are the *top genes*, and half of each
+size's R random sets are drawn among the sets holding at least one top gene, half among those holding none. The share
+``w`` of all sets of that size holding one is exact (hypergeometric), and
+
+    p = w p_holding + (1 - w) p_rest
+
+each stratum's p as above (its own empirical p and its own shared tail). This estimates the same p as uniform draws
+(the null is still every random set of the size), with many more draws where the tail is decided. On the gate
+benchmark, uniform draws gave 8 of 20 planted signatures a p below their true p's 95% lower bound (2e-5 against at
+least 9e-4, say); the strata gave 1 of 20 (``bench/calibration.py``).
+
 The null depends only on the set size and the data, so it is shared: sizes up to ``EXACT_UP_TO`` have their own
 null; above, sizes are binned geometrically (each bin spans a factor of ``SIZE_RATIO``) and a bin's null is drawn at
 its representative size. Cost: R cross-validations per bin used, not per signature — for the 6,036 GO sets (2 to
@@ -36,9 +51,11 @@ import json
 import logging
 import math
 import multiprocessing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -64,6 +81,8 @@ TAIL_EXCEEDANCES = 250
 TAIL_MIN_POOL = 100
 # What a signature and its random sets are compared on.
 STATISTIC = "cv_pooled"
+# The share of the cohort's genes, best at discriminating on their own, whose random sets are their own stratum.
+TOP_GENE_SHARE = 0.01
 
 
 def null_size(k: int) -> int:
@@ -138,6 +157,64 @@ class NullTail:
         return float(min(empirical, max(tail, normal)))
 
 
+@dataclass(frozen=True)
+class SizeNull:
+    """The null of one size: the metrics of the random sets holding a top gene and of those holding none, and
+    ``weight``, the exact share of all random sets of that size that hold one."""
+
+    holding: np.ndarray
+    rest: np.ndarray
+    weight: float
+
+    @property
+    def replicates(self) -> int:
+        return len(self.holding) + len(self.rest)
+
+    def strata(self) -> list[tuple[float, np.ndarray]]:
+        """(share, metrics) of each stratum with a share above 0."""
+        return [(w, v) for w, v in ((self.weight, self.holding), (1.0 - self.weight, self.rest)) if w > 0]
+
+    def percentiles(self, q: Sequence[float]) -> np.ndarray:
+        """Percentiles of the metric over every random set of the size: each stratum's draws weighted by its share."""
+        strata = [(w, v) for w, v in self.strata() if len(v)]
+        values = np.concatenate([v for _, v in strata])
+        weights = np.concatenate([np.full(len(v), w / len(v)) for w, v in strata])
+        order = np.argsort(values, kind="stable")
+        values, weights = values[order], weights[order]
+        cumulative = (np.cumsum(weights) - weights / 2) / weights.sum()
+        return np.interp(np.asarray(q, dtype=float) / 100, cumulative, values)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"weight": self.weight, "holding": self.holding.tolist(), "rest": self.rest.tolist()}
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> SizeNull:
+        return cls(np.asarray(doc["holding"], dtype=float), np.asarray(doc["rest"], dtype=float), float(doc["weight"]))
+
+
+class StratifiedTail:
+    """p against a run's stratified nulls: each stratum's p (``NullTail``: empirical, else the tail its sizes share),
+    weighted by the stratum's share of all random sets of the size."""
+
+    def __init__(self, nulls: Mapping[int, SizeNull]) -> None:
+        self.nulls = dict(nulls)
+        self.holding = NullTail({size: n.holding for size, n in self.nulls.items() if n.weight > 0})
+        self.rest = NullTail({size: n.rest for size, n in self.nulls.items() if n.weight < 1})
+
+    def unfitted(self) -> list[NullTail]:
+        """The strata in use too small (under ``TAIL_MIN_POOL`` random sets) to fit a tail to."""
+        return [t for t in (self.holding, self.rest) if t.nulls and t.pareto is None]
+
+    def p_value(self, observed: float, size: int) -> float:
+        null = self.nulls[size]
+        p = 0.0
+        if null.weight > 0:
+            p += null.weight * self.holding.p_value(observed, size)
+        if null.weight < 1:
+            p += (1.0 - null.weight) * self.rest.p_value(observed, size)
+        return float(min(p, 1.0))
+
+
 def bh_qvalues(p_values: Iterable[float]) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q-values), in the order given."""
     p = np.asarray(list(p_values), dtype=float)
@@ -152,7 +229,7 @@ def bh_qvalues(p_values: Iterable[float]) -> np.ndarray:
 
 
 class RandomSignatureNull:
-    """Null distributions of the pooled out-of-fold metric of random gene sets, by size, cached on disk."""
+    """Null distributions of the pooled out-of-fold metric of random gene sets, by size and stratum, cached on disk."""
 
     def __init__(
         self, cohort: Cohort, train: TrainSettings, target: str | None, replicates: int, cache_dir: Path
@@ -163,7 +240,7 @@ class RandomSignatureNull:
         self.replicates = replicates
         self.cache_dir = cache_dir
         self.genes = _numeric_genes(cohort)
-        self._memory: dict[int, np.ndarray] = {}
+        self._memory: dict[int, SizeNull] = {}
         self._key: str | None = None
 
     def _cache_key(self) -> str:
@@ -182,6 +259,7 @@ class RandomSignatureNull:
                     "inner": [INNER_FOLDS, INNER_TOLERANCE],
                     "genesig": __version__,
                     "statistic": STATISTIC,
+                    "top_gene_share": TOP_GENE_SHARE,
                 },
                 sort_keys=True,
             )
@@ -192,8 +270,9 @@ class RandomSignatureNull:
     def _path(self, size: int) -> Path:
         return self.cache_dir / f"null-{self._cache_key()}-k{size}-r{self.replicates}.json"
 
-    def distribution(self, size: int) -> np.ndarray:
-        """R pooled out-of-fold metrics for random sets of ``size`` genes (seeded by the training seed and the size)."""
+    def distribution(self, size: int) -> SizeNull:
+        """The pooled out-of-fold metrics of R random sets of ``size`` genes, by stratum (seeded by the training seed
+        and the size)."""
         if size not in self._memory:
             self.draw([size])
         return self._memory[size]
@@ -208,32 +287,86 @@ class RandomSignatureNull:
                 continue
             path = self._path(size)
             if path.is_file():
-                self._memory[size] = np.asarray(json.loads(path.read_text())[STATISTIC], dtype=float)
+                self._memory[size] = SizeNull.from_json(json.loads(path.read_text()))
             else:
                 todo.append(size)
-        draws = [(size, genes) for size in todo for genes in self.random_sets(size)]
+        draws = [
+            (size, stratum, genes)
+            for size in todo
+            for stratum, sets in zip(("holding", "rest"), self.random_sets(size), strict=True)
+            for genes in sets
+        ]
         if not draws:
             return
-        values = self._cross_validate_all([genes for _, genes in draws], jobs)
+        values = self._cross_validate_all([genes for _, _, genes in draws], jobs)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for size in todo:
-            mine = np.asarray([v for (k, _), v in zip(draws, values, strict=True) if k == size], dtype=float)
-            mine = mine[np.isfinite(mine)]
+
+            def metrics(stratum: str, size: int = size) -> np.ndarray:
+                mine = np.asarray([v for (k, s, _), v in zip(draws, values, strict=True) if (k, s) == (size, stratum)])
+                return mine[np.isfinite(mine)]
+
+            null = SizeNull(metrics("holding"), metrics("rest"), self.weight(size))
             path = self._path(size)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, STATISTIC: mine.tolist()}))
+            tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, **null.to_json()}))
             tmp.replace(path)
-            self._memory[size] = mine
-            logger.debug("null of %d-gene sets: %d drawn, median %.3f", size, len(mine), np.median(mine))
+            self._memory[size] = null
+            logger.debug(
+                "null of %d-gene sets: %d + %d drawn (%.1f%% of all hold a top gene), median %.3f", size,
+                len(null.holding), len(null.rest), 100 * null.weight, null.percentiles([50])[0],
+            )  # fmt: skip
 
-    def random_sets(self, size: int) -> list[list[str]]:
-        """The R random gene sets of ``size`` genes the null cross-validates (the same ones on every call)."""
+    @cached_property
+    def top_genes(self) -> list[str]:
+        """The cohort's genes best at discriminating on their own (the training patients, the run's target): the top
+        ``TOP_GENE_SHARE`` of them, at least one."""
+        from genesig.pipeline.metrics import discrimination_by_column
+
+        name = "all-genes"
+        matched = MatchedSignature(GeneSignature(name, tuple(self.genes)), name, self.genes, [])
+        prepared = preprocess(self.cohort, matched, target=self.target, settings=self.train)  # type: ignore[arg-type]
+        time = prepared.train.time if prepared.target == "time_to_event" else None
+        alone = discrimination_by_column(event=prepared.train.event, time=time, values=prepared.train.raw)
+        ranked = np.argsort(-np.abs(alone - 0.5), kind="stable")  # either direction; ties in the cohort's order
+        top = max(1, round(TOP_GENE_SHARE * len(self.genes)))
+        return [self.genes[j] for j in ranked[:top]]
+
+    def weight(self, size: int) -> float:
+        """The exact share of all random sets of ``size`` genes that hold at least one top gene."""
+        from scipy.stats import hypergeom
+
+        size = min(size, len(self.genes))
+        return float(hypergeom.sf(0, len(self.genes), len(self.top_genes), size))
+
+    def random_sets(self, size: int) -> tuple[list[list[str]], list[list[str]]]:
+        """The random gene sets of ``size`` genes the null cross-validates (the same ones on every call): those
+        holding at least one top gene (half of R) and those holding none (the other half); all R in one stratum
+        when the other has no share."""
+        from scipy.stats import hypergeom
+
         size = min(size, len(self.genes))
         rng = np.random.default_rng([self.train.seed, size])
-        return [
-            [self.genes[j] for j in sorted(rng.choice(len(self.genes), size=size, replace=False))]
-            for _ in range(self.replicates)
+        top = set(self.top_genes)
+        chosen = np.array([j for j, g in enumerate(self.genes) if g in top])  # positions in the cohort's order
+        others = np.array([j for j, g in enumerate(self.genes) if g not in top])
+        weight = self.weight(size)
+        holding_n = 0 if weight == 0 else self.replicates if weight == 1 else self.replicates // 2
+        # How many top genes a set holds, given it holds one: the hypergeometric, conditioned on at least one.
+        counts = np.arange(1, min(size, len(chosen)) + 1)
+        odds = hypergeom.pmf(counts, len(self.genes), len(chosen), size)
+        holding = []
+        for _ in range(holding_n):
+            j = int(rng.choice(counts, p=odds / odds.sum()))
+            picked = np.concatenate(
+                [rng.choice(chosen, size=j, replace=False), rng.choice(others, size=size - j, replace=False)]
+            )
+            holding.append([self.genes[i] for i in np.sort(picked)])
+        rest = [
+            [self.genes[i] for i in np.sort(rng.choice(others, size=size, replace=False))]
+            for _ in range(self.replicates - holding_n)
         ]
+        return holding, rest
 
     def _cross_validate_all(self, gene_sets: list[list[str]], jobs: int) -> list[float]:
         if jobs <= 1 or len(gene_sets) < 2:
@@ -315,8 +448,7 @@ def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull, j
     yet cached are drawn first, ``jobs`` processes at a time."""
     sizes = sizes_needed(results)
     null.draw(sizes, jobs)
-    nulls = {size: null.distribution(size) for size in sizes}
-    assign_p_values(results, nulls)
+    assign_p_values(results, {size: null.distribution(size) for size in sizes})
 
 
 def _compared(result: SignatureResult) -> bool:
@@ -329,22 +461,24 @@ def sizes_needed(results: list[SignatureResult]) -> list[int]:
     return sorted({null_size(len(r.genes)) for r in results if _compared(r)})
 
 
-def assign_p_values(results: list[SignatureResult], nulls: Mapping[int, np.ndarray]) -> None:
-    """p against the run's nulls (every size drawn in the run: the tail they share is learned from all of them)."""
-    tail = NullTail(nulls)
+def assign_p_values(results: list[SignatureResult], nulls: Mapping[int, SizeNull]) -> None:
+    """p against the run's nulls (every size drawn in the run: the tails they share are learned from all of them)."""
+    tail = StratifiedTail(nulls)
     compared = sum(_compared(r) for r in results)
-    if tail.pareto is None and compared:
+    unfitted = tail.unfitted()
+    if unfitted and compared:
+        smallest = min(len(t.pool) for t in unfitted)
         logger.warning(
-            "the null has %d random sets in all, too few (under %d) to fit its tail: no p can go below %.2g, and "
-            "Benjamini-Hochberg over %d signatures needs p <= FDR/%d for the first to pass; raise --null-replicates "
-            "(100 by default)", len(tail.pool), TAIL_MIN_POOL, 1 / (len(tail.pool) + 1), compared, compared,
+            "the null has %d random sets in a stratum, too few (under %d) to fit its tail: p cannot go much below "
+            "%.2g, and Benjamini-Hochberg over %d signatures needs p <= FDR/%d for the first to pass; raise "
+            "--null-replicates (100 by default)", smallest, TAIL_MIN_POOL, 1 / (smallest + 1), compared, compared,
         )  # fmt: skip
     for r in results:
         if _compared(r):
             size = null_size(len(r.genes))
             r.p_value = tail.p_value(r.cv_pooled, size)
             r.null_size = size
-            r.null_replicates = len(nulls[size])
+            r.null_replicates = nulls[size].replicates
 
 
 class Compared(Protocol):

@@ -47,7 +47,9 @@ def test_planted_signatures_pass_and_noise_fails_over_seeds(
                 workdir=tmp_path / f"w{seed}",
                 signatures_file=signatures_file,
                 train=TrainSettings(seed=seed, cv_repeats=3),
-                gate=GateSettings(null_replicates=30),
+                # 60: 30 random sets of each of the 2 sizes in each stratum; beyond all 60 of a stratum p is 1/61,
+                # under Benjamini-Hochberg's 0.1/6 for the first of 6 signatures (too few to fit a tail to).
+                gate=GateSettings(null_replicates=60),
             )
         )
         for result in summary.results:

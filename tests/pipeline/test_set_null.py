@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -38,7 +39,7 @@ def test_each_null_size_is_drawn_by_exactly_one_instance(tmp_path: Path) -> None
     assert sorted(flat) == sorted({null_size(k) for k in sizes}), "each size once, none missing"
 
 
-def a_run(tmp_path: Path, nulls: dict[str, list[float]] | None) -> tuple[Path, Path]:
+def a_run(tmp_path: Path, nulls: dict[str, Any] | None) -> tuple[Path, Path]:
     """A RegisterSignatures input: one instance's outcome (a 3-gene signature evaluated) and, maybe, its nulls."""
     results, set_dir = tmp_path / "results", tmp_path / "set"
     (results / OUTCOMES).mkdir(parents=True)
@@ -66,8 +67,23 @@ def test_register_signatures_refuses_a_run_whose_nulls_did_not_arrive(tmp_path: 
 
 def test_register_signatures_computes_p_from_the_sizes_of_the_signatures_evaluated(tmp_path: Path) -> None:
     """A size dealt for a signature that then failed is not part of the tail (as in run-local)."""
-    null = [0.5 + 0.01 * (i % 21 - 10) for i in range(100)]
-    results, set_dir = a_run(tmp_path, {"3": null, "40": [0.9] * 50 + [0.1] * 50})
+    values = [0.5 + 0.01 * (i % 21 - 10) for i in range(50)]
+    null = {"weight": 0.1, "holding": values, "rest": values}
+    results, set_dir = a_run(tmp_path, {"3": null, "40": {"weight": 0.5, "holding": [0.9] * 50, "rest": [0.1] * 50}})
     [row] = collect(results, set_dir, GateSettings(null_replicates=100))
     alone = collect(*a_run(tmp_path / "alone", {"3": null}), GateSettings(null_replicates=100))[0]
     assert row.p_value == alone.p_value and row.p_value is not None
+    assert row.null_replicates == 100
+
+
+def test_register_signatures_names_a_nulls_file_it_cannot_read(tmp_path: Path) -> None:
+    """A nulls file from an image before the strata (a list per size) or cut short: one line naming it."""
+    for name, doc in (("old", {"3": [0.5] * 100}), ("cut", {"3": {"weight": 0.1, "holding": [0.5]}})):
+        results, set_dir = a_run(tmp_path / name, doc)
+        with pytest.raises(GenesigError, match=r"nulls/algo-1.json: .*rerun the pipeline with this image"):
+            collect(results, set_dir, GateSettings(null_replicates=100))
+    results, set_dir = a_run(tmp_path / "torn", None)
+    (results / NULLS).mkdir()
+    (results / NULLS / "algo-1.json").write_text('{"3": {"weight"')
+    with pytest.raises(GenesigError, match="nulls/algo-1.json"):
+        collect(results, set_dir, GateSettings(null_replicates=100))

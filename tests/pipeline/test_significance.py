@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,8 @@ from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.significance import (
     NullTail,
     RandomSignatureNull,
+    SizeNull,
+    StratifiedTail,
     assign_p_values,
     bh_qvalues,
     empirical_p,
@@ -134,13 +137,14 @@ def test_a_signature_with_a_planted_effect_beats_the_random_null_and_noise_does_
     cohort = read_cohort(data)
     null = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 40, tmp_path / "null")
     values = null.distribution(3)
-    assert values.shape == (40,) and 0.35 < float(np.median(values)) < 0.65, "random sets hover around chance"
+    assert (len(values.holding), len(values.rest)) == (20, 20), "half of R in each stratum"
+    assert 0.35 < float(values.percentiles([50])[0]) < 0.65, "random sets hover around chance"
     again = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 40, tmp_path / "null").distribution(3)
-    np.testing.assert_array_equal(values, again)  # cached on disk, and seeded
+    assert same_null(again, values)  # cached on disk, and seeded
     assert len(list((tmp_path / "null").glob("null-*-k3-r40.json"))) == 1
     in_parallel = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 40, tmp_path / "null-2")
     in_parallel.draw([3, 5], jobs=2)
-    np.testing.assert_array_equal(in_parallel.distribution(3), values)  # the same draws, whatever the processes
+    assert same_null(in_parallel.distribution(3), values)  # the same draws, whatever the processes
 
     summary = run_local(
         RunOptions(
@@ -153,12 +157,17 @@ def test_a_signature_with_a_planted_effect_beats_the_random_null_and_noise_does_
     )
     by = {r.signature: r for r in summary.results}
     assert by["planted_a"].passed and by["planted_a"].q_value is not None and by["planted_a"].q_value <= 0.1
-    assert by["planted_a"].p_value < 1 / 41, "beyond every random set: the normal tail's p"
+    # Beyond every random set: below each stratum's own 1 / (20 + 1) at its size, from the pool of the run's sizes.
+    assert by["planted_a"].p_value < 1 / 21
     for name in ("noise_0", "noise_1"):
         assert by[name].p_value is not None and by[name].q_value is not None
         assert not by[name].passed or by[name].q_value <= 0.1
     evaluation = (tmp_path / "w" / "signatures" / "planted_a" / "evaluation" / "evaluation.json").read_text()
     assert '"q_value"' in evaluation and '"coverage": 1.0' in evaluation
+
+
+def same_null(a: SizeNull, b: SizeNull) -> bool:
+    return a.weight == b.weight and np.array_equal(a.holding, b.holding) and np.array_equal(a.rest, b.rest)
 
 
 def write_sets(tmp_path: Path, signatures: list) -> Path:  # type: ignore[type-arg]
@@ -174,11 +183,11 @@ def test_a_null_too_small_to_fit_its_tail_is_a_warning_that_says_how_low_p_can_g
 ) -> None:
     rows = [result(name, passed=True, p=None) for name in ("a", "b")]
     rng = np.random.default_rng(0)
-    assign_p_values(rows, {3: rng.normal(0.5, 0.05, 5)})
-    assert [r.p_value for r in rows] == [1 / 6, 1 / 6], "no lower than the pool's 1 / (N + 1)"
-    assert "the null has 5 random sets in all" in caplog.text and "no p can go below 0.17" in caplog.text
+    assign_p_values(rows, {3: SizeNull(rng.normal(0.5, 0.05, 5), rng.normal(0.5, 0.05, 5), 0.25)})
+    assert [r.p_value for r in rows] == [pytest.approx(1 / 6)] * 2, "no lower than each stratum's 1 / (N + 1)"
+    assert "the null has 5 random sets in a stratum" in caplog.text and "much below 0.17" in caplog.text
     caplog.clear()
-    assign_p_values(rows, {k: rng.normal(0.5, 0.05, 100) for k in (3, 4)})
+    assign_p_values(rows, {k: SizeNull(rng.normal(0.5, 0.05, 100), rng.normal(0.5, 0.05, 100), 0.1) for k in (3, 4)})
     assert "too few" not in caplog.text, "a fitted tail: no warning"
 
 
@@ -218,7 +227,8 @@ def test_the_gate_benchmark_reports_both_gates_on_planted_cohorts(tmp_path: Path
     assert "| null + FDR (new) |" in stdout and "| threshold only (before) |" in stdout
     contamination = seed["null_contamination"]
     assert 0 <= contamination["holding_a_planted_gene"] <= contamination["random_sets"] > 0
-    assert 0 <= contamination["of_the_top_10_holding_one"] <= 10
+    assert 0 <= contamination["planted_among_top_genes"] <= contamination["top_genes"] >= 1
+    assert contamination["top_stratum_sets"] == 5 * seed["null_sizes"], "half of each size's 10 random sets"
 
 
 def test_random_signatures_are_drawn_only_from_expression_columns(tmp_path: Path) -> None:
@@ -231,7 +241,7 @@ def test_random_signatures_are_drawn_only_from_expression_columns(tmp_path: Path
     frame.to_csv(data, index=False)
     null = RandomSignatureNull(read_cohort(data), TrainSettings(cv_repeats=1), None, 15, tmp_path / "null")
     assert "Histology" not in null.genes and len(null.genes) == 27
-    assert null.distribution(5).shape == (15,)
+    assert null.distribution(5).replicates == 15 and "Histology" not in null.top_genes
 
 
 def test_the_null_cache_is_keyed_by_how_values_are_read_and_the_penalty_grid(
@@ -266,7 +276,7 @@ def test_a_random_set_that_cannot_be_fitted_is_left_out_of_the_null(
     monkeypatch.setattr(significance, "cross_validate", diverging_once)
     null = RandomSignatureNull(read_cohort(data), TrainSettings(cv_repeats=1, l2=0.1), None, 6, tmp_path / "null")
     values = null.distribution(3)
-    assert values.shape == (5,) and np.isfinite(values).all()
+    assert values.replicates == 5 and np.isfinite(np.concatenate([values.holding, values.rest])).all()
 
 
 def test_the_gate_benchmarks_noise_sets_hold_planted_genes_only_when_asked() -> None:
@@ -310,3 +320,105 @@ def test_the_power_ceilings_conditioned_draws_hold_a_planted_gene_or_none() -> N
     clean = bound.draw_sets(genes, planted, False, 30, rng)
     assert all(len(s) == 10 and planted & set(s) for s in holding)
     assert all(len(s) == len(set(s)) == 10 and not planted & set(s) for s in clean)
+
+
+def test_each_genes_discrimination_alone_is_the_metric_computed_on_it() -> None:
+    from genesig.pipeline.metrics import discrimination, discrimination_by_column
+
+    rng = np.random.default_rng(3)
+    values = np.round(rng.normal(size=(60, 7)), 1)  # rounded: ties, counted 1/2 as in the metric
+    values[:, 6] = 1.0  # a constant gene: no information
+    event = rng.random(60) < 0.4
+    time = np.round(rng.exponential(10, 60), 0)  # tied times: not comparable pairs
+    for t in (None, time):
+        alone = discrimination_by_column(event=event, time=t, values=values)
+        expected = [discrimination(event=event, time=t, risk_score=values[:, j]) for j in range(7)]
+        np.testing.assert_allclose(alone, expected)
+        assert alone[6] == pytest.approx(0.5)
+
+
+def test_the_null_draws_half_its_random_sets_among_those_holding_a_top_gene_with_their_exact_share(
+    tmp_path: Path,
+) -> None:
+    from scipy.stats import hypergeom
+
+    everything = noise_and_planted(n_noise=20)
+    spec = SyntheticSpec(n_patients=200, seed=4, planted={"planted_a": 2.0}, dropout=0.0)
+    cohort = read_cohort(write_synthetic_cohort(tmp_path / "c.csv", everything, spec))
+    null = RandomSignatureNull(cohort, TrainSettings(cv_repeats=1), None, 41, tmp_path / "null")
+    genes = len(null.genes)
+    [top] = null.top_genes  # 1% of 87 genes, at least one
+    # The best gene alone (the training patients, either direction): one of the planted signature's.
+    assert top in next(s for s in everything if s.name == "planted_a").genes
+    for size in (3, 10):
+        holding, rest = null.random_sets(size)
+        assert (len(holding), len(rest)) == (20, 21), "R // 2 holding one, the rest holding none"
+        assert all(top in s and len(s) == len(set(s)) == size for s in holding)
+        assert all(top not in s and len(s) == len(set(s)) == size for s in rest)
+        assert null.weight(size) == pytest.approx(float(hypergeom.sf(0, genes, 1, size))) == pytest.approx(size / genes)
+    assert null.random_sets(10) == null.random_sets(10), "the same sets on every call"
+    # A size no set can be drawn at without a top gene: every random set holds one.
+    null.top_genes = null.genes[:80]
+    holding, rest = null.random_sets(10)
+    assert null.weight(10) == 1.0 and (len(holding), len(rest)) == (41, 0)
+
+
+def test_the_stratified_p_is_the_share_of_all_random_sets_that_reach_the_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sets holding gene G0 score 0.9, the others around 0.5: a signature at 0.85 is reached by exactly the share of
+    sets holding G0, 10% of 10-gene sets from 100 genes. Uniform draws at R = 100 hold G0 ~10 times, give p between
+    ~0.05 and ~0.15 and nothing beyond; the strata give the share itself."""
+    import pandas as pd
+
+    from genesig.pipeline import significance
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.exponential(5.0, size=(120, 100)), columns=[f"G{j}" for j in range(100)])
+    frame.insert(0, "Case_ID", [f"P{i}" for i in range(120)])
+    frame["SurvivalStatus"] = np.arange(120) % 3 == 0
+    frame.astype({"SurvivalStatus": int}).to_csv(tmp_path / "c.csv", index=False)
+    null = RandomSignatureNull(read_cohort(tmp_path / "c.csv"), TrainSettings(cv_repeats=1), None, 100, tmp_path / "n")
+    assert len(null.genes) == 100
+    null.top_genes = ["G0"]
+
+    def metric(cohort: Any, train: Any, target: Any, genes: list[str]) -> float:
+        jitter = (sum(int(g[1:]) ** 2 for g in genes) % 97) / 970  # deterministic, below 0.1
+        return 0.9 + jitter if "G0" in genes else 0.45 + jitter
+
+    monkeypatch.setattr(significance, "random_set_cv", metric)
+    sizes = {10: null.distribution(10), 11: null.distribution(11)}
+    tail = StratifiedTail(sizes)
+    assert tail.p_value(0.85, 10) == pytest.approx(0.1, rel=0.02)
+    assert tail.p_value(0.85, 11) == pytest.approx(0.11, rel=0.02)
+    assert tail.p_value(0.2, 10) == pytest.approx(1.0)
+    assert tail.p_value(2.0, 10) < 0.1 / 50, "beyond every random set: each stratum's tail"
+    # Percentiles weigh each stratum by its share: 90% of all sets hold no G0, so the median is theirs.
+    assert 0.45 <= sizes[10].percentiles([50])[0] < 0.55 and sizes[10].percentiles([99])[0] >= 0.9
+    # Through JSON (the set run's nulls travel between instances) nothing changes.
+    import json
+
+    back = SizeNull.from_json(json.loads(json.dumps(sizes[10].to_json())))
+    assert same_null(back, sizes[10])
+
+
+def test_the_calibration_report_compares_the_gates_p_with_the_true_p_of_the_same_cohorts() -> None:
+    calibration = bench_module("calibration")
+
+    def planted(p: float, lower: float | None = None) -> dict[str, float]:
+        return {"p": p} if lower is None else {"p_true": p, "p_lower_bound_95": lower}
+
+    gate = {
+        "parameters": {"patients": "200", "gene_noise": "1.2"},
+        "runs": [{"seed": 0, "planted": {"a": planted(1e-5), "b": planted(4e-3)}}],
+    }
+    bound = {
+        "parameters": {"patients": "200", "gene_noise": "1.2", "background_genes": "0"},
+        "runs": [{"seed": 0, "planted": {"a": planted(1e-3, 5e-4), "b": planted(2e-3, 1e-3)}}],
+    }
+    result = calibration.compare(gate, bound)
+    assert [r["ratio"] for r in result["rows"]] == [pytest.approx(0.01), pytest.approx(2.0)]
+    assert result["below_the_lower_bound"] == 1, "a's 1e-5 is below its true p's lower bound: too small for sure"
+    assert result["median_ratio"] == pytest.approx(10 ** ((-2 + math.log10(2)) / 2))
+    with pytest.raises(SystemExit, match="--gene-noise: the gate report has 0.6, the bound report 1.2"):
+        calibration.compare({**gate, "parameters": {}}, bound)

@@ -81,8 +81,9 @@ def null_contamination(null: RandomSignatureNull, sizes: list[int]) -> dict[str,
     """How the null meets the planted genes: how many of them are among its top genes (the genes best at
     discriminating alone, whose random sets are a stratum of their own), and how many of the random sets drawn in
     each stratum hold one."""
-    holding = [genes for size in sizes for genes in null.random_sets(size)[0]]
-    rest = [genes for size in sizes for genes in null.random_sets(size)[1]]
+    drawn = [null.random_sets(size) for size in sizes]  # (holding, rest) of each size, drawn once
+    holding = [genes for sets, _ in drawn for genes in sets]
+    rest = [genes for _, sets in drawn for genes in sets]
     return {
         "top_genes": len(null.top_genes),
         "planted_among_top_genes": sum(holds_planted([gene]) for gene in null.top_genes),

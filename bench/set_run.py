@@ -143,7 +143,10 @@ def set_run(args: argparse.Namespace, cohort: Path, sets: Path, work: Path) -> d
         memory = MachineMemory()
         memory.start()
         started = time.perf_counter()
-        parameters = {"MetricThreshold": str(args.threshold), "NullReplicates": str(args.null_replicates)}
+        parameters = {
+            "MetricThreshold": str(args.threshold), "Permutations": str(args.permutations),
+            "Competitive": args.competitive,
+        }  # fmt: skip
         arn = start_set(sm, config.set_name, {"ShardCount": str(args.shards), **parameters})
         runner = DockerRunner() if args.image else ProcessRunner()
         record = LocalPipelineRunner(sm, s3, runner, work / "runs").run(arn)
@@ -185,7 +188,7 @@ def run_local_beside(args: argparse.Namespace, cohort: Path, sets: Path, work: P
             workdir=work,
             signatures_file=sets,
             jobs=0,
-            gate=GateSettings(threshold=args.threshold, null_replicates=args.null_replicates),
+            gate=GateSettings(threshold=args.threshold, permutations=args.permutations, competitive=args.competitive),
         )
     )
     return {
@@ -218,7 +221,10 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--patients", type=int, default=120)
     parser.add_argument(
-        "--null-replicates", type=int, default=0, help="the gate's random sets per size (0 here: the run's own cost)"
+        "--permutations", type=int, default=0, help="the gate's outcome permutations (0 here: the run's own cost)"
+    )
+    parser.add_argument(
+        "--competitive", choices=("report", "gate", "off"), default="off", help="the competitive test (off here)"
     )
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--threshold", type=float, default=0.6)

@@ -1,28 +1,27 @@
-"""Gate benchmark: does the random-signature null with false-discovery control keep noise out and signal in?
+"""Gate benchmark: does the default gate pass what predicts the outcome and keep noise out?
 
 Planted cohorts (default 200 patients, binary outcome): two planted signatures of 10 genes (effects 2.0 and 1.5
 log-odds per SD of their activity) among 1,000 noise gene sets of mixed sizes (3 to 100 genes, log-uniform, drawn
 from 4,000 noise genes), for several seeds. Every signature goes through the gate's own code, as run-local runs it:
-matched against the data, preprocessed, cross-validated (the threshold's metric: CV mean; the null's: the pooled
-out-of-fold metric), compared with the random-signature null of its size (R random gene sets, shared by size bin),
-then Benjamini-Hochberg over the run and the gate (metric >= threshold and q <= FDR). The final model fit, held-out
-scoring and report of a run-local run are left out: they do not change the verdict, and they would make 10 seeds x
-1,002 signatures take hours.
+matched against the data, preprocessed, cross-validated with its share of the run's outcome permutations in the same
+batch, then the run's verdict (``genesig.pipeline.results.conclude``). The final model fit, held-out scoring and
+report of a run-local run are left out: they do not change the verdict.
 
-Reported per seed and on average, for the gate with the null and FDR and for the threshold-only gate it replaces
-(same signatures, same CV values): planted signatures passed, noise signatures passed, and the realised
-false-discovery proportion (noise passed / all passed).
+Three gates on the same CV values and p-values: the default (threshold and the self-contained test's q <= FDR), the
+threshold alone, and the competitive gate (the default and, on top, q <= FDR against random gene sets of the size).
+Reported per seed and on average: planted signatures passed, noise signatures passed, the realised false-discovery
+proportion (noise passed / all passed).
 
-Also reported: how many planted genes are among the null's top genes (the genes best at discriminating alone,
-whose random sets the null draws as a stratum of their own) and how many of the null's random sets hold a planted
-gene. Random sets are drawn from every gene of the cohort, so a random set holding one planted gene is a competitor
-the signature must beat; ``--background-genes`` adds genes in no signature (16,000: a genome-wide cohort), which
-makes such sets rarer. How much power any calibrated test of this null can have on these cohorts:
-``bench/significance_bound.py``.
+**Calibration**: the noise signatures' genes are independent of the outcome, so their self-contained p-values are
+draws of the null; their shares at or below 0.05, 0.01 and 0.001, over every seed, are compared with the binomial 95%
+interval of the nominal rate.
+
+``--noise-holds-planted`` draws noise sets from the planted genes too (as random sets are): such a set is associated
+with the outcome, so passing it is not a false discovery; those are counted apart (``associated_passed``).
 
 Usage: python bench/significance.py [--seeds 10] [--first-seed 0] [--noise 1000] [--patients 200]
-                                    [--replicates 100] [--background-genes 0] [--gene-noise 0.6] [--noise-holds-planted]
-                                    [--cv-repeats 2] [--processes 2]
+                                    [--permutations 200] [--random-sets 100] [--background-genes 0]
+                                    [--gene-noise 0.6] [--noise-holds-planted] [--cv-repeats 2] [--processes 2]
 Not a test: it measures.
 """
 
@@ -34,26 +33,27 @@ import logging
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gates import GATES, decide_gates, gate_settings
+from scipy.stats import binom
 
 from genesig.logs import configure_logging
 from genesig.pipeline.cohort import Cohort, read_cohort
-from genesig.pipeline.run import SignatureResult
+from genesig.pipeline.results import SignatureResult
 from genesig.pipeline.settings import GateSettings, TrainSettings
-from genesig.pipeline.signatures import GeneSignature, match
-from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run
-from genesig.pipeline.steps import cross_validate, preprocess
+from genesig.pipeline.signatures import GeneSignature
+from genesig.pipeline.significance import permutations_per_signature
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
 logger = logging.getLogger("bench.significance")
 BENCH_DIR = Path(__file__).resolve().parent
 PLANTED = {"planted_strong": 2.0, "planted_moderate": 1.5}
+LEVELS = (0.05, 0.01, 0.001)
 
 
 def holds_planted(genes: Iterable[str]) -> bool:
@@ -75,23 +75,6 @@ def signature_set(noise: int, seed: int, noise_holds_planted: bool = False) -> l
         for i, k in enumerate(sizes)
     ]
     return planted + noisy
-
-
-def null_contamination(null: RandomSignatureNull, sizes: list[int]) -> dict[str, int]:
-    """How the null meets the planted genes: how many of them are among its top genes (the genes best at
-    discriminating alone, whose random sets are a stratum of their own), and how many of the random sets drawn in
-    each stratum hold one."""
-    drawn = [null.random_sets(size) for size in sizes]  # (holding, rest) of each size, drawn once
-    holding = [genes for sets, _ in drawn for genes in sets]
-    rest = [genes for _, sets in drawn for genes in sets]
-    return {
-        "top_genes": len(null.top_genes),
-        "planted_among_top_genes": sum(holds_planted([gene]) for gene in null.top_genes),
-        "random_sets": len(holding) + len(rest),
-        "holding_a_planted_gene": sum(map(holds_planted, holding + rest)),
-        "top_stratum_sets": len(holding),
-        "top_stratum_sets_holding_a_planted_gene": sum(map(holds_planted, holding)),
-    }
 
 
 def planted_cohort(
@@ -116,7 +99,7 @@ def planted_cohort(
 
 
 def add_cohort_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options ``planted_cohort`` reads (and the number of seeds), shared by the gate benchmarks."""
+    """The options ``planted_cohort`` reads (and the number of seeds)."""
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     parser.add_argument("--noise", type=int, default=1000)
@@ -140,107 +123,113 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("WARNING")
     signatures, cohort = planted_cohort(seed, args, args.noise_holds_planted)
     train = TrainSettings(seed=seed, cv_repeats=args.cv_repeats)
-    gate = GateSettings(threshold=args.threshold, fdr=args.fdr, null_replicates=args.replicates)
-    with tempfile.TemporaryDirectory(prefix="genesig-gate-bench-") as tmp:
-        started = time.perf_counter()
-        results = []
-        for signature in signatures:
-            matched = match(signature, cohort.candidate_genes(), 2, 0.5)
-            result = SignatureResult.of(matched, "done")
-            cv = cross_validate(preprocess(cohort, matched, settings=train), train)
-            result.metric, result.cv_mean, result.cv_pooled = cv.metric, cv.mean, cv.pooled_mean
-            result.threshold_passed = cv.mean >= gate.threshold
-            verdict = ">=" if result.threshold_passed else "<"
-            result.threshold_reason = f"cross-validated mean {cv.metric} {cv.mean:.3f} {verdict} threshold"
-            results.append(result)
-        evaluated_s = time.perf_counter() - started
-        null = RandomSignatureNull(cohort, train, None, args.replicates, Path(tmp) / "null")
-        attach_p_values(results, null)
-        null_s = time.perf_counter() - started - evaluated_s
-        gate_run(results, gate)
-        contamination = null_contamination(null, sorted({r.null_size for r in results if r.null_size}))
+    decided = decide_gates(
+        signatures, cohort, train, gate_settings(args.fdr, args.permutations, args.random_sets), min_coverage=0.5
+    )
 
-    def tally(passed: list[bool]) -> dict[str, float]:
-        planted = sum(p for p, r in zip(passed, results, strict=True) if r.signature in PLANTED)
-        noise = sum(p for p, r in zip(passed, results, strict=True) if r.signature not in PLANTED)
-        holding = sum(
-            p
-            for p, r, s in zip(passed, results, signatures, strict=True)
-            if r.signature not in PLANTED and holds_planted(s.genes)
-        )
+    def tally(rows: list[SignatureResult]) -> dict[str, float]:
+        pairs = list(zip(rows, signatures, strict=True))
+        planted = sum(r.passed for r, _ in pairs if r.signature in PLANTED)
+        associated = sum(r.passed for r, s in pairs if r.signature not in PLANTED and holds_planted(s.genes))
+        noise = sum(r.passed for r, s in pairs if r.signature not in PLANTED and not holds_planted(s.genes))
         return {
             "planted_passed": planted,
             "noise_passed": noise,
-            "noise_passed_holding_a_planted_gene": holding,
-            "fdp": noise / (planted + noise) if noise else 0.0,
+            "associated_passed": associated,
+            "fdp": noise / (planted + noise + associated) if noise else 0.0,
         }
 
+    null_p = [r.p_value for r, s in zip(decided.gates["default"], signatures, strict=True)
+              if r.signature not in PLANTED and not holds_planted(s.genes) and r.p_value is not None]  # fmt: skip
     return {
         "seed": seed,
-        "null_and_fdr": tally([r.passed for r in results]),
-        "threshold_only": tally([r.threshold_passed for r in results]),
-        "evaluate_s": round(evaluated_s, 1),
-        "null_s": round(null_s, 1),
-        "null_sizes": len({r.null_size for r in results}),
-        "null_contamination": contamination,
+        **{name: tally(rows) for name, rows in decided.gates.items()},
+        "noise_p_at_or_below": {str(level): sum(p <= level for p in null_p) for level in LEVELS},
+        "noise_p_count": len(null_p),
+        "permutations_per_signature": permutations_per_signature(len(signatures), args.permutations),
+        "evaluate_s": round(decided.evaluate_s, 1),
+        "competitive_s": round(decided.competitive_s, 1),
         "planted": {
-            r.signature: {"cv_mean": r.cv_mean, "cv_pooled": r.cv_pooled, "p": r.p_value, "q": r.q_value}
-            for r in results
+            r.signature: {
+                "cv_mean": r.cv_mean, "cv_pooled": r.cv_pooled, "p": r.p_value, "q": r.q_value,
+                "competitive_p": r.competitive_p, "competitive_q": r.competitive_q,
+            }
+            for r in decided.gates["default"]
             if r.signature in PLANTED
-        },
+        },  # fmt: skip
     }
+
+
+def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The noise signatures' self-contained p-values, over every seed: the share at or below each level and the
+    binomial 95% interval of the nominal rate."""
+    count = sum(r["noise_p_count"] for r in runs)
+    out: dict[str, Any] = {"p_values": count}
+    for level in LEVELS:
+        below = sum(r["noise_p_at_or_below"][str(level)] for r in runs)
+        low, high = binom.interval(0.95, count, level)
+        out[str(level)] = {
+            "count": below,
+            "share": below / count if count else 0.0,
+            "nominal_interval": [low / count, high / count] if count else [0.0, 0.0],
+            "inside": bool(low <= below <= high),
+        }
+    return out
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cohort_arguments(parser)
-    parser.add_argument("--replicates", type=int, default=100)
+    parser.add_argument("--permutations", type=int, default=GateSettings().permutations)
+    parser.add_argument("--random-sets", type=int, default=GateSettings().random_sets)
     parser.add_argument(
         "--noise-holds-planted",
         action="store_true",
-        help="draw noise sets from the planted genes too, as random sets are: passing one counts as a false discovery",
+        help="draw noise sets from the planted genes too, as random sets are: those are counted apart",
     )
     parser.add_argument("--cv-repeats", type=int, default=2)
-    parser.add_argument("--threshold", type=float, default=GateSettings().threshold)
     parser.add_argument("--fdr", type=float, default=GateSettings().fdr)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "significance.json")
     args = parser.parse_args()
     configure_logging("INFO")
-    with ProcessPoolExecutor(max_workers=args.processes) as pool:
-        seeds = range(args.first_seed, args.first_seed + args.seeds)
-        runs = list(pool.map(one_seed, seeds, [args] * args.seeds))
-    summary = {}
-    for gate in ("null_and_fdr", "threshold_only"):
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    if args.processes > 1:
+        with ProcessPoolExecutor(max_workers=args.processes) as pool:
+            runs = list(pool.map(one_seed, seeds, [args] * args.seeds))
+    else:
+        runs = [one_seed(seed, args) for seed in seeds]
+    summary: dict[str, Any] = {}
+    for gate in GATES:
         summary[gate] = {
             "planted_pass_rate": statistics.fmean(r[gate]["planted_passed"] / len(PLANTED) for r in runs),
             "noise_passed_mean": statistics.fmean(r[gate]["noise_passed"] for r in runs),
+            "associated_passed_mean": statistics.fmean(r[gate]["associated_passed"] for r in runs),
             "fdp_mean": statistics.fmean(r[gate]["fdp"] for r in runs),
         }
-    summary["null_contamination"] = {
-        "share_of_random_sets_holding_a_planted_gene": statistics.fmean(
-            r["null_contamination"]["holding_a_planted_gene"] / r["null_contamination"]["random_sets"] for r in runs
-        ),
-        "planted_among_top_genes_mean": statistics.fmean(
-            r["null_contamination"]["planted_among_top_genes"] for r in runs
-        ),
-    }
+    summary["calibration"] = calibration(runs)
     summary["cost"] = {
         "evaluate_s_mean": statistics.fmean(r["evaluate_s"] for r in runs),
-        "null_s_mean": statistics.fmean(r["null_s"] for r in runs),
+        "competitive_s_mean": statistics.fmean(r["competitive_s"] for r in runs),
     }
     report = {"parameters": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "runs": runs}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     lines = [
-        f"| gate | planted passed | noise passed (of {args.noise:,}), mean | false-discovery proportion, mean |",
-        "|---|---|---|---|",
+        f"| gate | planted passed | noise passed (of {args.noise:,}), mean | associated passed, mean | "
+        "false-discovery proportion, mean |",
+        "|---|---|---|---|---|",
     ]
-    for gate, label in (("null_and_fdr", "null + FDR (new)"), ("threshold_only", "threshold only (before)")):
+    labels = {"default": "default: threshold + self-contained", "threshold_only": "threshold only",
+              "competitive_gate": "competitive gate (default + random sets)"}  # fmt: skip
+    for gate in GATES:
         s = summary[gate]
-        lines.append(f"| {label} | {s['planted_pass_rate']:.0%} | {s['noise_passed_mean']:.1f} | {s['fdp_mean']:.3f} |")
+        lines.append(
+            f"| {labels[gate]} | {s['planted_pass_rate']:.0%} | {s['noise_passed_mean']:.1f} | "
+            f"{s['associated_passed_mean']:.1f} | {s['fdp_mean']:.3f} |"
+        )
     sys.stdout.write(
-        "\n".join(lines) + "\n" + json.dumps(summary["null_contamination"]) + "\n" + json.dumps(summary["cost"]) + "\n"
+        "\n".join(lines) + "\n" + json.dumps(summary["calibration"]) + "\n" + json.dumps(summary["cost"]) + "\n"
     )
     return 0
 

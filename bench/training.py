@@ -78,7 +78,10 @@ def one_run(args: argparse.Namespace, cohort: Path, work: Path) -> dict[str, flo
             signatures_file=subset,
             approve=True,
             train=TrainSettings(cv_repeats=args.cv_repeats, l2=args.l2),
-            gate=GateSettings(threshold=args.threshold, null_replicates=args.null_replicates),
+            gate=GateSettings(
+                threshold=args.threshold, permutations=args.permutations, competitive=args.competitive,
+                random_sets=args.random_sets,
+            ),  # fmt: skip
             jobs=args.jobs,
         )
     )
@@ -111,11 +114,18 @@ def main() -> int:
     parser.add_argument("--threshold", type=float, default=0.0, help="gate threshold (0: deploy every model)")
     parser.add_argument("--l2", type=float, help="a fixed ridge penalty (default: chosen by the nested inner CV)")
     parser.add_argument(
-        "--null-replicates",
+        "--permutations",
         type=int,
         default=0,
-        help="random sets per size in the null (0, the default here: the run alone; the product default is 100)",
+        help="the gate's outcome permutations (0, the default here: the threshold alone; the product's default is 200)",
     )
+    parser.add_argument(
+        "--competitive",
+        choices=("report", "gate", "off"),
+        default="off",
+        help="the competitive test (off, the default here; the product's default is report)",
+    )
+    parser.add_argument("--random-sets", type=int, default=100, help="random gene sets per size (competitive test)")
     parser.add_argument("--keep", type=Path, help="keep each run's work folder as KEEP/<count>")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results" / "training.json")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
@@ -139,7 +149,8 @@ def main() -> int:
                 [sys.executable, __file__, "--child", str(count), "--cohort", str(cohort), "--workdir", str(workdir)]
                 + ["--gmt", str(args.gmt), "--patients", str(args.patients), "--cv-repeats", str(args.cv_repeats)]
                 + ["--jobs", str(args.jobs), "--threshold", str(args.threshold)]
-                + ["--null-replicates", str(args.null_replicates)]
+                + ["--permutations", str(args.permutations), "--competitive", args.competitive]
+                + ["--random-sets", str(args.random_sets)]
                 + (["--l2", str(args.l2)] if args.l2 is not None else []),
                 capture_output=True,
                 text=True,
@@ -156,7 +167,9 @@ def main() -> int:
                 "cv_repeats": args.cv_repeats,
                 "threshold": args.threshold,
                 "l2": "inner_cv" if args.l2 is None else args.l2,
-                "null_replicates": args.null_replicates,
+                "permutations": args.permutations,
+                "competitive": args.competitive,
+                "random_sets": args.random_sets,
                 "machine": {"cpus": os.cpu_count()},
                 "runs": rows,
             },

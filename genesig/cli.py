@@ -369,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--background-genes",
         type=int,
         default=500,
-        help="genes outside every signature, as a real cohort has (the random-signature null draws from all genes)",
+        help="genes outside every signature, as a real cohort has (the competitive test's random gene sets are drawn "
+        "from all genes)",
     )
     synth.add_argument("--signatures", type=Path, help="gene sets whose genes the cohort has (default: metagenes)")
     synth.set_defaults(func=_cmd_synth)

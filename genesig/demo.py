@@ -27,8 +27,8 @@ from genesig.server_process import ServerProcess
 
 logger = logging.getLogger(__name__)
 DEMO_PLANTED = {"metagene_19": 2.0, "metagene_10": 1.5}
-# Genes outside the signatures, as a real cohort has: the random signatures each signature is compared with are
-# drawn from all the cohort's genes.
+# Genes outside the signatures, as a real cohort has: the random gene sets the competitive test compares each
+# signature with (reported beside the verdict) are drawn from all the cohort's genes.
 DEMO_BACKGROUND = 500
 
 

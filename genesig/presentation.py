@@ -16,7 +16,7 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from genesig.pipeline.registry import ModelPackage
-    from genesig.pipeline.run import RunSummary, SignatureResult
+    from genesig.pipeline.results import RunSummary, SignatureResult
 
 # rich assumes 80 columns when not writing to a terminal; the run table needs more.
 console = Console(width=shutil.get_terminal_size((150, 24)).columns)
@@ -66,16 +66,25 @@ def _fmt(value: float | None) -> str:
 OUTCOME_STYLES = {
     "passed": "green",
     "not significant": "yellow",
+    "not above random": "yellow",
     "below threshold": "yellow",
     "skipped": "dim",
     "error": "red",
+}
+# The option that changes each outcome that holds a signature back.
+REMEDIES = {
+    "below threshold": "--threshold (or --gate-on)",
+    "not significant": "--fdr, or more patients",
+    "not above random": "--competitive report",
+    "skipped": "--min-coverage / --min-genes",
+    "error": "the reason given",
 }
 # Notes (why a signature was skipped or failed) printed before the rest are counted.
 MAX_NOTES = 8
 # Signatures shown, by metric, when a run is too large for its whole table.
 TOP_ROWS = 15
 # What the run table's columns other than the name take (no vertical rules): the name gets the rest of the line.
-OTHER_COLUMNS_WIDTH = 113
+OTHER_COLUMNS_WIDTH = 124
 
 
 def shorten(name: str, width: int = 60) -> str:
@@ -94,10 +103,19 @@ def _package(r: SignatureResult) -> str:
     return f"v{r.version} {state}"
 
 
+def _versus(r: SignatureResult) -> str:
+    """The competitive test in a cell: its q (its p when it is not gated on is in summary.csv), n/a, or - when off."""
+    if r.competitive == "not applicable":
+        return "n/a"
+    return _fmt(r.competitive_q)
+
+
 def _run_table(rows: list[SignatureResult], title: str) -> Table:
     width = max(20, console.width - OTHER_COLUMNS_WIDTH)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
-    columns = ("signature", "genes", "train/test", "metric", "CV mean [folds 2.5-97.5%]", "test", "q", "outcome")
+    columns = (
+        "signature", "genes", "train/test", "metric", "CV mean [folds 2.5-97.5%]", "test", "q", "vs random", "outcome"
+    )  # fmt: skip
     for column in (*columns, "package"):
         table.add_column(escape(column), no_wrap=True)  # "[...]" is rich markup otherwise, and vanishes
     for r in rows:
@@ -105,7 +123,7 @@ def _run_table(rows: list[SignatureResult], title: str) -> Table:
         outcome = f"[{OUTCOME_STYLES[r.outcome]}]{r.outcome}[/]"
         name = shorten(r.signature, width)
         if r.status != "done":
-            table.add_row(name, genes, "-", "-", "-", "-", "-", outcome, "-")
+            table.add_row(name, genes, "-", "-", "-", "-", "-", "-", outcome, "-")
             continue
         interval = f"{_fmt(r.cv_mean)} [{_fmt(r.cv_interval[0])}, {_fmt(r.cv_interval[1])}]" if r.cv_interval else "-"
         table.add_row(
@@ -116,6 +134,7 @@ def _run_table(rows: list[SignatureResult], title: str) -> Table:
             interval,
             _fmt(r.test_value),
             _fmt(r.q_value),
+            _versus(r),
             outcome,
             _package(r),
         )
@@ -131,26 +150,49 @@ def render_summary(summary: RunSummary, *, quiet: bool = False) -> None:
     if not quiet:
         title = f"genesig run-local: gate {summary.gate_on} >= {summary.threshold}"
         if len(results) <= MAX_ROWS:
+            shown = results
             console.print(_run_table(results, title))
         else:
             done = sorted((r for r in results if r.cv_mean is not None), key=lambda r: -(r.cv_mean or 0.0))
-            console.print(_run_table(done[:TOP_ROWS], f"{title}: the top {TOP_ROWS} of {len(results)} by CV mean"))
-        notes = [r for r in results if r.outcome in ("skipped", "error")]
-        for r in notes[:MAX_NOTES]:
-            console.print(f"  {r.outcome}: {r.signature}: {r.reason}", highlight=False, markup=False)
-        if len(notes) > MAX_NOTES:
-            console.print(
-                f"  … and {len(notes) - MAX_NOTES} more skipped or in error (reasons in {where})",
-                highlight=False,
-                markup=False,
-            )
+            shown = done[:TOP_ROWS]
+            console.print(_run_table(shown, f"{title}: the top {TOP_ROWS} of {len(results)} by CV mean"))
+        if not counts["passed"] and results:
+            # Nothing passed: the reason of each signature in the table, with the option that changes it, so that no
+            # file has to be opened.
+            console.print("Nothing passed. Why, signature by signature:", highlight=False, markup=False)
+            for r in shown:
+                remedy = REMEDIES.get(r.outcome, "-")
+                line = f"  {shorten(r.signature, 50)}: {r.outcome}: {r.reason} (change with {remedy})"
+                console.print(line, highlight=False, markup=False)
+            if len(results) > len(shown):
+                console.print(f"  … and {len(results) - len(shown)} more in {where}", highlight=False, markup=False)
+        else:
+            notes = [r for r in results if r.outcome in ("skipped", "error")]
+            for r in notes[:MAX_NOTES]:
+                console.print(f"  {r.outcome}: {r.signature}: {r.reason}", highlight=False, markup=False)
+            if len(notes) > MAX_NOTES:
+                console.print(
+                    f"  … and {len(notes) - MAX_NOTES} more skipped or in error (reasons in {where})",
+                    highlight=False,
+                    markup=False,
+                )
     outcomes = ", ".join(f"{counts[o]} {o}" for o in OUTCOME_STYLES if counts[o])
     console.print(
-        f"{len(results)} signatures: {outcomes}. Every signature with its reason: {where}; reports and models: "
-        f"{summary.workdir}/signatures/",
+        f"{len(results)} signatures: {outcomes}{held_back(results)}. Every signature with its reason: {where}; "
+        f"reports and models: {summary.workdir}/signatures/",
         highlight=False,
         markup=False,
+        soft_wrap=True,  # one line, however long: --quiet prints only this one
     )
+
+
+def held_back(results: list[SignatureResult]) -> str:
+    """What held most signatures back, with the option that changes it ("" when every signature passed)."""
+    held = Counter(r.outcome for r in results if r.outcome != "passed")
+    if not held:
+        return ""
+    outcome, count = held.most_common(1)[0]
+    return f" (most held back: {count} {outcome}; change with {REMEDIES.get(outcome, '-')})"
 
 
 def render_packages(packages: list[ModelPackage], detailed: bool = False) -> None:
@@ -317,8 +359,10 @@ def render_plan(estimate: dict[str, Any]) -> None:
     a = estimate["assumptions"]
     console.print(
         f"Assumed: {a['processing_startup_minutes']} min to start a processing job, {a['training_startup_minutes']} "
-        f"min a training job; {a['seconds_per_signature']} s to train one signature; the gate's null: "
-        f"{a['null_replicates']} random sets for each of {estimate['null_sizes']} sizes; {a['pass_rate']:.0%} pass; "
+        f"min a training job; {a['seconds_per_signature']} s to train one signature; the gate's self-contained test: "
+        f"{estimate['permutations_per_signature']} permutation(s) per signature in the set run, {a['permutations']} "
+        f"for one signature alone, {a['seconds_per_permutation']} s each; the competitive test: {a['random_sets']} "
+        f"random sets for each of {estimate['competitive_sizes']} sizes; {a['pass_rate']:.0%} pass; "
         f"${a['price_per_instance_hour']}/instance-hour; {a['max_parallel']} executions at once "
         "(each is an option of `genesig pipeline plan`).",
         highlight=False,

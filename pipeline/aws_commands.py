@@ -168,14 +168,16 @@ def _plan(args: argparse.Namespace) -> int:
         pass_rate=args.pass_rate,
         price_per_instance_hour=args.price_per_hour,
         max_parallel=args.max_parallel,
-        null_replicates=args.null_replicates,
+        permutations=args.permutations,
+        seconds_per_permutation=args.seconds_per_permutation,
+        random_sets=args.random_sets if args.competitive != "off" else 0,
     )
     from genesig.pipeline.significance import null_size
 
     signatures = load_signatures(args.signatures)
     # Sizes as the sets list them: genes missing from the data only make a signature smaller.
-    sizes = len({null_size(len(s.genes)) for s in signatures})
-    estimate = plan(len(signatures), args.shards, assumptions, null_sizes=sizes)
+    sizes = len({null_size(len(s.genes)) for s in signatures}) if args.competitive != "off" else 0
+    estimate = plan(len(signatures), args.shards, assumptions, competitive_sizes=sizes)
     if args.json:
         sys.stdout.write(json.dumps(estimate, indent=2) + "\n")
     else:
@@ -434,8 +436,14 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             cmd.add_argument("--seconds-per-signature", type=float, default=a.seconds_per_signature)
             cmd.add_argument("--pass-rate", type=float, default=a.pass_rate, help="share of signatures that pass")
             cmd.add_argument(
-                "--null-replicates", type=int, default=a.null_replicates, help="random sets per size (0: off)"
+                "--permutations", type=int, default=a.permutations, help="the gate's outcome permutations (0: off)"
             )
+            cmd.add_argument("--seconds-per-permutation", type=float, default=a.seconds_per_permutation)
+            cmd.add_argument(
+                "--competitive", choices=("report", "gate", "off"), default="report",
+                help="the competitive test (random gene sets): report, gate or off",
+            )  # fmt: skip
+            cmd.add_argument("--random-sets", type=int, default=a.random_sets, help="random sets per size")
             cmd.add_argument(
                 "--price-per-hour",
                 type=float,

@@ -16,8 +16,13 @@ from genesig.errors import DataError
 
 logger = logging.getLogger(__name__)
 GATE_FAILED_EXIT = 3
-# The gate options of the one-signature steps: the random-signature null and FDR belong to a run of many.
-THRESHOLD_GATE = ("threshold", "gate_on")
+# The gate options of one signature alone: the threshold, and its own permutation test (p at most the FDR; random
+# gene sets need the whole cohort: run-local and the signature-set run compute them).
+LONE_GATE = ("threshold", "gate_on", "fdr", "permutations")
+# Re-gating an evaluation: its p was computed by the evaluate step.
+REGATE = ("threshold", "gate_on", "fdr")
+# What PrepareSignatureSet and RegisterSignatures need of the gate.
+SET_GATE = ("permutations", "competitive", "random_sets")
 
 
 def _model_file(path: Path) -> Path:
@@ -79,7 +84,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         evaluation["name"],
         evaluation["metric"],
         evaluation["test"]["value"],
-        "passed" if evaluation["gate"]["passed"] else "not passed",
+        evaluation["gate"].get("outcome", "passed" if evaluation["gate"]["passed"] else "not passed"),
         evaluation["gate"]["reason"],
         args.out / evaluation["report"],
     )
@@ -88,19 +93,19 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _gate(args: argparse.Namespace) -> int:
     from genesig.pipeline.settings import GateSettings, from_arguments
-    from genesig.pipeline.steps import gate, write_gate
+    from genesig.pipeline.steps import lone_verdict, write_gate
 
     evaluation = _read_evaluation(args.evaluation)
-    verdict = gate(evaluation, from_arguments(args, GateSettings))
+    threshold, decided = lone_verdict(evaluation, from_arguments(args, GateSettings))
     if args.out:
-        write_gate(verdict, args.out)
+        write_gate(threshold, args.out, {**evaluation, "gate": decided})
     logger.log(
-        logging.INFO if verdict.passed else logging.WARNING,
+        logging.INFO if decided["passed"] else logging.WARNING,
         "gate %s: %s",
-        "passed" if verdict.passed else "failed",
-        verdict.reason,
+        decided["outcome"],
+        decided["reason"],
     )
-    return 0 if verdict.passed else GATE_FAILED_EXIT
+    return 0 if decided["passed"] else GATE_FAILED_EXIT
 
 
 def _register(args: argparse.Namespace) -> int:
@@ -191,22 +196,24 @@ def _register_sagemaker(args: argparse.Namespace) -> int:
 
 
 def _prepare_set(args: argparse.Namespace) -> int:
-    from genesig.pipeline.settings import CohortSettings, from_arguments
+    from genesig.pipeline.settings import CohortSettings, GateSettings, from_arguments
     from genesig.pipeline.signature_set import prepare_set
 
-    prepare_set(args.data, args.signatures, args.out, shards=args.shards, settings=from_arguments(args, CohortSettings))
+    prepare_set(
+        args.data, args.signatures, args.out, shards=args.shards, settings=from_arguments(args, CohortSettings),
+        gate=from_arguments(args, GateSettings),
+    )  # fmt: skip
     return 0
 
 
 def _register_set(args: argparse.Namespace) -> int:
     """The signature-set run's RegisterSignatures job: the report, registrations and (when Approved) deployments."""
     from genesig.pipeline import aws
-    from genesig.pipeline.settings import GateSettings
+    from genesig.pipeline.settings import GateSettings, from_arguments
     from genesig.pipeline.signature_set import collect, register_passing, write_report
 
-    if not 0 < args.fdr <= 1:
-        raise DataError(f"--fdr must be above 0 and at most 1, not {args.fdr}")
-    rows = collect(args.results, args.set, GateSettings(fdr=args.fdr, null_replicates=args.null_replicates))
+    gate = from_arguments(args, GateSettings)
+    rows, nulls = collect(args.results, args.set, gate)
     register_passing(
         rows,
         args.results,
@@ -216,8 +223,18 @@ def _register_set(args: argparse.Namespace) -> int:
         serving_image=args.serving_image_uri,
         approval_status=args.approval_status,
         mme_prefix=args.mme_prefix,
+        nulls=nulls,
     )
-    report = write_report(rows, args.out, {"approval_status": args.approval_status})
+    run = {
+        "approval_status": args.approval_status,
+        "fdr": gate.fdr,
+        "permutations": gate.permutations,
+        "competitive": gate.competitive,
+        "random_sets": gate.random_sets,
+        "self_contained_null": nulls.self_contained,
+        "competitive_null": nulls.competitive,
+    }
+    report = write_report(rows, args.out, run)
     counts = report["run"]["counts"]
     logger.info("%d signatures: %s", len(rows), ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     return 0
@@ -266,13 +283,16 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     e.add_argument("--prepared", type=Path, required=True)
     e.add_argument("--model", type=Path, required=True, help="the artifact, or the folder holding it")
     e.add_argument("--out", type=Path, required=True)
-    # One signature alone has no run to control the false discoveries of: the threshold decides.
-    add_arguments(e, GateSettings, only=THRESHOLD_GATE)
+    # One signature alone has no run to control the false discoveries of: its own permutation p decides with the
+    # threshold.
+    add_arguments(e, GateSettings, only=LONE_GATE)
     e.set_defaults(func=_evaluate)
 
-    g = steps.add_parser("gate", help=f"check the metric; exit {GATE_FAILED_EXIT} when the model fails")
+    g = steps.add_parser(
+        "gate", help=f"decide again from an evaluation (threshold, p); exit {GATE_FAILED_EXIT} when the model fails"
+    )
     g.add_argument("--evaluation", type=Path, required=True)
-    add_arguments(g, GateSettings, only=THRESHOLD_GATE)
+    add_arguments(g, GateSettings, only=REGATE)
     g.add_argument("--out", type=Path, help="folder for gate.json")
     g.set_defaults(func=_gate)
 
@@ -305,6 +325,7 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     ps.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json, or the folder holding one)")
     ps.add_argument("--shards", type=int, required=True, help="how many shards (the training job's instances)")
     add_arguments(ps, CohortSettings)
+    add_arguments(ps, GateSettings, only=SET_GATE)
     ps.add_argument("--out", type=Path, required=True)
     ps.set_defaults(func=_prepare_set)
 
@@ -316,15 +337,7 @@ def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[t
     gs.add_argument("--approval-status", default="PendingManualApproval", help="PendingManualApproval or Approved")
     gs.add_argument("--mme-prefix", help="s3:// MME prefix: Approved registrations are deployed there")
     gs.add_argument("--out", type=Path, required=True, help="folder for report.json and report.csv")
-    gs.add_argument(
-        "--fdr", type=float, default=GateSettings().fdr, help="largest Benjamini-Hochberg q over the run (default 0.1)"
-    )
-    gs.add_argument(
-        "--null-replicates",
-        type=int,
-        default=0,
-        help="the run's NullReplicates (above 0: every null needed must be there)",
-    )
+    add_arguments(gs, GateSettings, only=("fdr", *SET_GATE))
     gs.set_defaults(func=_register_set)
 
     ds = steps.add_parser("deploy-sagemaker", help="copy an Approved SageMaker model package into the MME S3 prefix")

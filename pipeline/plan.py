@@ -32,9 +32,16 @@ class Assumptions:
     price_per_instance_hour: float = 0.115
     # One execution per signature: how many run at once (`genesig pipeline start-all --max-parallel`).
     max_parallel: int = 4
-    # Random gene sets per size in the gate's null (the NullReplicates parameter; 0 is off); a random set costs about
-    # what a signature does, and each size is drawn once in the run, the sizes dealt across the instances.
-    null_replicates: int = 100
+    # Outcome permutations of the gate's self-contained test (the Permutations parameter; 0 is off): at least this
+    # many in a run and one per signature; one signature alone draws them all for itself.
+    permutations: int = 200
+    # A permuted cross-validation rides in its signature's own batch: measured at about a fifth to a half of the
+    # signature's own time (bench/training.py); taken at half.
+    seconds_per_permutation: float = 0.25
+    # Random gene sets per size in the competitive test (the RandomSets parameter; Competitive=off skips it); a
+    # random set costs about what a permutation does, and each size is drawn once in the run, the sizes dealt across
+    # the instances.
+    random_sets: int = 100
 
     def __post_init__(self) -> None:
         """Each assumption as its option: a negative time, price or count, or a pass rate outside 0-1, is refused."""
@@ -69,20 +76,29 @@ def _estimate(design: str, jobs: int, instances: int, instance_minutes: float, w
     )
 
 
-def signature_set_run(signatures: int, shards: int, a: Assumptions, null_sizes: int = 0) -> Estimate:
-    """PrepareSignatureSet → TrainSignatures (``shards`` instances, each with its share of the signatures and of the
-    null's sizes) → RegisterSignatures."""
+def permutations_each(signatures: int, a: Assumptions) -> int:
+    """The permutations each of a run's signatures computes (as ``significance.permutations_per_signature``)."""
+    return 0 if a.permutations <= 0 else max(1, math.ceil(a.permutations / signatures))
+
+
+def signature_set_run(signatures: int, shards: int, a: Assumptions, competitive_sizes: int = 0) -> Estimate:
+    """PrepareSignatureSet → TrainSignatures (``shards`` instances, each with its share of the signatures, their
+    permutations and the competitive test's sizes) → RegisterSignatures."""
     prepare = a.processing_startup_minutes + 1.0  # reading the cohort and dealing the shards
-    random_sets = math.ceil(null_sizes / shards) * a.null_replicates
-    train = a.training_startup_minutes + (math.ceil(signatures / shards) + random_sets) * a.seconds_per_signature / 60
+    per_instance = math.ceil(signatures / shards)
+    null = (
+        per_instance * permutations_each(signatures, a) + math.ceil(competitive_sizes / shards) * a.random_sets
+    ) * a.seconds_per_permutation
+    train = a.training_startup_minutes + (per_instance * a.seconds_per_signature + null) / 60
     register = a.processing_startup_minutes + signatures * a.pass_rate * a.seconds_per_registration / 60 + 1.0
     minutes = prepare + shards * train + register
     return _estimate("signature-set run", 3, 2 + shards, minutes, prepare + train + register, a)
 
 
 def per_signature_executions(signatures: int, a: Assumptions) -> Estimate:
-    """PreprocessCohort → TrainModel → EvaluateModel → (RegisterModel → DeployToMme when it passes), per signature."""
-    work = a.seconds_per_signature / 60
+    """PreprocessCohort → TrainModel → EvaluateModel (with the signature's own permutations) → (RegisterModel →
+    DeployToMme when it passes), per signature."""
+    work = (a.seconds_per_signature + a.permutations * a.seconds_per_permutation) / 60
     one = 2 * a.processing_startup_minutes + a.training_startup_minutes + work + 1.0
     passing = 2 * (a.processing_startup_minutes + 0.5)
     jobs_each = 3 + 2 * a.pass_rate
@@ -94,10 +110,10 @@ def per_signature_executions(signatures: int, a: Assumptions) -> Estimate:
 
 
 def plan(
-    signatures: int, shards: int, assumptions: Assumptions | None = None, *, null_sizes: int = 0
+    signatures: int, shards: int, assumptions: Assumptions | None = None, *, competitive_sizes: int = 0
 ) -> dict[str, object]:
-    """Both designs for ``signatures`` signatures; ``null_sizes``: the sizes the gate's null needs (one signature
-    alone has no null)."""
+    """Both designs for ``signatures`` signatures; ``competitive_sizes``: the sizes the competitive test's random
+    gene sets need in the signature-set run (0 when it is off)."""
     if signatures < 1:
         raise DataError("the signature set is empty")
     if not 1 <= shards <= 100:
@@ -106,8 +122,9 @@ def plan(
     return {
         "signatures": signatures,
         "shards": shards,
-        "null_sizes": null_sizes,
-        "signature_set": asdict(signature_set_run(signatures, shards, a, null_sizes)),
+        "permutations_per_signature": permutations_each(signatures, a),
+        "competitive_sizes": competitive_sizes,
+        "signature_set": asdict(signature_set_run(signatures, shards, a, competitive_sizes)),
         "per_signature": asdict(per_signature_executions(signatures, a)),
         "assumptions": asdict(a),
     }

@@ -3,18 +3,19 @@
 Per signature (``report.png`` beside ``evaluation.json``): the held-out patients' ROC with its AUC (binary status),
 or their Kaplan-Meier curves by predicted risk group with censoring marks, numbers at risk and the log-rank p
 (time-to-event); beside the plot, the numbers: the cross-validated metric and its interval, the held-out metric
-with n and events, coverage, the penalty, p and q against random signatures, and the gate's verdict. It is drawn
-from the evaluation's own files (``evaluation.json``, ``predictions.csv``) only, so a run redraws it once the run's
-q-values are known.
+with n and events, coverage, the penalty, p and q with the outcome permuted (the gate's test) and against random
+gene sets (beside it), and the gate's verdict. It is drawn from the evaluation's own files (``evaluation.json``,
+``predictions.csv``) only, so a run redraws it once the run's q-values are known.
 
-Per run (``significance.png`` in the work folder, when the random-signature null is on): every evaluated
-signature's pooled out-of-fold metric (what the null compares) against its size, over the null's band at each size
-(random gene sets: median and 5-95 % range), passed and failed signatures marked.
+Per run (``significance.png`` in the work folder, when either test is on): every evaluated signature's pooled
+out-of-fold metric (what both tests compare) against its size, over the self-contained null's band (the outcome
+permuted: 5-95 % and median by size) and the random gene sets' (at each size drawn), passed and failed signatures
+marked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from genesig.pipeline.run import SignatureResult
+    from genesig.pipeline.results import RunNulls, SignatureResult
     from genesig.pipeline.significance import SizeNull
 
 REPORT_FILE = "report.png"
@@ -188,20 +189,24 @@ def panel_text(evaluation: dict[str, Any], label: str) -> str:
     if model.get("l2") is not None:
         how = "inner CV" if model["l2_chosen_by"] == "inner_cv" else "fixed"
         rows.append(("ridge penalty", f"{model['l2']:g} ({how})"))
-    if significance.get("p_value") is not None:
-        if significance.get("observed") is not None:
-            rows.append((f"pooled OOF {label}", f"{significance['observed']:.3f}"))
-        rows.append(("p vs random", f"{significance['p_value']:.2g} ({significance.get('null_replicates')} sets)"))
-        rows.append(("q (run, BH)", f"{significance['q_value']:.3g}"))  # as the reason gives it
+    contained = significance.get("self_contained") or {}
+    versus = significance.get("competitive") or {}
+    if significance.get("observed") is not None:
+        rows.append((f"pooled OOF {label}", f"{significance['observed']:.3f}"))
+    if contained.get("p_value") is not None:
+        rows.append(("p, outcome perm.", f"{contained['p_value']:.2g} ({contained.get('permutations')} perm.)"))
+        if contained.get("q_value") is not None:
+            rows.append(("q (run, BH)", f"{contained['q_value']:.3g}"))  # as the reason gives it
+    if versus.get("p_value") is not None:
+        q = f", q {versus['q_value']:.2g}" if versus.get("q_value") is not None else ""
+        rows.append(("vs random sets", f"p {versus['p_value']:.2g}{q}"))
+    elif versus.get("status") == "not applicable":
+        rows.append(("vs random sets", "not applicable"))
     lines = [f"{key + ' ':<18}{value}" for key, value in rows]
     if not gate.get("final", True):
-        verdict = ["THRESHOLD PASSED: the run's FDR", "decides (see the run report)"]
-    elif gate["passed"]:
-        verdict = ["PASSED"]
-    else:  # in the run table's words: which part of the gate it missed
-        value, threshold = gate.get("value"), gate.get("threshold")
-        below = value is not None and threshold is not None and value < threshold
-        verdict = ["BELOW THRESHOLD" if below or significance.get("q_value") is None else "NOT SIGNIFICANT"]
+        verdict = ["THRESHOLD PASSED: the run", "decides (see the run report)"]
+    else:
+        verdict = [str(gate.get("outcome") or ("passed" if gate["passed"] else "below threshold")).upper()]
     lines += ["", *verdict]
     lines += _wrap(gate["reason"], 44)
     return "\n".join(lines)
@@ -214,22 +219,36 @@ def _wrap(text: str, width: int) -> list[str]:
 
 
 def write_null_plot(
-    results: Sequence[SignatureResult], distribution: Callable[[int], SizeNull], path: Path
+    results: Sequence[SignatureResult], nulls: RunNulls, competitive: Mapping[int, SizeNull], path: Path
 ) -> Path | None:
-    """``significance.png``: each evaluated signature's pooled out-of-fold metric (what the null compares) against
-    its size, over the random null's band."""
-    done = [r for r in results if r.status == "done" and r.cv_pooled is not None and r.null_size is not None]
-    if not done:
+    """``significance.png``: each evaluated signature's pooled out-of-fold metric (what both tests compare) against
+    its size, over the self-contained null's band and the random gene sets' (where drawn); None when there is
+    nothing to draw."""
+    done = [r for r in results if r.status == "done" and r.cv_pooled is not None]
+    permuted = nulls.permutations
+    if not done or (permuted is None and not competitive):
         return None
     fig = _figure(11, 6.5)
     ax = fig.add_axes((0.08, 0.11, 0.64, 0.8))
-    sizes = sorted({r.null_size for r in done if r.null_size is not None})
-    bands = np.array([distribution(k).percentiles([5, 50, 95]) for k in sizes])
-    # The null only at the sizes drawn: its median and 5-95% range of each.
-    ax.errorbar(
-        sizes, bands[:, 1], yerr=[bands[:, 1] - bands[:, 0], bands[:, 2] - bands[:, 1]], fmt="_", markersize=14,
-        color="#888888", ecolor="#bbbbbb", elinewidth=6, label="random gene sets: median, 5-95%", zorder=2,
-    )  # fmt: skip
+    if permuted is not None and permuted.draws:
+        smallest, largest = min(len(r.genes) for r in done), max(len(r.genes) for r in done)
+        grid = (
+            np.unique(np.geomspace(smallest, largest, 40).round().astype(int))
+            if largest > smallest
+            else np.array([smallest])
+        )
+        band = np.array([permuted.percentiles(int(k), [5, 50, 95]) for k in grid])
+        ax.fill_between(grid, band[:, 0], band[:, 2], color="#dddddd", step="mid", label="outcome permuted: 5-95%",
+                        zorder=1)  # fmt: skip
+        ax.plot(grid, band[:, 1], color="#999999", linewidth=1, label="outcome permuted: median", zorder=1)
+    if competitive:
+        sizes = sorted(competitive)
+        bands = np.array([competitive[k].percentiles([5, 50, 95]) for k in sizes])
+        # The random-set null only at the sizes drawn: its median and 5-95% range at each.
+        ax.errorbar(
+            sizes, bands[:, 1], yerr=[bands[:, 1] - bands[:, 0], bands[:, 2] - bands[:, 1]], fmt="_", markersize=14,
+            color="#888888", ecolor="#9ecae1", elinewidth=6, label="random gene sets: median, 5-95%", zorder=2,
+        )  # fmt: skip
     for passed, colour, text in ((False, "#4575b4", "not passed"), (True, "#d73027", "passed")):
         chosen = [r for r in done if r.passed == passed]
         ax.scatter([len(r.genes) for r in chosen], [r.cv_pooled for r in chosen], s=22, color=colour,
@@ -248,7 +267,7 @@ def write_null_plot(
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("genes in the signature (in the data)", fontsize=12)
     ax.set_ylabel(f"pooled out-of-fold {'AUC' if done[0].metric == 'auc' else 'C-index'}", fontsize=12)
-    ax.set_title("Signatures against random gene sets of their size", fontsize=14)
+    ax.set_title("Signatures against chance (outcome permuted) and random gene sets", fontsize=14)
     ax.legend(fontsize=10, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.savefig(path)
     return path

@@ -7,7 +7,6 @@ re-run on the same data and settings trains the same weights and registers nothi
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import multiprocessing
@@ -18,7 +17,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from genesig.pipeline.cohort import Cohort, columns_of, read_cohort
 from genesig.pipeline.deploy import deploy_package
 from genesig.pipeline.registry import LocalRegistry
 from genesig.pipeline.report import RUN_PLOT_FILE, write_null_plot, write_report
+from genesig.pipeline.results import RunNulls, RunSummary, SignatureResult, conclude, significance_record
 from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
 from genesig.pipeline.signatures import (
     GeneSignature,
@@ -39,7 +39,11 @@ from genesig.pipeline.signatures import (
     read_signatures,
     select,
 )
-from genesig.pipeline.significance import RandomSignatureNull, attach_p_values, gate_run, significance_record
+from genesig.pipeline.significance import (
+    RandomSignatureNull,
+    competitive_sizes,
+    permutations_per_signature,
+)
 from genesig.pipeline.steps import (
     EVALUATION_FILE,
     GATE_FILE,
@@ -71,153 +75,26 @@ class RunOptions:
     jobs: int = 1
 
 
-@dataclass
-class SignatureResult:
-    signature: str
-    name: str
-    genes: list[str]
-    missing_genes: list[str]
-    status: str
-    reason: str = ""
-    metric: str = ""
-    n_train: int = 0
-    n_test: int = 0
-    cv_mean: float | None = None
-    cv_interval: list[float] | None = None
-    # The pooled out-of-fold metric: what the random-signature null compares.
-    cv_pooled: float | None = None
-    test_value: float | None = None
-    passed: bool = False
-    # The gate in parts: the metric against the threshold (decided when evaluated), then the run's false-discovery
-    # control (p against the random-signature null of its size, q over the whole run; see significance.py).
-    threshold_passed: bool = False
-    threshold_reason: str = ""
-    coverage: float | None = None
-    l2: float | None = None
-    p_value: float | None = None
-    q_value: float | None = None
-    null_size: int | None = None
-    null_replicates: int | None = None
-    version: int | None = None
-    approval_status: str | None = None
-    deployed: str | None = None
-    report: str | None = None
-    # The provisional artifact (version 1) this run trained; the registry renumbers what it registers.
-    artifact: str | None = None
-    seconds: float = 0.0
-
-    @property
-    def outcome(self) -> str:
-        """What became of it, in the words of the report: passed, below threshold, not significant (it cleared the
-        threshold but not the run's false-discovery control), skipped or error."""
-        if self.status == "done":
-            if self.passed:
-                return "passed"
-            return "not significant" if self.threshold_passed else "below threshold"
-        return "skipped" if self.status == "skipped" else "error"
-
-    @classmethod
-    def of(cls, matched: MatchedSignature, status: str, reason: str = "") -> SignatureResult:
-        return cls(
-            signature=matched.signature.name,
-            name=matched.artifact_name,
-            genes=matched.present,
-            missing_genes=matched.missing,
-            status=status,
-            reason=reason,
-            coverage=round(matched.coverage, 4),
-        )
-
-
-@dataclass
-class RunSummary:
-    data: str
-    workdir: str
-    threshold: float
-    gate_on: str
-    fdr: float
-    null_replicates: int
-    results: list[SignatureResult]
-
-    def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        for row, result in zip(doc["results"], self.results, strict=True):
-            row["outcome"] = result.outcome
-        return doc
-
-    def write(self, folder: Path) -> None:
-        """``summary.json`` (everything) and ``summary.csv`` (the full table, a row per signature) in ``folder``."""
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        with open(folder / "summary.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(SUMMARY_COLUMNS)
-            for r in self.results:
-                low, high = r.cv_interval or (None, None)
-                writer.writerow(
-                    [
-                        r.signature,
-                        r.name,
-                        r.outcome,
-                        r.reason,
-                        len(r.genes),
-                        len(r.missing_genes),
-                        r.coverage,
-                        r.metric,
-                        r.n_train,
-                        r.n_test,
-                        r.cv_mean,
-                        low,
-                        high,
-                        r.cv_pooled,
-                        r.test_value,
-                        r.l2,
-                        r.p_value,
-                        r.q_value,
-                        r.version,
-                        r.approval_status,
-                        r.deployed,
-                        r.report,
-                    ]  # fmt: skip
-                )
-
-
-SUMMARY_COLUMNS = (
-    "signature",
-    "artifact_name",
-    "outcome",
-    "reason",
-    "genes_in_data",
-    "genes_missing",
-    "coverage",
-    "metric",
-    "n_train",
-    "n_test",
-    "cv_mean",
-    "cv_lower",
-    "cv_upper",
-    "cv_pooled",
-    "test",
-    "l2",
-    "p_value",
-    "q_value",
-    "version",
-    "approval_status",
-    "deployed_as",
-    "report",
-)
-
-
 def load_signatures(path: Path | None) -> list[GeneSignature]:
     signatures = read_signatures(path) if path else default_signatures()
     check_unique(signatures, path.name if path else "built-in signatures")
     return signatures
 
 
-def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, options: RunOptions) -> SignatureResult:
-    """One signature: preprocess → cross-validate → fit → evaluate and gate, into ``folder`` (``prepared/``,
-    ``model/`` with the artifact as provisional version 1, ``evaluation/``). No registry: ``run-local`` registers
-    afterwards, and the SageMaker signature-set run calls this for each signature of its shard."""
+def evaluate_signature(
+    cohort: Cohort,
+    matched: MatchedSignature,
+    folder: Path,
+    options: RunOptions,
+    permutations: int = 0,
+    *,
+    draw: bool = False,
+) -> SignatureResult:
+    """One signature: preprocess → cross-validate (with its ``permutations``: its share of the run's self-contained
+    null, in the same batch) → fit → evaluate against the threshold, into ``folder`` (``prepared/``, ``model/`` with
+    the artifact as provisional version 1, ``evaluation/``). The run decides the verdict afterwards (``conclude``) and
+    registers; the SageMaker signature-set run calls this for each signature of its shard (``draw``: the report is
+    drawn now, as the set run's instances do; run-local draws it once the verdict is known)."""
     started = time.perf_counter()
     result = SignatureResult.of(matched, "skipped")
     if matched.skip_reason:
@@ -227,13 +104,12 @@ def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, 
         prepared = preprocess(cohort, matched, target=options.cohort.target, settings=options.train)
         save_prepared(prepared, folder / "prepared")
         result.n_train, result.n_test = len(prepared.train.ids), len(prepared.test.ids)
-        cv = cross_validate(prepared, options.train)
+        cv = cross_validate(prepared, options.train, permutations=permutations)
+        result.permuted = cv.permuted
         model_dir = folder / "model"
         shutil.rmtree(model_dir, ignore_errors=True)  # an earlier run's provisional artifact
         artifact = train_model(prepared, options.train, PROVISIONAL_VERSION, model_dir, cv=cv)
-        evaluation = evaluate(
-            prepared, artifact, folder / "evaluation", options.gate, run_decides=options.gate.null_replicates > 0
-        )
+        evaluation = evaluate(prepared, artifact, folder / "evaluation", options.gate, run_decides=True, draw=draw)
         result.metric = evaluation["metric"]
         result.cv_mean = evaluation["cross_validation"]["mean"]
         result.cv_interval = evaluation["cross_validation"]["interval"]
@@ -253,35 +129,46 @@ def evaluate_signature(cohort: Cohort, matched: MatchedSignature, folder: Path, 
     return result
 
 
-def record_verdict(result: SignatureResult) -> None:
+def record_verdict(result: SignatureResult, nulls: RunNulls) -> None:
     """The run's verdict into the signature's evaluation.json (what is registered with the model): the gate's final
-    decision and reason, and the significance figures."""
+    decision and reason, and both tests' figures; the report drawn again with them (at evaluation the run's verdict
+    did not exist yet)."""
     assert result.artifact is not None
     path = Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE
     evaluation = json.loads(path.read_text())
-    evaluation["gate"] = {**evaluation["gate"], "passed": result.passed, "reason": result.reason, "final": True}
-    evaluation["significance"] = significance_record(result)
+    evaluation["gate"] = {
+        **evaluation["gate"], "passed": result.passed, "outcome": result.outcome, "reason": result.reason, "final": True
+    }  # fmt: skip
+    evaluation["significance"] = significance_record(
+        result, self_contained=nulls.self_contained, competitive=nulls.competitive
+    )
     path.write_text(json.dumps(evaluation, indent=2) + "\n")
     gate_path = path.parent / GATE_FILE
     if gate_path.is_file():
         verdict = json.loads(gate_path.read_text())
-        verdict.update(passed=result.passed, reason=result.reason, significance=evaluation["significance"])
+        verdict.update(
+            passed=result.passed, outcome=result.outcome, reason=result.reason, final=True,
+            significance=evaluation["significance"],
+        )  # fmt: skip
         gate_path.write_text(json.dumps(verdict, indent=2) + "\n")
-    if result.p_value is not None:
-        # Drawn at evaluation, before the run's q-values existed: drawn again with them and the final verdict.
-        table = pd.read_csv(path.parent / evaluation["predictions"], dtype={0: str})
-        write_report(evaluation, table, path.parent)
+    table = pd.read_csv(path.parent / evaluation["predictions"], dtype={0: str})
+    write_report(evaluation, table, path.parent)
 
 
-def record_verdicts(results: list[SignatureResult], jobs: int) -> None:
+def _record_verdict(pair: tuple[SignatureResult, RunNulls]) -> None:
+    record_verdict(*pair)
+
+
+def record_verdicts(results: list[SignatureResult], nulls: RunNulls, jobs: int) -> None:
     """:func:`record_verdict` for each result, in ``jobs`` processes when there are many (redrawing thousands of
     reports with their q-values is most of the cost of the verdicts)."""
     if jobs <= 1 or len(results) < 2 * jobs:
         for result in results:
-            record_verdict(result)
+            record_verdict(result, nulls)
         return
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
-        list(pool.map(record_verdict, results, chunksize=max(1, len(results) // (8 * jobs))))
+        pairs = [(r, nulls) for r in results]
+        list(pool.map(_record_verdict, pairs, chunksize=max(1, len(results) // (8 * jobs))))
 
 
 def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: SignatureResult) -> None:
@@ -304,7 +191,9 @@ def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: Si
         result.deployed = deploy_package(package, options.workdir / "mme-prefix").name
 
 
-def _worker_init(options: RunOptions, cohort: Cohort, log_level: int) -> None:
+def _worker_init(
+    options: RunOptions, cohort: Cohort, log_level: int, permutations: int = 0, draw: bool = False
+) -> None:
     """One BLAS/torch thread per worker: the workers are the parallelism, more threads only contend."""
     from threadpoolctl import threadpool_limits
 
@@ -316,7 +205,7 @@ def _worker_init(options: RunOptions, cohort: Cohort, log_level: int) -> None:
         import torch
 
         torch.set_num_threads(1)
-    _WORKER_STATE.update(options=options, cohort=cohort)
+    _WORKER_STATE.update(options=options, cohort=cohort, permutations=permutations, draw=draw)
 
 
 _WORKER_STATE: dict[str, Any] = {}
@@ -326,7 +215,10 @@ WORKER_ATTEMPTS = 3
 def _worker_run(matched: MatchedSignature) -> SignatureResult:
     state = _WORKER_STATE
     options: RunOptions = state["options"]
-    return evaluate_signature(state["cohort"], matched, signature_folder(options, matched), options)
+    return evaluate_signature(
+        state["cohort"], matched, signature_folder(options, matched), options, state.get("permutations", 0),
+        draw=state.get("draw", False),
+    )  # fmt: skip
 
 
 def signature_folder(options: RunOptions, matched: MatchedSignature) -> Path:
@@ -347,6 +239,8 @@ def _run_parallel(
     jobs: int,
     on_result: Callable[[SignatureResult], None] | None,
     worker: Callable[[MatchedSignature], SignatureResult] = _worker_run,
+    permutations: int = 0,
+    draw: bool = False,
 ) -> list[SignatureResult]:
     """Signatures in worker processes, at most ``jobs`` submitted at a time.
 
@@ -373,7 +267,7 @@ def _run_parallel(
             width,
             mp_context=context,
             initializer=_worker_init,
-            initargs=(options, cohort, logging.getLogger().getEffectiveLevel()),
+            initargs=(options, cohort, logging.getLogger().getEffectiveLevel(), permutations, draw),
         ) as pool:
             outstanding: dict[Future[SignatureResult], int] = {}
             broken = False
@@ -411,17 +305,23 @@ def evaluate_all(
     cohort: Cohort,
     matched: list[MatchedSignature],
     on_result: Callable[[SignatureResult], None] | None = None,
+    permutations: int = 0,
+    *,
+    draw: bool = False,
 ) -> list[SignatureResult]:
-    """:func:`evaluate_signature` for each signature, ``options.jobs`` at a time, into ``options.workdir``; results in
-    input order. One signature's failure (even a dying worker) is its own and never stops the others."""
+    """:func:`evaluate_signature` for each signature (each with ``permutations`` of its own for the run's
+    self-contained null; ``draw``: its report drawn now), ``options.jobs`` at a time, into ``options.workdir``;
+    results in input order. One signature's failure (even a dying worker) is its own and never stops the others."""
     if options.jobs < 0:
         raise DataError(f"--jobs must be 0 (one per CPU) or more, not {options.jobs}")
     jobs = min(options.jobs or os.cpu_count() or 1, max(len(matched), 1))
     if jobs > 1:
-        return _run_parallel(options, cohort, matched, jobs, on_result)
+        return _run_parallel(options, cohort, matched, jobs, on_result, permutations=permutations, draw=draw)
     results = []
     for one in matched:
-        results.append(evaluate_signature(cohort, one, signature_folder(options, one), options))
+        results.append(
+            evaluate_signature(cohort, one, signature_folder(options, one), options, permutations, draw=draw)
+        )
         if on_result:
             on_result(results[-1])
     return results
@@ -443,16 +343,24 @@ def run_local(
     matched = [match(s, available, cohort_settings.min_genes, cohort_settings.min_coverage) for s in signatures]
     if on_start:
         on_start(len(signatures))
-    results = evaluate_all(options, cohort, matched, on_result)
-    if options.gate.null_replicates:
-        null = RandomSignatureNull(
-            cohort, options.train, options.cohort.target, options.gate.null_replicates, options.workdir / "null"
+    trainable = sum(not m.skip_reason for m in matched)
+    per_signature = permutations_per_signature(trainable, options.gate.permutations)
+    results = evaluate_all(options, cohort, matched, on_result, permutations=per_signature)
+    jobs = options.jobs or os.cpu_count() or 1
+    competitive, genes = None, 0
+    if options.gate.competitive != "off":
+        random_sets = RandomSignatureNull(
+            cohort, options.train, options.cohort.target, options.gate.random_sets, options.workdir / "null"
         )
-        attach_p_values(results, null, jobs=options.jobs or os.cpu_count() or 1)
-    gate_run(results, options.gate)
-    record_verdicts([r for r in results if r.status == "done"], options.jobs or os.cpu_count() or 1)
-    if options.gate.null_replicates:
-        write_null_plot(results, null.distribution, options.workdir / RUN_PLOT_FILE)
+        genes = len(random_sets.genes)
+        sizes = competitive_sizes(results, genes)
+        random_sets.draw(sizes, jobs)
+        competitive = {size: random_sets.distribution(size) for size in sizes}
+    nulls = conclude(results, options.gate, competitive, genes)
+    record_verdicts([r for r in results if r.status == "done"], nulls, jobs)
+    plot = options.workdir / RUN_PLOT_FILE
+    if write_null_plot(results, nulls, competitive or {}, plot) is None:
+        plot.unlink(missing_ok=True)  # an earlier run's plot must not sit beside this run's summary
     for result in results:
         if result.passed:
             try:
@@ -466,8 +374,12 @@ def run_local(
         threshold=options.gate.threshold,
         gate_on=options.gate.gate_on,
         fdr=options.gate.fdr,
-        null_replicates=options.gate.null_replicates,
+        permutations=options.gate.permutations,
+        competitive=options.gate.competitive,
+        random_sets=options.gate.random_sets,
         results=results,
+        self_contained_null=nulls.self_contained,
+        competitive_null=nulls.competitive,
     )
     summary.write(options.workdir)
     return summary

@@ -25,6 +25,7 @@ L2_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 ExpressionScale = Literal["raw", "log"]
 GateMetric = Literal["cv_mean", "cv_lower", "test"]
 ModelKind = Literal["linear", "mlp"]
+CompetitiveMode = Literal["report", "gate", "off"]
 
 
 def _doc(text: str, **constraints: Any) -> msgspec.Meta:
@@ -78,22 +79,40 @@ class TrainSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class GateSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Which models are registered: the metric a model must reach, and how far it must beat random signatures."""
+    """Which models are registered: the metric a model must reach, and that it predicts the outcome better than chance
+    (the self-contained permutation test, with false-discovery control over the run); whether it also beats random
+    gene sets of its size is reported beside the verdict, or gated on when asked."""
 
     threshold: Annotated[float, _doc("gate threshold on the metric (AUC or C-index)", ge=0, le=1)] = 0.6
     gate_on: Annotated[GateMetric, _doc("cv_mean, cv_lower (the CV interval's lower bound) or test (held-out)")] = (
         "cv_mean"
     )
     fdr: Annotated[
-        float, _doc("largest Benjamini-Hochberg q over the run's signatures (the false-discovery rate)", gt=0, le=1)
+        float,
+        _doc(
+            "largest Benjamini-Hochberg q over the run's signatures (the false-discovery rate); one signature alone "
+            "passes with p at most this",
+            gt=0,
+            le=1,
+        ),
     ] = 0.1
-    null_replicates: Annotated[
+    permutations: Annotated[
         int,
         _doc(
-            "random gene sets per size in the null each signature is compared with, in run-local and the "
-            "signature-set run (0: off, the threshold alone decides)",
+            "outcome permutations in the self-contained null that decides with the threshold, at least this many in "
+            "the run and one per signature (0: off, the threshold alone decides)",
             ge=0,
         ),
+    ] = 200
+    competitive: Annotated[
+        CompetitiveMode,
+        _doc(
+            "whether the signature beats random gene sets of its size: report (beside the verdict), gate (part of "
+            "the verdict too) or off"
+        ),
+    ] = "report"
+    random_sets: Annotated[
+        int, _doc("random gene sets per size in the competitive test (at least 20)", ge=20)
     ] = 100
 
 

@@ -3,18 +3,20 @@
 Three jobs, whatever the number of signatures:
 
 - **PrepareSignatureSet** (processing): the cohort and the signature set in; every signature matched against
-  the cohort; the trainable ones dealt into S shards balanced by their gene counts, and the sizes the gate's null needs
-  dealt across the same shards (each drawn once); the cohort with every gene (the null draws from all of them);
-  the skipped ones (too few genes) recorded with their reasons.
+  the cohort; the trainable ones dealt into S shards balanced by their gene counts, each with the number of outcome
+  permutations every signature computes for the run's self-contained null, and the sizes the competitive test's
+  random gene sets need dealt across the same shards (each drawn once); the cohort with every gene (random sets are
+  drawn from all of them); the skipped ones (too few genes) recorded with their reasons.
 - **TrainSignatures** (one training job with S instances; the shards channel ``ShardedByS3Key``, so each
   instance receives its own shard): each instance runs, for each signature of its shard, exactly what
-  ``genesig run-local`` runs (preprocess, cross-validate, fit, evaluate, gate) and uploads the signature's
-  artifact and evaluation to the run's results prefix itself, so the outcome does not depend on how SageMaker
-  packs several instances' ``/opt/ml/model`` folders.
-- **RegisterSignatures** (processing): every signature's outcome into the run report (report.json, a property
-  file, and report.csv); each passing signature registered as the next version of its own model package group
-  (an unchanged model is not registered again; versions never race); with ``ModelApprovalStatus=Approved``,
-  the registered models deployed into the MME prefix.
+  ``genesig run-local`` runs (preprocess, cross-validate with its permutations, fit, evaluate) and uploads the
+  signature's artifact and evaluation to the run's results prefix itself, so the outcome does not depend on how
+  SageMaker packs several instances' ``/opt/ml/model`` folders.
+- **RegisterSignatures** (processing): the run's verdict (``genesig.pipeline.results.conclude``, as run-local's:
+  every permutation of the run pooled, q over every signature) and every signature's outcome into the run report
+  (report.json, a property file, and report.csv); each passing signature registered as the next version of its own
+  model package group (an unchanged model is not registered again; versions never race); with
+  ``ModelApprovalStatus=Approved``, the registered models deployed into the MME prefix.
 
 A gate miss is a result: the execution succeeds and the report lists every signature as passed / below
 threshold / skipped / errored, with the reason.
@@ -36,17 +38,17 @@ from typing import Any, TypeVar
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
 from genesig.pipeline.names import names_for
-from genesig.pipeline.run import RunOptions, SignatureResult, evaluate_all, load_signatures
+from genesig.pipeline.results import RunNulls, SignatureResult, conclude, significance_record
+from genesig.pipeline.run import RunOptions, evaluate_all, load_signatures
 from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
 from genesig.pipeline.significance import (
     RandomSignatureNull,
     SizeNull,
-    assign_p_values,
-    gate_run,
+    competitive_applicable,
     null_size,
-    significance_record,
-    sizes_needed,
+    numeric_genes,
+    permutations_per_signature,
 )
 from genesig.pipeline.steps import EVALUATION_FILE
 
@@ -59,14 +61,14 @@ COHORT_FILE = "cohort.csv"
 REPORT_FILE = "report.json"
 REPORT_CSV = "report.csv"
 OUTCOMES = "outcomes"
-NULLS = "nulls"  # each instance's random-signature nulls, by size
+NULLS = "nulls"  # each instance's competitive nulls (random gene sets), by size
 SIGNATURES = "signatures"
 MAX_SHARDS = 100
 UPLOAD_WORKERS = 16
 REGISTER_WORKERS = 8
 T = TypeVar("T")
 # What a report row says of a signature.
-PASSED, BELOW, NOT_SIGNIFICANT, SKIPPED, ERRORED = "passed", "below threshold", "not significant", "skipped", "errored"
+PASSED, ERRORED = "passed", "errored"
 
 
 @dataclass(frozen=True)
@@ -103,18 +105,27 @@ def deal(matched: list[MatchedSignature], shards: int) -> list[list[MatchedSigna
     return _least_loaded(ordered, lambda m: len(m.present), shards)
 
 
-def deal_null_sizes(matched: list[MatchedSignature], shards: int) -> list[list[int]]:
-    """The null sizes the run's signatures need, into ``shards`` groups of about equal work (a random set costs
-    about what a signature of its size does): each size is drawn by one instance, not by every instance whose
-    signatures need it."""
-    sizes = sorted({null_size(len(m.present)) for m in matched}, reverse=True)
+def deal_competitive_sizes(matched: list[MatchedSignature], shards: int, genes: int) -> list[list[int]]:
+    """The competitive null sizes the run's signatures need (where the test applies), into ``shards`` groups of
+    about equal work (a random set costs about what a signature of its size does): each size is drawn by one
+    instance, not by every instance whose signatures need it."""
+    sizes = sorted(
+        {null_size(len(m.present)) for m in matched if competitive_applicable(len(m.present), genes)}, reverse=True
+    )
     return [sorted(g) for g in _least_loaded(sizes, lambda size: size, shards)]
 
 
 def prepare_set(
-    data: Path, signatures_file: Path | None, out_dir: Path, *, shards: int, settings: CohortSettings
+    data: Path,
+    signatures_file: Path | None,
+    out_dir: Path,
+    *,
+    shards: int,
+    settings: CohortSettings,
+    gate: GateSettings | None = None,
 ) -> SetPlan:
     """PrepareSignatureSet: ``out_dir/{cohort/cohort.csv, shards/shard-*.json, skipped.json, plan.json}``."""
+    gate = gate or GateSettings()
     if not 1 <= shards <= MAX_SHARDS:
         raise DataError(f"--shards must be between 1 and {MAX_SHARDS}, not {shards}")
     source = single_file(data, (".csv", ".tsv", ".txt", ".parquet", ".pq"), "data")
@@ -126,17 +137,24 @@ def prepare_set(
     skipped = [asdict(SignatureResult.of(m, "skipped", m.skip_reason or "")) for m in matched if m.skip_reason]
     for m in trainable:
         cohort.expression(m.present)  # every value a model will read is validated here, once
-    # Every gene goes to the instances: the random-signature null is drawn from all of the cohort's genes.
-    genes = available
+    # Every gene goes to the instances: the competitive test's random sets are drawn from all of the cohort's genes.
+    genes = numeric_genes(cohort) if gate.competitive != "off" else available
     keep = [settings.id_column, settings.event_column] + ([settings.time_column] if settings.time_column else [])
     (out_dir / "cohort").mkdir(parents=True, exist_ok=True)
     cohort.table[keep + genes].to_csv(out_dir / "cohort" / COHORT_FILE, index=False)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     groups = deal(trainable, shards)
-    null_sizes = deal_null_sizes(trainable, shards)
+    competitive = deal_competitive_sizes(trainable, shards, len(genes)) if gate.competitive != "off" else []
+    permutations = permutations_per_signature(len(trainable), gate.permutations)
     for i, group in enumerate(groups):
-        # The random-signature null is drawn once per size for the whole run, each size by one instance.
-        doc = {"shard": i, "signatures": [_signature_doc(m) for m in group], "null_sizes": null_sizes[i]}
+        # Each signature computes its share of the self-contained null; each competitive size is drawn by one
+        # instance for the whole run.
+        doc = {
+            "shard": i,
+            "signatures": [_signature_doc(m) for m in group],
+            "permutations": permutations,
+            "competitive_sizes": competitive[i] if competitive else [],
+        }
         (out_dir / "shards" / SHARD_FILE.format(i)).write_text(json.dumps(doc) + "\n")
     (out_dir / SKIPPED_FILE).write_text(json.dumps(skipped, indent=1) + "\n")
     plan = SetPlan(
@@ -162,37 +180,55 @@ def prepare_set(
     return plan
 
 
-def read_shards(folder: Path, available: list[str], min_genes: int) -> tuple[list[MatchedSignature], list[int]]:
-    """The signatures of the shard files in ``folder`` (an instance's part of the shards channel), and the null
-    sizes this instance draws."""
-    matched, sizes = [], []
+@dataclass(frozen=True)
+class Shard:
+    """An instance's part of the shards channel: its signatures, the permutations each computes, and the competitive
+    null sizes it draws for the run."""
+
+    signatures: list[MatchedSignature]
+    permutations: int
+    competitive_sizes: list[int]
+
+
+def read_shards(folder: Path, available: list[str], min_genes: int) -> Shard:
+    """The signatures of the shard files in ``folder`` (an instance's part of the shards channel)."""
+    matched: list[MatchedSignature] = []
+    sizes: list[int] = []
+    permutations = 0
     for path in sorted(folder.glob("shard-*.json")):
         doc = json.loads(path.read_text())
         for one in doc["signatures"]:
             signature = GeneSignature(one["name"], tuple(one["genes"]), one["source"], one["description"])
             matched.append(match(signature, available, min_genes))
-        sizes += doc.get("null_sizes", [])
-    return matched, sizes
+        sizes += doc.get("competitive_sizes", [])
+        permutations = max(permutations, int(doc.get("permutations", 0)))
+    return Shard(matched, permutations, sizes)
 
 
 def train_shard(
     cohort_dir: Path, shards_dir: Path, work: Path, options: RunOptions, *, host: str
 ) -> list[SignatureResult]:
-    """TrainSignatures on one instance: every signature of its shard through run-local's evaluation, into ``work``
-    (``signatures/<artifact>/{model,evaluation}`` and ``outcomes/<host>.json``)."""
+    """TrainSignatures on one instance: every signature of its shard through run-local's evaluation (with its
+    permutations), into ``work`` (``signatures/<artifact>/{model,evaluation}``, ``outcomes/<host>.json`` and, for the
+    competitive sizes it was dealt, ``nulls/<host>.json``)."""
     cohort = read_cohort(
         single_file(cohort_dir, (".csv",), "cohort"), columns_of(options.cohort), min_events=options.cohort.min_events
     )
-    matched, null_sizes = read_shards(shards_dir, cohort.candidate_genes(), options.cohort.min_genes)
-    logger.info("%s: %d signatures to train", host, len(matched))
-    results = evaluate_all(RunOptions(**{**options.__dict__, "workdir": work}), cohort, matched)
-    if options.gate.null_replicates and null_sizes:
-        # This instance's share of the run's null sizes (PrepareSignatureSet dealt them); RegisterSignatures computes
-        # every signature's p over all of them, so a p does not depend on the shards.
-        null = RandomSignatureNull(cohort, options.train, options.cohort.target, options.gate.null_replicates, work)
-        null.draw(null_sizes, jobs=options.jobs or os.cpu_count() or 1)
-        nulls = {str(size): null.distribution(size).to_json() for size in null_sizes}
-        logger.info("%s: drew the null of %d sizes", host, len(null_sizes))
+    shard = read_shards(shards_dir, cohort.candidate_genes(), options.cohort.min_genes)
+    logger.info("%s: %d signatures to train", host, len(shard.signatures))
+    options = RunOptions(**{**options.__dict__, "workdir": work})
+    # Reports are drawn here, with the threshold's verdict (RegisterSignatures registers, it does not draw).
+    results = evaluate_all(options, cohort, shard.signatures, permutations=shard.permutations, draw=True)
+    if options.gate.competitive != "off" and shard.competitive_sizes:
+        # This instance's share of the run's competitive sizes (PrepareSignatureSet dealt them); RegisterSignatures
+        # computes every signature's p over all of them, so a p does not depend on the shards.
+        null = RandomSignatureNull(cohort, options.train, options.cohort.target, options.gate.random_sets, work)
+        null.draw(shard.competitive_sizes, jobs=options.jobs or os.cpu_count() or 1)
+        nulls = {
+            "genes": len(null.genes),
+            "sizes": {str(size): null.distribution(size).to_json() for size in shard.competitive_sizes},
+        }
+        logger.info("%s: drew the random-set null of %d sizes", host, len(shard.competitive_sizes))
         (work / NULLS).mkdir(parents=True, exist_ok=True)
         (work / NULLS / f"{host}.json").write_text(json.dumps(nulls) + "\n")
     (work / OUTCOMES).mkdir(parents=True, exist_ok=True)
@@ -225,16 +261,6 @@ def upload_results(s3: Any, work: Path, results: list[SignatureResult], output_u
     return len(files) + 1 + nulls.is_file()
 
 
-def outcome(result: dict[str, Any]) -> str:
-    if result["status"] == "skipped":
-        return SKIPPED
-    if result["status"] != "done":
-        return ERRORED
-    if result["passed"]:
-        return PASSED
-    return NOT_SIGNIFICANT if result.get("threshold_passed") else BELOW
-
-
 @dataclass
 class ReportRow:
     signature: str
@@ -254,8 +280,12 @@ class ReportRow:
     l2: float | None = None
     p_value: float | None = None
     q_value: float | None = None
+    permutations: int | None = None
+    competitive: str = ""
+    competitive_p: float | None = None
+    competitive_q: float | None = None
     null_size: int | None = None
-    null_replicates: int | None = None
+    random_sets: int | None = None
     version: int | None = None
     package_arn: str = ""
     approval_status: str = ""
@@ -263,64 +293,83 @@ class ReportRow:
     deployed: str = ""
 
 
-def _row(result: dict[str, Any]) -> ReportRow:
-    interval = result.get("cv_interval") or [None, None]
+def _row(result: SignatureResult) -> ReportRow:
+    interval = result.cv_interval or [None, None]
     return ReportRow(
-        signature=result["signature"],
-        artifact=result["name"],
-        group=names_for(result["signature"]).group,
-        outcome=outcome(result),
-        reason=result["reason"],
-        metric=result.get("metric", ""),
-        cv_mean=result.get("cv_mean"),
+        signature=result.signature,
+        artifact=result.name,
+        group=names_for(result.signature).group,
+        outcome=ERRORED if result.outcome == "error" else result.outcome,
+        reason=result.reason,
+        metric=result.metric,
+        cv_mean=result.cv_mean,
         cv_lower=interval[0],
         cv_upper=interval[1],
-        cv_pooled=result.get("cv_pooled"),
-        test=result.get("test_value"),
-        genes=len(result.get("genes", [])),
-        genes_missing=len(result.get("missing_genes", [])),
-        coverage=result.get("coverage"),
-        l2=result.get("l2"),
-        p_value=result.get("p_value"),
-        q_value=result.get("q_value"),
-        null_size=result.get("null_size"),
-        null_replicates=result.get("null_replicates"),
+        cv_pooled=result.cv_pooled,
+        test=result.test_value,
+        genes=len(result.genes),
+        genes_missing=len(result.missing_genes),
+        coverage=result.coverage,
+        l2=result.l2,
+        p_value=result.p_value,
+        q_value=result.q_value,
+        permutations=result.permutations,
+        competitive=result.competitive,
+        competitive_p=result.competitive_p,
+        competitive_q=result.competitive_q,
+        null_size=result.null_size,
+        random_sets=result.random_sets,
     )
 
 
-def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> list[ReportRow]:
-    """Every signature of the set once, the training instances' outcomes and the skipped ones, with the run's verdict:
-    Benjamini-Hochberg q over every signature evaluated, and the gate (threshold and FDR)."""
-    results: list[dict[str, Any]] = json.loads((set_dir / SKIPPED_FILE).read_text())
+def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> tuple[list[ReportRow], RunNulls]:
+    """Every signature of the set once, the training instances' outcomes and the skipped ones, with the run's verdict
+    (``conclude``: every permutation of the run pooled, Benjamini-Hochberg q over every signature evaluated, the
+    competitive p against the nulls the instances drew)."""
+    docs: list[dict[str, Any]] = json.loads((set_dir / SKIPPED_FILE).read_text())
     for path in sorted((results_dir / OUTCOMES).glob("*.json")):
-        results += json.loads(path.read_text())
+        docs += json.loads(path.read_text())
     plan = json.loads((set_dir / PLAN_FILE).read_text())
-    if len(results) != plan["signatures"]:
+    if len(docs) != plan["signatures"]:
         raise GenesigError(
-            f"the run has outcomes for {len(results)} of its {plan['signatures']} signatures: a training instance "
+            f"the run has outcomes for {len(docs)} of its {plan['signatures']} signatures: a training instance "
             "did not finish (see the TrainSignatures job's log)"
         )
-    evaluated = [SignatureResult(**r) for r in results]
+    try:
+        evaluated = [SignatureResult(**doc) for doc in docs]
+    except TypeError as exc:
+        raise GenesigError(
+            f"{OUTCOMES}/: not an outcome this version reads ({exc}); the training instance wrote it with another "
+            "image: rerun the pipeline with this image"
+        ) from None
     nulls: dict[int, SizeNull] = {}
+    genes = int(plan["genes"])
     for path in sorted((results_dir / NULLS).glob("*.json")):
         try:
-            nulls.update({int(k): SizeNull.from_json(v) for k, v in json.loads(path.read_text()).items()})
+            doc = json.loads(path.read_text())
+            nulls.update({int(k): SizeNull.from_json(v) for k, v in doc["sizes"].items()})
+            genes = int(doc["genes"])
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise GenesigError(
                 f"{NULLS}/{path.name}: not a null this version reads ({type(exc).__name__}: {exc}); the training "
                 "instance wrote it with another image or was cut short: rerun the pipeline with this image"
             ) from None
-    needed = set(sizes_needed(evaluated))
-    if gate.null_replicates and needed:
+    competitive: dict[int, SizeNull] | None = None
+    if gate.competitive != "off":
+        needed = {
+            null_size(len(r.genes))
+            for r in evaluated
+            if r.status == "done" and competitive_applicable(len(r.genes), genes)
+        }
         if needed - nulls.keys():
             raise GenesigError(
-                f"the run has no null for signatures of {', '.join(map(str, sorted(needed - nulls.keys())))} genes: "
-                "a training instance did not upload its nulls (see the TrainSignatures job's log)"
+                f"the run has no random-set null for signatures of {', '.join(map(str, sorted(needed - nulls.keys())))}"
+                " genes: a training instance did not upload its nulls (see the TrainSignatures job's log)"
             )
         # The sizes of the signatures evaluated, as run-local uses: a size dealt for one that failed is left out.
-        assign_p_values(evaluated, {size: nulls[size] for size in needed})
-    gate_run(evaluated, gate)
-    return sorted((_row(asdict(r)) for r in evaluated), key=lambda r: r.signature)
+        competitive = {size: nulls[size] for size in needed}
+    described = conclude(evaluated, gate, competitive, genes)
+    return sorted((_row(r) for r in evaluated), key=lambda r: r.signature), described
 
 
 def register_passing(
@@ -333,6 +382,7 @@ def register_passing(
     serving_image: str,
     approval_status: str,
     mme_prefix: str | None,
+    nulls: RunNulls,
     workers: int = REGISTER_WORKERS,
 ) -> None:
     """RegisterSignatures: each passing signature registered (and, when Approved, deployed); a failure is that
@@ -345,8 +395,13 @@ def register_passing(
             [artifact] = sorted((folder / "model").glob("*.tar.gz"))
             evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
             # The run's verdict, registered with the model (the instance only knew the threshold's).
-            evaluation["gate"] = {**evaluation.get("gate", {}), "passed": True, "reason": row.reason, "final": True}
-            evaluation["significance"] = significance_record(row)
+            evaluation["gate"] = {
+                **evaluation.get("gate", {}), "passed": True, "outcome": row.outcome, "reason": row.reason,
+                "final": True,
+            }  # fmt: skip
+            evaluation["significance"] = significance_record(
+                row, self_contained=nulls.self_contained, competitive=nulls.competitive
+            )
             registration = register_model(
                 sm,
                 s3,

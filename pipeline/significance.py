@@ -1,47 +1,36 @@
-"""Does a signature beat chance? A random-signature null, empirical p-values and false-discovery control.
+"""Does a signature predict the outcome? The gate's self-contained permutation test with false-discovery control over
+the run, and, reported beside it, whether the signature beats random gene sets of its size.
 
-Random gene sets are prognostic more often than not (Venet et al., PLoS Comput Biol 2011), so a threshold on a
-cross-validated metric alone passes noise in proportion to the number of signatures tried. Here each signature's
-pooled out-of-fold metric (each repeat's out-of-fold scores over every training patient, scored once, averaged over
-the repeats: ``CrossValidation.pooled_mean``) is compared with the same metric for ``R`` random gene sets of its
-size drawn from the cohort's genes, with the same split, folds, preprocessing and model (Starmans et al., PLoS One
-2011):
+Goeman and Bühlmann (Bioinformatics 2007) separate two questions about a gene set. *Self-contained*: is it
+associated with the outcome at all? *Competitive*: is it more associated than other genes are? A model is worth
+serving when it predicts the outcome better than chance, the self-contained question, so that one decides; the
+competitive one is reported beside it (or, on request, gated on too). On real cohorts most random gene sets are
+prognostic (Venet et al., PLoS Comput Biol 2011), so the competitive question rejects almost everything there,
+a published signature on its own cohort included.
 
-    p = (1 + #{random >= observed}) / (R + 1)
+**The statistic** is the pooled out-of-fold metric (``CrossValidation.pooled_mean``): each CV repeat's out-of-fold
+scores over every training patient, scored once, averaged over the repeats.
 
-and the Benjamini-Hochberg procedure turns the p-values of every signature evaluated in a run into q-values.
+**The self-contained null** is that metric with the outcome permuted across the training patients (the event, or
+each patient's (time, event) pair, kept together) and everything else as the real run does it: the signature's genes,
+the folds, the fold-fitted preprocessing, the nested penalty. It is computed by permuting the patients' expression
+rows against the outcome, so the folds (which follow the outcome) stay the run's own, and each permutation rides in
+the signature's own batched cross-validation (``genesig.pipeline.validation``). A permutation test needs many
+permutations per signature to reach the p-values Benjamini-Hochberg asks for over thousands of signatures (1e-5), so
+the run *shares* them: each signature gets ``permutations_per_signature`` of them (at least one; the run at least
+``GateSettings.permutations`` in all) and :class:`PermutationNull` pools every draw of the run. Measured on real
+cohorts (``bench/calibration.py``), that null is the same for every signature up to a location and scale that drift
+slowly with size: a draw's location and scale are their kernel-weighted means over draws of nearby sizes (in log
+size), and the standardised draws share one shape, empirical where enough draws reach a signature and a generalised
+Pareto tail beyond (Knijnenburg et al., Bioinformatics 2009). Binary outcomes give a right-skewed null (skew ~0.4):
+a normal tail there is anti-conservative, which is why the shape is learned, not assumed. The gate passes a
+signature when its metric clears the threshold **and** its Benjamini-Hochberg q over the run is at most the FDR.
 
-An empirical p cannot go below 1 / (R + 1), and Benjamini-Hochberg over m signatures needs p <= FDR x rank / m: over
-1,000 signatures with R = 100 nothing could ever pass. So where fewer than ``TAIL_MIN_EXCEED`` random sets of its
-size reach the signature's metric, p comes from the null's tail (``NullTail``, never above the empirical p). The
-tail is learned from every size's random sets at once: each size's metrics are standardised (its mean and standard
-deviation) and pooled, and a generalised Pareto distribution is fitted to the pool's largest ``TAIL_EXCEEDANCES``
-(Knijnenburg et al., Bioinformatics 2009). A normal tail is too thin: random sets that happen to hold a prognostic
-gene, or a penalty chosen by chance, give the null a heavier right tail, and on the gate benchmark a normal turned
-noise signatures at 1-in-100 of their own null into p ~ 1e-5. Beyond the fitted tail's end (a negative shape
-bounds it) the normal's tail is the floor. The gate passes a signature when its metric clears the threshold **and**
-q <= FDR (coverage is checked before training: below the minimum a signature is skipped).
-
-Random sets are drawn in two strata (stratified sampling, as in survey statistics). A random set's metric is high
-mostly when it holds one of the few genes that discriminate well on their own (a prognostic gene, or a noise gene
-lucky in this cohort); such sets are rare (a few % of small sets) and decide the far tail, where Benjamini-Hochberg
-looks (p ~ 1e-4), and R = 100 uniform draws hold only a handful of them. So the genes are ranked by how well each
-alone discriminates on the training patients, the top ``TOP_GENE_SHARE`` of them are the *top genes*, and half of each
-size's R random sets are drawn among the sets holding at least one top gene, half among those holding none. The share
-``w`` of all sets of that size holding one is exact (hypergeometric), and
-
-    p = w p_holding + (1 - w) p_rest
-
-each stratum's p as above (its own empirical p and its own shared tail). This estimates the same p as uniform draws
-(the null is still every random set of the size), with many more draws where the tail is decided. On the gate
-benchmark, uniform draws gave 8 of 20 planted signatures a p below their true p's 95% lower bound (2e-5 against at
-least 9e-4, say); the strata gave 1 of 20 (``bench/calibration.py``).
-
-The null depends only on the set size and the data, so it is shared: sizes up to ``EXACT_UP_TO`` have their own
-null; above, sizes are binned geometrically (each bin spans a factor of ``SIZE_RATIO``) and a bin's null is drawn at
-its representative size. Cost: R cross-validations per bin used, not per signature — for the 6,036 GO sets (2 to
-~2,000 genes) about 40 bins, so R = 100 costs ~4,000 cross-validations against the run's 6,036. Nulls are cached
-on disk by data fingerprint, settings, size, R and seed, so a re-run reuses them.
+**The competitive null** compares the same metric with ``random_sets`` random gene sets of the signature's size drawn
+from the cohort's genes with the real outcome (Starmans et al., PLoS One 2011), drawn in two strata (sets holding one
+of the genes best at discriminating alone, and the rest) so that the far tail is seen (``StratifiedTail``). Where a
+random set of the signature's size would share most of its genes with it (the signature holds more than
+``COMPETITIVE_MAX_SHARE`` of the cohort's genes), the test is not applicable and says so.
 """
 
 from __future__ import annotations
@@ -54,43 +43,196 @@ import multiprocessing
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
+from scipy.stats import false_discovery_control, genpareto, hypergeom, norm
+from threadpoolctl import threadpool_limits
 
+from genesig import __version__
+from genesig.errors import DataError, GenesigError
+from genesig.pipeline.metrics import discrimination_by_column
 from genesig.pipeline.settings import L2_GRID, GateSettings, TrainSettings, as_strings
-from genesig.pipeline.signatures import GeneSignature, MatchedSignature
-from genesig.pipeline.steps import cross_validate, preprocess
+from genesig.pipeline.split import choose_target, split_rows
+from genesig.pipeline.validation import INNER_FOLDS, INNER_TOLERANCE, cross_validate_designs
 
 if TYPE_CHECKING:
     from genesig.pipeline.cohort import Cohort
-    from genesig.pipeline.run import SignatureResult
 
 logger = logging.getLogger(__name__)
-EXACT_UP_TO = 10
-SIZE_RATIO = 1.2
-# Below this many random sets at or above the observed metric, p comes from the null's fitted tail.
+
+# What a signature is compared on, in both tests.
+STATISTIC = "cv_pooled"
+# Below this many null values at or above the standardised observation, p comes from the fitted tail.
 TAIL_MIN_EXCEED = 10
-# The generalised Pareto tail is fitted to this many of the pooled standardised null's largest values (or a tenth of
-# the pool when that is fewer); with fewer than TAIL_MIN_POOL values in the pool, there is no fitted tail and p goes
-# no lower than the pool's own 1 / (N + 1).
+# The generalised Pareto tail is fitted to this many of a pool's largest values (or a tenth of the pool when that is
+# fewer); with fewer than TAIL_MIN_POOL values in a pool there is no fitted tail and p goes no lower than 1 / (N + 1).
 TAIL_EXCEEDANCES = 250
 TAIL_MIN_POOL = 100
-# What a signature and its random sets are compared on.
-STATISTIC = "cv_pooled"
-# The share of the cohort's genes, best at discriminating on their own, whose random sets are their own stratum.
+# The self-contained null's location and scale at a size: kernel-weighted over the draws (Gaussian in log size), the
+# bandwidth widened from this until the draws it weighs count as at least MIN_NEIGHBOURS (Kish's effective size).
+BANDWIDTH = 0.35
+MIN_NEIGHBOURS = 100
+# Competitive: sizes up to EXACT_UP_TO have their own null, larger ones share geometric bins of ratio SIZE_RATIO.
+EXACT_UP_TO = 10
+SIZE_RATIO = 1.2
+# Competitive: the share of the cohort's genes, best at discriminating alone, whose random sets are their own stratum.
 TOP_GENE_SHARE = 0.01
+# Competitive: not applicable when the signature holds more than this share of the genes random sets are drawn from.
+COMPETITIVE_MAX_SHARE = 0.5
+
+
+# --- the tail both nulls use ---------------------------------------------------------------------------------------
+
+
+class PooledTail:
+    """Survival function of a pool of standardised null values: empirical where at least ``TAIL_MIN_EXCEED`` reach
+    ``z``, beyond that a generalised Pareto tail fitted to the pool's largest values (a normal tail is too thin for
+    these nulls), and beyond a bounded fitted tail's end the normal's tail as the floor.
+
+    ``bounded_tails=False`` floors the fitted shape at 0 (an exponential tail, scale the mean excess): a shape fitted
+    below 0 says the tail ends, and from a few hundred exceedances that is mostly chance (its standard error is
+    ~0.1); a tail cut short there gives p-values many times too small just beyond the pool."""
+
+    def __init__(self, pool: np.ndarray, *, bounded_tails: bool = True) -> None:
+        values = np.asarray(pool, dtype=float)
+        self.pool = np.sort(values[np.isfinite(values)])[::-1]
+        self.exceedances = min(TAIL_EXCEEDANCES, len(self.pool) // 10)
+        self.pareto: tuple[float, float, float] | None = None  # threshold, shape, scale
+        if len(self.pool) >= TAIL_MIN_POOL:
+            top = self.pool[: self.exceedances + 1]
+            threshold = float((top[-2] + top[-1]) / 2)
+            try:
+                with np.errstate(all="ignore"):
+                    shape, _, scale = genpareto.fit(top[:-1] - threshold, floc=0)
+            except (ValueError, RuntimeError, FloatingPointError):
+                shape, scale = math.nan, math.nan
+            if not bounded_tails and np.isfinite(shape) and shape < 0:
+                shape, scale = 0.0, float(np.mean(top[:-1] - threshold))
+            if np.isfinite(shape) and scale > 0:
+                self.pareto = (threshold, float(shape), float(scale))
+
+    def sf(self, z: float) -> float:
+        """P(a null value >= z): never 0; the pool's own share where at least ``TAIL_MIN_EXCEED`` of it reach ``z``,
+        else the fitted tail (a handful of exceedances, or none, say little about how far out ``z`` is)."""
+        if not math.isfinite(z):
+            return 1.0 if z < 0 else 1.0 / (len(self.pool) + 1)
+        beyond = int(np.count_nonzero(self.pool >= z))
+        empirical = (1 + beyond) / (len(self.pool) + 1)
+        if beyond >= TAIL_MIN_EXCEED or self.pareto is None:
+            return empirical
+        threshold, shape, scale = self.pareto
+        if z <= threshold:
+            return empirical
+        tail = self.exceedances / len(self.pool) * float(genpareto.sf(z - threshold, shape, 0, scale))
+        return float(max(tail, float(norm.sf(z))))
+
+
+# --- the self-contained test (the gate) ------------------------------------------------------------------------------
+
+
+def permutations_per_signature(signatures: int, permutations: int) -> int:
+    """Permuted cross-validations each of a run's ``signatures`` signatures computes: at least one each, and at least
+    ``permutations`` in the run; 0 when the test is off."""
+    if permutations <= 0 or signatures <= 0:
+        return 0
+    return max(1, math.ceil(permutations / signatures))
+
+
+def permutation_rows(patients: int, count: int, seed: int, key: str) -> np.ndarray:
+    """``count`` permutations of the training patients' rows (count x patients), seeded by the training seed and the
+    signature (its artifact name), so that they do not depend on the order of the run, the shards or ``--jobs``."""
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big")
+    rng = np.random.default_rng([seed, digest])
+    return np.stack([rng.permutation(patients) for _ in range(count)]) if count else np.empty((0, patients), int)
+
+
+class PermutationNull:
+    """The run's self-contained null: every permuted pooled out-of-fold metric of every signature, by size. p of a
+    signature of ``k`` genes: its metric standardised by the null's location and scale at ``k`` (kernel-weighted over
+    the draws of nearby sizes), against the pooled standardised draws (``PooledTail``)."""
+
+    def __init__(self, draws: Iterable[tuple[int, float]]) -> None:
+        pairs = [(k, v) for k, v in draws if math.isfinite(v) and k > 0]
+        self.sizes = np.array([k for k, _ in pairs], dtype=float)
+        self.values = np.array([v for _, v in pairs], dtype=float)
+        self.logs = np.log(self.sizes) if len(pairs) else np.empty(0)
+        self._moments: dict[int, tuple[float, float]] = {}
+        residuals = [
+            (v - mean) / spread
+            for k, v in pairs
+            for mean, spread in [self.moments(k)]
+            if spread > 0
+        ]
+        self.tail = PooledTail(np.asarray(residuals), bounded_tails=False)
+
+    @property
+    def draws(self) -> int:
+        return len(self.values)
+
+    def moments(self, size: int) -> tuple[float, float]:
+        """Location and scale of the null at ``size`` genes: the mean and standard deviation of the draws weighted by
+        a Gaussian kernel in log size, its bandwidth widened until they weigh as ``MIN_NEIGHBOURS`` draws (or all)."""
+        if size not in self._moments:
+            if len(self.values) < 2:
+                self._moments[size] = (float(np.mean(self.values)) if len(self.values) else 0.5, 0.0)
+                return self._moments[size]
+            want = min(MIN_NEIGHBOURS, len(self.values))
+            distance = self.logs - math.log(size)
+            width = BANDWIDTH
+            while True:
+                weight = np.exp(-0.5 * (distance / width) ** 2)
+                total, squares = weight.sum(), float(np.sum(weight**2))
+                if (total > 0 and total**2 / squares >= want * 0.999) or width > 50:
+                    break
+                width *= 1.5
+            mean = float(np.sum(weight * self.values) / total)
+            # Weighted variance, unbiased for reliability weights.
+            variance = float(np.sum(weight * (self.values - mean) ** 2) / (total - squares / total))
+            self._moments[size] = (mean, math.sqrt(max(variance, 0.0)))
+        return self._moments[size]
+
+    def p_value(self, observed: float, size: int) -> float:
+        if not math.isfinite(observed) or not len(self.values):
+            return 1.0
+        mean, spread = self.moments(size)
+        if spread <= 0:
+            return float((1 + np.count_nonzero(self.values >= observed)) / (len(self.values) + 1))
+        return self.tail.sf((observed - mean) / spread)
+
+    def percentiles(self, size: int, q: Sequence[float]) -> np.ndarray:
+        """Percentiles of the null at ``size`` genes: its location and scale there, the shared shape."""
+        mean, spread = self.moments(size)
+        if not len(self.tail.pool) or spread <= 0:
+            return np.full(len(q), mean)
+        return mean + spread * np.percentile(self.tail.pool, np.asarray(q, dtype=float))
+
+    def describe(self, signatures: int) -> str:
+        span = f"{int(self.sizes.min())}-{int(self.sizes.max())} genes" if len(self.sizes) else "no genes"
+        return (
+            f"the outcome permuted across patients, as the run does everything else: {self.draws} permutations of "
+            f"{signatures} signature{'s' if signatures != 1 else ''} ({span})"
+        )
+
+
+# --- the competitive test (reported beside the verdict) ------------------------------------------------------------
 
 
 def null_size(k: int) -> int:
-    """The size whose null a signature of ``k`` genes is compared with."""
+    """The size whose competitive null a signature of ``k`` genes is compared with."""
     if k <= EXACT_UP_TO:
         return k
     step = round(math.log(k / EXACT_UP_TO) / math.log(SIZE_RATIO))
     return round(EXACT_UP_TO * SIZE_RATIO**step)
+
+
+def competitive_applicable(k: int, genes: int) -> bool:
+    """Whether random sets of ``k`` genes drawn from the cohort's ``genes`` are other gene sets, not (nearly) the
+    signature itself."""
+    return genes > 0 and k <= COMPETITIVE_MAX_SHARE * genes
 
 
 def empirical_p(observed: float, null: np.ndarray) -> float:
@@ -100,7 +242,7 @@ def empirical_p(observed: float, null: np.ndarray) -> float:
 
 class NullTail:
     """p-values against the random-signature nulls of a run's sizes: empirical where enough random sets reach the
-    observed metric, else from the tail that every size's standardised null shares (see the module's text)."""
+    observed metric, else from the tail every size's standardised null shares (``PooledTail``)."""
 
     def __init__(self, nulls: Mapping[int, np.ndarray]) -> None:
         self.nulls = {size: np.asarray(values, dtype=float) for size, values in nulls.items()}
@@ -110,32 +252,17 @@ class NullTail:
             if len(v) >= 3 and np.std(v) > 0
         }
         pooled = [(self.nulls[size] - mean) / spread for size, (mean, spread) in self.moments.items()]
-        self.pool = np.sort(np.concatenate(pooled))[::-1] if pooled else np.empty(0)
-        self.exceedances = min(TAIL_EXCEEDANCES, len(self.pool) // 10)
-        self.pareto: tuple[float, float, float] | None = None  # threshold, shape, scale
-        if len(self.pool) >= TAIL_MIN_POOL:
-            from scipy.stats import genpareto
+        self.shared = PooledTail(np.concatenate(pooled) if pooled else np.empty(0))
 
-            top = self.pool[: self.exceedances + 1]
-            threshold = float((top[-2] + top[-1]) / 2)
-            try:
-                with np.errstate(all="ignore"):
-                    shape, _, scale = genpareto.fit(top[:-1] - threshold, floc=0)
-            except (ValueError, RuntimeError, FloatingPointError):
-                shape, scale = math.nan, math.nan
-            if np.isfinite(shape) and scale > 0:
-                self.pareto = (threshold, float(shape), float(scale))
-                logger.debug(
-                    "null tail: generalised Pareto (shape %.3f, scale %.3f) over the largest %d of %d standardised "
-                    "random-set metrics from %d sizes", shape, scale, self.exceedances, len(self.pool),
-                    len(self.moments),
-                )  # fmt: skip
-            else:
-                logger.debug("null tail: no generalised Pareto fit; p no lower than 1 / (random sets + 1)")
+    @property
+    def pool(self) -> np.ndarray:
+        return self.shared.pool
+
+    @property
+    def pareto(self) -> tuple[float, float, float] | None:
+        return self.shared.pareto
 
     def p_value(self, observed: float, size: int) -> float:
-        from scipy.stats import genpareto, norm
-
         if not math.isfinite(observed):
             return 1.0
         null = self.nulls[size]
@@ -143,24 +270,13 @@ class NullTail:
         if np.count_nonzero(null >= observed) >= TAIL_MIN_EXCEED or size not in self.moments:
             return empirical
         mean, spread = self.moments[size]
-        z = (observed - mean) / spread
-        beyond = int(np.count_nonzero(self.pool >= z))
-        pooled = (1 + beyond) / (len(self.pool) + 1)
-        if self.pareto is None:  # too few random sets to fit a tail to: no further than the pool's own
-            return min(empirical, pooled)
-        normal = float(norm.sf(z))
-        threshold, shape, scale = self.pareto
-        if z <= threshold or beyond >= TAIL_MIN_EXCEED:
-            tail = pooled
-        else:
-            tail = self.exceedances / len(self.pool) * float(genpareto.sf(z - threshold, shape, 0, scale))
-        return float(min(empirical, max(tail, normal)))
+        return float(min(empirical, self.shared.sf((observed - mean) / spread)))
 
 
 @dataclass(frozen=True)
 class SizeNull:
-    """The null of one size: the metrics of the random sets holding a top gene and of those holding none, and
-    ``weight``, the exact share of all random sets of that size that hold one."""
+    """The competitive null of one size: the metrics of the random sets holding a top gene and of those holding none,
+    and ``weight``, the exact share of all random sets of that size that hold one."""
 
     holding: np.ndarray
     rest: np.ndarray
@@ -193,8 +309,8 @@ class SizeNull:
 
 
 class StratifiedTail:
-    """p against a run's stratified nulls: each stratum's p (``NullTail``: empirical, else the tail its sizes share),
-    weighted by the stratum's share of all random sets of the size."""
+    """p against a run's stratified competitive nulls: each stratum's p (``NullTail``), weighted by the stratum's share
+    of all random sets of the size."""
 
     def __init__(self, nulls: Mapping[int, SizeNull]) -> None:
         self.nulls = dict(nulls)
@@ -215,21 +331,9 @@ class StratifiedTail:
         return float(min(p, 1.0))
 
 
-def bh_qvalues(p_values: Iterable[float]) -> np.ndarray:
-    """Benjamini-Hochberg adjusted p-values (q-values), in the order given."""
-    p = np.asarray(list(p_values), dtype=float)
-    if p.size == 0:
-        return p
-    order = np.argsort(p)
-    ranked = p[order] * p.size / np.arange(1, p.size + 1)
-    q_sorted = np.minimum.accumulate(ranked[::-1])[::-1]
-    q = np.empty_like(p)
-    q[order] = np.minimum(q_sorted, 1.0)
-    return np.maximum(q, p)  # q >= p exactly (p x m / m can round below p)
-
-
 class RandomSignatureNull:
-    """Null distributions of the pooled out-of-fold metric of random gene sets, by size and stratum, cached on disk."""
+    """Competitive nulls: the pooled out-of-fold metrics of random gene sets, by size and stratum, cached on disk. A
+    size's random sets share the outcome and so the folds: they are cross-validated as one batch of designs."""
 
     def __init__(
         self, cohort: Cohort, train: TrainSettings, target: str | None, replicates: int, cache_dir: Path
@@ -239,7 +343,8 @@ class RandomSignatureNull:
         self.target = target
         self.replicates = replicates
         self.cache_dir = cache_dir
-        self.genes = _numeric_genes(cohort)
+        self.genes = numeric_genes(cohort)
+        self._target = choose_target(cohort, target)  # type: ignore[arg-type]
         self._memory: dict[int, SizeNull] = {}
         self._key: str | None = None
 
@@ -247,9 +352,6 @@ class RandomSignatureNull:
         if self._key is None:
             # Everything a random set's cross-validated metric depends on besides the data's values: the settings,
             # how the values are read, the inner CV's penalty grid and the code that fits.
-            from genesig import __version__
-            from genesig.pipeline.validation import INNER_FOLDS, INNER_TOLERANCE
-
             settings = json.dumps(
                 {
                     "train": as_strings(self.train),
@@ -278,9 +380,9 @@ class RandomSignatureNull:
         return self._memory[size]
 
     def draw(self, sizes: list[int], jobs: int = 1) -> None:
-        """The nulls of ``sizes`` into memory: from the cache where drawn before, else drawn now, each random set's
-        cross-validation in one of ``jobs`` worker processes (the draws themselves are made here, in order, so the
-        result does not depend on ``jobs``) and cached."""
+        """The nulls of ``sizes`` into memory: from the cache where drawn before, else drawn now (the random sets here,
+        in order, so the result does not depend on ``jobs``; their cross-validations in ``jobs`` processes) and
+        cached."""
         todo = []
         for size in dict.fromkeys(sizes):
             if size in self._memory:
@@ -290,23 +392,16 @@ class RandomSignatureNull:
                 self._memory[size] = SizeNull.from_json(json.loads(path.read_text()))
             else:
                 todo.append(size)
-        draws = [
-            (size, stratum, genes)
-            for size in todo
-            for stratum, sets in zip(("holding", "rest"), self.random_sets(size), strict=True)
-            for genes in sets
-        ]
-        if not draws:
+        if not todo:
             return
-        values = self._cross_validate_all([genes for _, _, genes in draws], jobs)
+        sets = {size: self.random_sets(size) for size in todo}
+        work = [(size, holding + rest) for size, (holding, rest) in sets.items()]
+        values = dict(zip(todo, self._cross_validate_all(work, jobs), strict=True))
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         for size in todo:
-
-            def metrics(stratum: str, size: int = size) -> np.ndarray:
-                mine = np.asarray([v for (k, s, _), v in zip(draws, values, strict=True) if (k, s) == (size, stratum)])
-                return mine[np.isfinite(mine)]
-
-            null = SizeNull(metrics("holding"), metrics("rest"), self.weight(size))
+            held = len(sets[size][0])
+            metrics = np.asarray(values[size])
+            null = SizeNull(_finite(metrics[:held]), _finite(metrics[held:]), self.weight(size))
             path = self._path(size)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({"size": size, "replicates": self.replicates, **null.to_json()}))
@@ -321,21 +416,16 @@ class RandomSignatureNull:
     def top_genes(self) -> list[str]:
         """The cohort's genes best at discriminating on their own (the training patients, the run's target): the top
         ``TOP_GENE_SHARE`` of them, at least one."""
-        from genesig.pipeline.metrics import discrimination_by_column
-
-        name = "all-genes"
-        matched = MatchedSignature(GeneSignature(name, tuple(self.genes)), name, self.genes, [])
-        prepared = preprocess(self.cohort, matched, target=self.target, settings=self.train)  # type: ignore[arg-type]
-        time = prepared.train.time if prepared.target == "time_to_event" else None
-        alone = discrimination_by_column(event=prepared.train.event, time=time, values=prepared.train.raw)
+        rows, _ = split_rows(self.cohort, self.train)
+        time = self.cohort.time[rows] if self._target == "time_to_event" and self.cohort.time is not None else None
+        raw = self.cohort.expression(self.genes)[rows]  # rank metrics: a log transform would change nothing
+        alone = discrimination_by_column(event=self.cohort.event[rows], time=time, values=raw)
         ranked = np.argsort(-np.abs(alone - 0.5), kind="stable")  # either direction; ties in the cohort's order
         top = max(1, round(TOP_GENE_SHARE * len(self.genes)))
         return [self.genes[j] for j in ranked[:top]]
 
     def weight(self, size: int) -> float:
         """The exact share of all random sets of ``size`` genes that hold at least one top gene."""
-        from scipy.stats import hypergeom
-
         size = min(size, len(self.genes))
         return float(hypergeom.sf(0, len(self.genes), len(self.top_genes), size))
 
@@ -343,8 +433,6 @@ class RandomSignatureNull:
         """The random gene sets of ``size`` genes the null cross-validates (the same ones on every call): those
         holding at least one top gene (half of R) and those holding none (the other half); all R in one stratum
         when the other has no share."""
-        from scipy.stats import hypergeom
-
         size = min(size, len(self.genes))
         rng = np.random.default_rng([self.train.seed, size])
         top = set(self.top_genes)
@@ -368,62 +456,88 @@ class RandomSignatureNull:
         ]
         return holding, rest
 
-    def _cross_validate_all(self, gene_sets: list[list[str]], jobs: int) -> list[float]:
-        if jobs <= 1 or len(gene_sets) < 2:
-            from threadpoolctl import threadpool_limits
-
+    def _cross_validate_all(self, work: list[tuple[int, list[list[str]]]], jobs: int) -> list[list[float]]:
+        """The pooled out-of-fold metric of every random set, per size; each size's sets in batches of
+        ``RANDOM_SETS_PER_BATCH``, the batches spread over ``jobs`` processes."""
+        batches = [(i, sets[j : j + RANDOM_SETS_PER_BATCH]) for i, (_, sets) in enumerate(work)
+                   for j in range(0, len(sets), RANDOM_SETS_PER_BATCH)]  # fmt: skip
+        if jobs <= 1 or len(batches) < 2:
             with threadpool_limits(1):  # as in the workers: the same arithmetic, whatever the number of processes
-                return [random_set_cv(self.cohort, self.train, self.target, genes) for genes in gene_sets]
-        # forkserver, as run-local's workers: no forked copy of this process's threads (BLAS).
-        context = multiprocessing.get_context("forkserver")
-        try:
-            with ProcessPoolExecutor(
-                jobs, mp_context=context, initializer=_null_worker_init, initargs=(self.cohort, self.train, self.target)
-            ) as pool:
-                return list(pool.map(_null_worker_cv, gene_sets, chunksize=max(1, len(gene_sets) // (8 * jobs))))
-        except BrokenProcessPool:
-            from genesig.errors import GenesigError
+                results = [random_sets_cv(self.cohort, self.train, self.target, sets) for _, sets in batches]
+        else:
+            # forkserver, as run-local's workers: no forked copy of this process's threads (BLAS).
+            context = multiprocessing.get_context("forkserver")
+            try:
+                with ProcessPoolExecutor(
+                    jobs, mp_context=context, initializer=_null_worker_init,
+                    initargs=(self.cohort, self.train, self.target),
+                ) as pool:  # fmt: skip
+                    results = list(pool.map(_null_worker_cv, [sets for _, sets in batches]))
+            except BrokenProcessPool:
+                raise GenesigError(
+                    "a worker drawing the random-signature null died (out of memory?): run again with fewer --jobs, "
+                    "a smaller --random-sets, or --competitive off"
+                ) from None
+        out: list[list[float]] = [[] for _ in work]
+        for (i, _), values in zip(batches, results, strict=True):
+            out[i] += values
+        return out
 
-            raise GenesigError(
-                "a worker drawing the random-signature null died (out of memory?): run again with fewer --jobs, or "
-                "a smaller --null-replicates (0 turns the null off)"
-            ) from None
+
+# Random sets of one size cross-validated in one batch (bounded so that the work spreads over --jobs processes).
+RANDOM_SETS_PER_BATCH = 25
 
 
-def random_set_cv(cohort: Cohort, train: TrainSettings, target: str | None, genes: list[str]) -> float:
-    """The pooled out-of-fold metric of one random gene set: the same split, folds and model as a signature's;
-    NaN when it cannot be fitted (it is then left out of the null, which is counted as drawn)."""
-    from genesig.errors import GenesigError
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
 
-    name = f"random-{len(genes)}"
-    matched = MatchedSignature(GeneSignature(name, tuple(genes)), name, genes, [])
+
+def random_sets_cv(cohort: Cohort, train: TrainSettings, target: str | None, gene_sets: list[list[str]]) -> list[float]:
+    """The pooled out-of-fold metric of random gene sets of one size: the same split, folds and model as a
+    signature's, the sets cross-validated as one batch; NaN for a batch that cannot be fitted (left out of the null,
+    which is counted as drawn)."""
+    if not gene_sets:
+        return []
+    rows, _ = split_rows(cohort, train)
+    kind = choose_target(cohort, target)  # type: ignore[arg-type]
+    time = cohort.time[rows] if kind == "time_to_event" and cohort.time is not None else None
+
+    def pooled(sets: list[list[str]]) -> list[float]:
+        raw = np.stack([cohort.expression(genes)[rows] for genes in sets])
+        cvs = cross_validate_designs(raw, cohort.event[rows], time, kind, train, train.seed, log1p=cohort.log1p)
+        return [cv.pooled_mean for cv in cvs]
+
     try:
-        prepared = preprocess(cohort, matched, target=target, settings=train)  # type: ignore[arg-type]
-        return cross_validate(prepared, train).pooled_mean
-    except GenesigError as exc:
-        logger.warning("a random %d-gene set could not be fitted and is left out of the null: %s", len(genes), exc)
-        return math.nan
+        return pooled(gene_sets)
+    except GenesigError:
+        if len(gene_sets) == 1:
+            raise
+    out = []  # one set of the batch could not be fitted: find it, keep the others
+    for genes in gene_sets:
+        try:
+            out += pooled([genes])
+        except GenesigError as exc:
+            logger.warning("a random %d-gene set could not be fitted and is left out of the null: %s", len(genes),
+                           exc.message)  # fmt: skip
+            out.append(math.nan)
+    return out
 
 
 _NULL_WORKER: dict[str, Any] = {}
 
 
 def _null_worker_init(cohort: Cohort, train: TrainSettings, target: str | None) -> None:
-    from threadpoolctl import threadpool_limits
-
     threadpool_limits(1)  # the workers are the parallelism
     _NULL_WORKER.update(cohort=cohort, train=train, target=target)
 
 
-def _null_worker_cv(genes: list[str]) -> float:
-    return random_set_cv(_NULL_WORKER["cohort"], _NULL_WORKER["train"], _NULL_WORKER["target"], genes)
+def _null_worker_cv(gene_sets: list[list[str]]) -> list[float]:
+    return random_sets_cv(_NULL_WORKER["cohort"], _NULL_WORKER["train"], _NULL_WORKER["target"], gene_sets)
 
 
-def _numeric_genes(cohort: Cohort) -> list[str]:
+def numeric_genes(cohort: Cohort) -> list[str]:
     """The cohort's columns that hold valid expression values: random sets are drawn from these only (a clinical or
     text column is no gene)."""
-    from genesig.errors import DataError
-
     genes = cohort.candidate_genes()
     try:
         cohort.expression(genes)
@@ -443,91 +557,133 @@ def _numeric_genes(cohort: Cohort) -> list[str]:
     return usable
 
 
-def attach_p_values(results: list[SignatureResult], null: RandomSignatureNull, jobs: int = 1) -> None:
-    """Each evaluated signature's p against the null of its size (``p_value``; skipped ones keep None); the nulls not
-    yet cached are drawn first, ``jobs`` processes at a time."""
-    sizes = sizes_needed(results)
-    null.draw(sizes, jobs)
-    assign_p_values(results, {size: null.distribution(size) for size in sizes})
+# --- the verdict ---------------------------------------------------------------------------------------------------
+
+Outcome = Literal["passed", "below threshold", "not significant", "not above random", "skipped", "error"]
 
 
-def _compared(result: SignatureResult) -> bool:
-    """Whether a signature meets the null: evaluated, with the metric the null compares."""
-    return result.status == "done" and result.cv_pooled is not None
+class Evaluated(Protocol):
+    """What the gate reads of a signature's evaluation (run-local's results, the set run's rows)."""
 
-
-def sizes_needed(results: list[SignatureResult]) -> list[int]:
-    """The null sizes of the signatures a run compares with the null."""
-    return sorted({null_size(len(r.genes)) for r in results if _compared(r)})
-
-
-def assign_p_values(results: list[SignatureResult], nulls: Mapping[int, SizeNull]) -> None:
-    """p against the run's nulls (every size drawn in the run: the tails they share are learned from all of them)."""
-    tail = StratifiedTail(nulls)
-    compared = sum(_compared(r) for r in results)
-    unfitted = tail.unfitted()
-    if unfitted and compared:
-        smallest = min(len(t.pool) for t in unfitted)
-        logger.warning(
-            "the null has %d random sets in a stratum, too few (under %d) to fit its tail: p cannot go much below "
-            "%.2g, and Benjamini-Hochberg over %d signatures needs p <= FDR/%d for the first to pass; raise "
-            "--null-replicates (100 by default)", smallest, TAIL_MIN_POOL, 1 / (smallest + 1), compared, compared,
-        )  # fmt: skip
-    for r in results:
-        if _compared(r):
-            size = null_size(len(r.genes))
-            r.p_value = tail.p_value(r.cv_pooled, size)
-            r.null_size = size
-            r.null_replicates = nulls[size].replicates
-
-
-class Compared(Protocol):
-    """What a run knows of one signature's comparison with the null (run-local's results, the set run's rows)."""
-
+    status: str
     metric: str
+    genes: list[str]
     cv_pooled: float | None
+    threshold_passed: bool
+    threshold_reason: str
     p_value: float | None
-    q_value: float | None
+    competitive: str
+    competitive_p: float | None
     null_size: int | None
-    null_replicates: int | None
+    random_sets: int | None
     coverage: float | None
 
 
-def significance_record(result: Compared) -> dict[str, Any]:
-    """The ``significance`` block an evaluation and a registered package carry once the run has decided."""
-    return {
-        "statistic": f"pooled out-of-fold {result.metric}",
-        "observed": result.cv_pooled,
-        "p_value": result.p_value,
-        "q_value": result.q_value,
-        "null_size": result.null_size,
-        "null_replicates": result.null_replicates,
-        "coverage": result.coverage,
-    }
+@dataclass(frozen=True)
+class Verdict:
+    """The gate's decision on one signature: passed, the outcome in the report's words, the reason (every part that
+    failed, or every part when it passed), and the q-values of both tests over the run."""
+
+    passed: bool
+    outcome: Outcome
+    reason: str
+    q_value: float | None = None
+    competitive_q: float | None = None
+    parts: tuple[tuple[str, bool], ...] = field(default=())
 
 
-def gate_run(results: list[SignatureResult], gate: GateSettings) -> None:
-    """The run's verdict on every evaluated signature: its metric clears the threshold (``threshold_passed``, decided
-    when it was evaluated) and, when p-values were computed, its Benjamini-Hochberg q over the whole run is at most
-    the FDR. ``passed`` and ``reason`` are set; the reason names every part, passed or failed."""
-    done = [r for r in results if r.status == "done"]
-    with_p = [r for r in done if r.p_value is not None]
-    for r, q in zip(with_p, bh_qvalues(r.p_value for r in with_p if r.p_value is not None), strict=True):
-        r.q_value = float(q)
-    for r in done:
-        parts = [(r.threshold_reason, r.threshold_passed)]  # each part of the gate and whether it held
-        if r.q_value is not None:
-            significant = r.q_value <= gate.fdr
+def _qvalues(p_values: Sequence[float]) -> list[float]:
+    if not p_values:
+        return []
+    q = false_discovery_control(np.asarray(p_values, dtype=float), method="bh")
+    return [float(max(a, b)) for a, b in zip(q, p_values, strict=True)]  # q >= p exactly
+
+
+def decide(rows: Sequence[Evaluated], gate: GateSettings) -> list[Verdict | None]:
+    """The run's verdict on every evaluated signature (None for the others): its metric clears the threshold (decided
+    when it was evaluated) and, when the self-contained test is on, its Benjamini-Hochberg q over every signature of
+    the run with a p is at most the FDR; with ``competitive="gate"``, its competitive q too (over the signatures it
+    applies to). The reason names every part, passed or failed."""
+    done = [i for i, r in enumerate(rows) if r.status == "done"]
+    tested = [i for i in done if rows[i].p_value is not None]
+    q = dict(zip(tested, _qvalues([float(rows[i].p_value or 1.0) for i in tested]), strict=True))
+    versus = [i for i in done if rows[i].competitive == "tested" and rows[i].competitive_p is not None]
+    cq = dict(zip(versus, _qvalues([float(rows[i].competitive_p or 1.0) for i in versus]), strict=True))
+    verdicts: list[Verdict | None] = [None] * len(rows)
+    for i in done:
+        r = rows[i]
+        parts: list[tuple[str, bool, Outcome]] = [(r.threshold_reason, r.threshold_passed, "below threshold")]
+        if i in q:
+            held = q[i] <= gate.fdr
             parts.append(
                 (
-                    f"q {r.q_value:.3g} {'<=' if significant else '>'} FDR {gate.fdr:g} (pooled out-of-fold "
-                    f"{r.metric} {r.cv_pooled:.3f}, p {r.p_value:.2g} against {r.null_replicates} random "
-                    f"{r.null_size}-gene sets)",
-                    significant,
+                    f"q {q[i]:.3g} {'<=' if held else '>'} FDR {gate.fdr:g} (pooled out-of-fold {r.metric} "
+                    f"{r.cv_pooled:.3f}, p {r.p_value:.2g} with the outcome permuted)",
+                    held,
+                    "not significant",
                 )
             )
+        if gate.competitive == "gate":
+            if i in cq:
+                held = cq[i] <= gate.fdr
+                parts.append(
+                    (
+                        f"against random {r.null_size}-gene sets q {cq[i]:.3g} {'<=' if held else '>'} FDR "
+                        f"{gate.fdr:g} (p {r.competitive_p:.2g}, {r.random_sets} sets)",
+                        held,
+                        "not above random",
+                    )
+                )
+            elif r.competitive == "not applicable":
+                parts.append(("against random sets: not applicable (the signature holds most of the genes)", True,
+                              "passed"))  # fmt: skip
         if r.coverage is not None:
-            parts.append((f"coverage {r.coverage:.0%}", True))
-        failed = [text for text, held in parts if not held]
-        r.passed = not failed
-        r.reason = "; ".join(failed or [text for text, _ in parts])
+            parts.append((f"coverage {r.coverage:.0%}", True, "passed"))
+        failed = [(text, outcome) for text, held, outcome in parts if not held]
+        verdicts[i] = Verdict(
+            passed=not failed,
+            outcome=failed[0][1] if failed else "passed",
+            reason="; ".join(text for text, _ in failed) if failed else "; ".join(text for text, _, _ in parts),
+            q_value=q.get(i),
+            competitive_q=cq.get(i),
+            parts=tuple((text, held) for text, held, _ in parts),
+        )
+    return verdicts
+
+
+def competitive_p_values(
+    rows: Sequence[Evaluated], nulls: Mapping[int, SizeNull], genes: int
+) -> list[tuple[str, float | None]]:
+    """Each row's competitive status and p against the run's random-set nulls (every size drawn in the run: the tails
+    they share are learned from all of them); rows not evaluated get ("", None)."""
+    tail = StratifiedTail(nulls) if nulls else None
+    unfitted = tail.unfitted() if tail else []
+    compared = sum(r.status == "done" and r.cv_pooled is not None for r in rows)
+    if unfitted and compared:
+        smallest = min(len(t.pool) for t in unfitted)
+        logger.warning(
+            "the random-set null has %d sets in a stratum, too few (under %d) to fit its tail: its p cannot go much "
+            "below %.2g; raise --random-sets", smallest, TAIL_MIN_POOL, 1 / (smallest + 1),
+        )  # fmt: skip
+    out: list[tuple[str, float | None]] = []
+    for r in rows:
+        if r.status != "done" or r.cv_pooled is None:
+            out.append(("", None))
+        elif not competitive_applicable(len(r.genes), genes):
+            out.append(("not applicable", None))
+        elif tail is None or null_size(len(r.genes)) not in nulls:
+            out.append(("", None))
+        else:
+            out.append(("tested", tail.p_value(r.cv_pooled, null_size(len(r.genes)))))
+    return out
+
+
+def competitive_sizes(rows: Sequence[Evaluated], genes: int) -> list[int]:
+    """The competitive null sizes a run needs (signatures evaluated, the test applicable)."""
+    return sorted(
+        {
+            null_size(len(r.genes))
+            for r in rows
+            if r.status == "done" and r.cv_pooled is not None and competitive_applicable(len(r.genes), genes)
+        }
+    )

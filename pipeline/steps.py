@@ -10,14 +10,13 @@ import importlib.metadata
 import json
 import logging
 import platform
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 
 import genesig
 from genesig.artifact import (
@@ -38,16 +37,19 @@ from genesig.errors import DataError
 from genesig.pipeline.cohort import Cohort
 from genesig.pipeline.metrics import discrimination
 from genesig.pipeline.model import fit_preprocessing, train
+from genesig.pipeline.results import SignatureResult
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import MatchedSignature
+from genesig.pipeline.significance import PermutationNull, decide, permutation_rows
+from genesig.pipeline.split import choose_target, split_rows
 from genesig.pipeline.validation import (
     CrossValidation,
     choose_penalty,
+    cross_validate_designs,
     manifest_stub,
     metric_name,
     output_spec,
 )
-from genesig.pipeline.validation import cross_validate as validation_cv
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +92,6 @@ class Prepared:
     preprocessing: Preprocessing
 
 
-def choose_target(cohort: Cohort, requested: TargetKind | None) -> TargetKind:
-    if requested == "time_to_event" and not cohort.has_time:
-        raise DataError("--target time_to_event needs a time column (--time-column)")
-    return requested or ("time_to_event" if cohort.has_time else "binary")
-
-
 def preprocess(
     cohort: Cohort,
     matched: MatchedSignature,
@@ -105,18 +101,11 @@ def preprocess(
 ) -> Prepared:
     """Select the signature's genes, split stratified by event (seeded), fit preprocessing on the train side."""
     settings = settings or TrainSettings()
-    test_fraction, seed = settings.test_fraction, settings.seed
     if matched.skip_reason:
         raise DataError(f"signature {matched.signature.name!r} is skipped: {matched.skip_reason}")
-    if not 0.05 <= test_fraction <= 0.5:
-        raise DataError(f"test fraction must be between 0.05 and 0.5, got {test_fraction}")
     genes = matched.present
     raw = cohort.expression(genes)
-    rows = np.arange(cohort.n)
-    train_rows, test_rows = train_test_split(
-        rows, test_size=test_fraction, stratify=cohort.event, random_state=seed, shuffle=True
-    )
-    train_rows, test_rows = np.sort(train_rows), np.sort(test_rows)
+    train_rows, test_rows = split_rows(cohort, settings)
 
     def side(r: np.ndarray) -> Split:
         return Split(
@@ -138,7 +127,7 @@ def preprocess(
         event_column=cohort.columns.event,
         time_column=cohort.columns.time,
         fingerprint=cohort.fingerprint(genes),
-        seed=seed,
+        seed=settings.seed,
         train=side(train_rows),
         test=side(test_rows),
         preprocessing=fit_preprocessing(raw[train_rows], cohort.log1p),
@@ -148,13 +137,35 @@ def preprocess(
 # --- train -------------------------------------------------------------------------------------------
 
 
-def cross_validate(prepared: Prepared, config: TrainSettings) -> CrossValidation:
-    """The training split's repeated stratified CV, the penalty nested inside it (``genesig.pipeline.validation``)."""
+def cross_validate(prepared: Prepared, config: TrainSettings, *, permutations: int = 0) -> CrossValidation:
+    """The training split's repeated stratified CV, the penalty nested inside it (``genesig.pipeline.validation``);
+    with ``permutations``, the same CV of that many permutations of the patients' rows against the outcome rides in
+    the same batch (``CrossValidation.permuted``: this signature's share of the self-contained null)."""
     side = prepared.train
-    return validation_cv(
-        side.raw, side.event, side.time, prepared.target, prepared.genes, config, prepared.seed,
-        log1p=prepared.preprocessing.log1p,
-    )  # fmt: skip
+    rows = permutation_rows(len(side.ids), permutations, prepared.seed, prepared.name)
+    designs = np.stack([side.raw] + [side.raw[r] for r in rows])
+    observed, *permuted = cross_validate_designs(
+        designs, side.event, side.time, prepared.target, config, prepared.seed, log1p=prepared.preprocessing.log1p
+    )
+    return replace(observed, permuted=[cv.pooled_mean for cv in permuted])
+
+
+def settings_of(manifest: Manifest) -> TrainSettings:
+    """The training settings a model was trained with, as far as its manifest records them (what a permutation of its
+    cross-validation must repeat)."""
+    training = manifest.training
+    if training is None:
+        raise DataError(f"{manifest.name} v{manifest.version} records no training settings: train it again")
+    model = manifest.model
+    return TrainSettings(
+        model=model.kind,
+        hidden_units=model.hidden_units or TrainSettings().hidden_units,
+        activation=model.activation or TrainSettings().activation,
+        l2=training.l2 if training.l2_chosen_by == "fixed" else None,
+        seed=training.seed,
+        cv_folds=training.cv_folds,
+        cv_repeats=training.cv_repeats,
+    )
 
 
 def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir: Path, *, cv: CrossValidation) -> Path:
@@ -162,7 +173,7 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
     artifact, with the CV metrics and how the penalty was chosen, through the contract's writer."""
     train_side = prepared.train
     penalty = choose_penalty(
-        train_side.raw, train_side.event, train_side.time, prepared.target, prepared.genes, config, prepared.seed,
+        train_side.raw, train_side.event, train_side.time, prepared.target, config, prepared.seed,
         log1p=prepared.preprocessing.log1p,
     )  # fmt: skip
     z = apply_preprocessing(prepared.preprocessing, prepared.genes, train_side.raw)
@@ -174,7 +185,9 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
     metric = cv.metric
     low, high = cv.interval
     train_metric = discrimination(
-        event=train_side.event, time=train_side.time, risk_score=provisional.linear_predictor(train_side.raw)
+        event=train_side.event,
+        time=train_side.time if prepared.target == "time_to_event" else None,
+        risk_score=provisional.linear_predictor(train_side.raw),
     )
     manifest = Manifest(
         schema_version=SCHEMA_VERSION,
@@ -254,14 +267,20 @@ def risk_group_summary(
 
 
 def evaluate(
-    prepared: Prepared, artifact: Path, out_dir: Path, gate_settings: GateSettings, *, run_decides: bool = False
+    prepared: Prepared,
+    artifact: Path,
+    out_dir: Path,
+    gate_settings: GateSettings,
+    *,
+    run_decides: bool = False,
+    draw: bool = True,
 ) -> dict[str, Any]:
     """Score the held-out split through the serving code path, gate the model, and write ``evaluation.json`` (the
     gate's verdict under ``gate``, the artifact's file and sha256 under ``artifact``), ``gate.json`` and the
     report. run-local and the pipeline's EvaluateModel job both come here. ``run_decides``: a run's false-discovery
     control decides later whether a model that clears the threshold passes (run-local and the signature-set run with
     the null on); one signature evaluated alone is gated on the threshold."""
-    from genesig.pipeline.report import write_report
+    from genesig.pipeline.report import REPORT_FILE, write_report
 
     model = read_artifact(artifact)
     if model.genes != prepared.genes:
@@ -270,7 +289,8 @@ def evaluate(
     predictions = model.predict(test.raw)
     risk = model.linear_predictor(test.raw)
     metric = metric_name(prepared.target)
-    test_value = discrimination(event=test.event, time=test.time, risk_score=risk)
+    test_time = test.time if prepared.target == "time_to_event" else None
+    test_value = discrimination(event=test.event, time=test_time, risk_score=risk)
     m = model.manifest.metrics
     evaluation: dict[str, Any] = {
         "signature": prepared.signature,
@@ -317,14 +337,87 @@ def evaluate(
     table.to_csv(out_dir / PREDICTIONS_FILE, index=False, float_format="%.17g")
     evaluation["predictions"] = PREDICTIONS_FILE
     evaluation["artifact"] = {"file": artifact.name, "sha256": sha256_file(artifact)}
-    verdict = gate(evaluation, gate_settings)
-    # With the random-signature null on, a model that clears the threshold is decided by the run's FDR (q over
-    # every signature), later: until then the verdict is not final.
-    evaluation["gate"] = {**asdict(verdict), "final": not (verdict.passed and run_decides)}
-    write_gate(verdict, out_dir)
-    evaluation["report"] = write_report(evaluation, table, out_dir).name
+    if run_decides:
+        # The run decides (q over every signature), later: until then the verdict is the threshold's, not final.
+        verdict = gate(evaluation, gate_settings)
+        evaluation["gate"] = {**asdict(verdict), "final": False}
+    else:
+        if gate_settings.permutations:
+            draws = permutation_draws(prepared, settings_of(model.manifest), gate_settings.permutations)
+            evaluation["significance"] = lone_significance(evaluation, draws)
+        verdict, evaluation["gate"] = lone_verdict(evaluation, gate_settings)
+    write_gate(verdict, out_dir, evaluation)
+    # ``draw``: the report is drawn now (else by whoever decides the verdict: run-local draws it once, after the run).
+    evaluation["report"] = write_report(evaluation, table, out_dir).name if draw else REPORT_FILE
     (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
     return evaluation
+
+
+def permutation_draws(prepared: Prepared, config: TrainSettings, count: int) -> list[float]:
+    """The pooled out-of-fold metric of ``count`` permutations of the training patients' rows against the outcome,
+    each cross-validated as the model was (its own folds, preprocessing and penalty)."""
+    side = prepared.train
+    rows = permutation_rows(len(side.ids), count, prepared.seed, prepared.name)
+    designs = np.stack([side.raw[r] for r in rows])
+    time = side.time if prepared.target == "time_to_event" else None
+    cvs = cross_validate_designs(
+        designs, side.event, time, prepared.target, config, prepared.seed, log1p=prepared.preprocessing.log1p
+    )
+    return [cv.pooled_mean for cv in cvs]
+
+
+def lone_significance(evaluation: dict[str, Any], draws: list[float]) -> dict[str, Any]:
+    """One signature's self-contained test against its own permutations (``genesig step evaluate``, the
+    one-signature pipeline): the ``significance`` block, q and the verdict filled in by :func:`lone_verdict`."""
+    genes = len(evaluation["genes"])
+    null = PermutationNull([(genes, v) for v in draws])
+    observed = evaluation["cross_validation"]["pooled"]
+    return {
+        "statistic": f"pooled out-of-fold {evaluation['metric']}",
+        "observed": observed,
+        "self_contained": {
+            "p_value": null.p_value(observed, genes) if observed is not None else None,
+            "q_value": None,
+            "permutations": null.draws,
+            "null": null.describe(1),
+        },
+        "competitive": {"status": "off", "null": LONE_COMPETITIVE},
+        "coverage": evaluation["model"].get("coverage"),
+    }
+
+
+# One signature evaluated alone has only its own genes: random gene sets of the cohort need a run over the cohort.
+LONE_COMPETITIVE = "not computed for one signature alone (run-local or the signature-set run compute it)"
+
+
+def lone_verdict(evaluation: dict[str, Any], settings: GateSettings) -> tuple[GateResult, dict[str, Any]]:
+    """The verdict on one signature alone: no run whose false discoveries could be controlled, so its self-contained
+    p decides with the threshold (its q is its p: Benjamini-Hochberg over one); without a p (``--permutations 0``)
+    the threshold alone. Returns the threshold's part (``gate.json``) and the ``gate`` block of the evaluation."""
+    threshold = gate(evaluation, settings)
+    significance = evaluation.get("significance") or {}
+    contained = significance.get("self_contained") or {}
+    row = SignatureResult(
+        signature=str(evaluation.get("signature", evaluation.get("name", ""))),
+        name=str(evaluation.get("name", "")),
+        genes=list(evaluation.get("genes", [])),
+        missing_genes=[],
+        status="done",
+        metric=evaluation["metric"],
+        cv_pooled=evaluation["cross_validation"].get("pooled"),
+        threshold_passed=threshold.passed,
+        threshold_reason=threshold.reason,
+        p_value=contained.get("p_value") if settings.permutations else None,
+        coverage=evaluation.get("model", {}).get("coverage"),
+    )
+    verdict = decide([row], settings)[0]
+    assert verdict is not None
+    row.apply(verdict)
+    if significance:
+        contained["q_value"] = verdict.q_value
+        significance["verdict"] = {"passed": row.passed, "outcome": row.outcome, "reason": row.reason}
+    block = {**asdict(threshold), "passed": row.passed, "outcome": row.outcome, "reason": row.reason, "final": True}
+    return threshold, block
 
 
 # --- gate ------------------------------------------------------------------------------------------------
@@ -360,11 +453,16 @@ def gate(evaluation: dict[str, Any], settings: GateSettings) -> GateResult:
     return GateResult(passed, f"{on}:{metric}", value, threshold, reason, details={"all": values})
 
 
-def write_gate(verdict: GateResult, out_dir: Path) -> Path:
-    """``gate.json`` beside the evaluation: what the gate saw and decided (run-local and ``genesig step gate``)."""
+def write_gate(threshold: GateResult, out_dir: Path, evaluation: dict[str, Any]) -> Path:
+    """``gate.json`` beside the evaluation: what the gate saw (the threshold's part, and the significance when there
+    is one) and what it decided (run-local and ``genesig step gate``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / GATE_FILE
-    path.write_text(json.dumps(asdict(verdict), indent=2) + "\n")
+    decided = evaluation.get("gate", {})
+    doc = {**asdict(threshold), **{k: decided[k] for k in ("passed", "outcome", "reason", "final") if k in decided}}
+    if evaluation.get("significance"):
+        doc["significance"] = evaluation["significance"]
+    path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
 

@@ -41,8 +41,7 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_synthetic_cohort(
         folder / "cohort.csv",
         default_signatures(),
-        # 3.0: at 120 patients a 3-gene signature of effect 2.0 is at p ~0.01 against random 3-gene sets (500 + the
-        # built-ins' genes), too close to Benjamini-Hochberg's 0.1/15 for a test of the run's mechanics.
+        # 500 background genes: the competitive test reported beside the verdict draws random sets from all of them.
         SyntheticSpec(seed=4, planted={"metagene_19": 3.0}, background_genes=500),
     )
 
@@ -78,35 +77,46 @@ def test_one_execution_trains_gates_and_registers_the_whole_set(
     assert rows["tiny"]["outcome"] == "skipped" and "only 1 of 3 genes" in rows["tiny"]["reason"]
     assert rows["metagene_19"]["outcome"] == "passed" and rows["metagene_19"]["version"] == 1
     assert {r["outcome"] for r in rows.values()} <= {"passed", "below threshold", "not significant", "skipped"}
+    run = report["run"]
+    assert "permuted" in run["self_contained_null"] and "random gene sets" in run["competitive_null"]
     passed = [r for r in rows.values() if r["outcome"] == "passed"]
     for row in passed:
         assert row["registered"] == "registered" and row["approval_status"] == "PendingManualApproval"
         assert packages(aws["sagemaker"], row["group"]), row["group"]
         assert row["group"] == names_for(row["signature"]).group
-        # The package carries the run's verdict and its comparison with the null, as the report gives them.
+        # The package carries the run's verdict and both tests with the null each used, as the report gives them.
         package = aws["sagemaker"].describe_model_package(ModelPackageName=row["package_arn"])
         uri = package["ModelMetrics"]["ModelQuality"]["Statistics"]["S3Uri"]
         registered = json.loads(read_object(aws["s3"], uri))
         assert registered["gate"]["final"] is True and registered["gate"]["reason"] == row["reason"]
         significance = registered["significance"]
-        assert significance["observed"] == row["cv_pooled"] and significance["null_replicates"] == 100
-        for key in ("p_value", "q_value", "null_size", "coverage"):
-            assert significance[key] == row[key] is not None, key
+        assert significance["observed"] == row["cv_pooled"] and significance["coverage"] == row["coverage"]
+        contained, versus = significance["self_contained"], significance["competitive"]
+        assert (contained["p_value"], contained["q_value"]) == (row["p_value"], row["q_value"]) and row["q_value"]
+        assert contained["null"] == report["run"]["self_contained_null"] and contained["permutations"] > 200
+        assert (versus["status"], versus["p_value"], versus["q_value"]) == ("tested", row["competitive_p"],
+                                                                             row["competitive_q"])  # fmt: skip
+        assert versus["random_sets"] == 100 and versus["null"] == report["run"]["competitive_null"]
+        assert significance["verdict"] == {"passed": True, "outcome": "passed", "reason": row["reason"]}
     assert report["run"]["counts"]["passed"] == len(passed)
 
 
-def test_the_null_and_the_fdr_are_parameters_of_the_set_run(aws: dict[str, Any], cohort: Path, tmp_path: Path) -> None:
-    config, record = run_set(aws, cohort, tmp_path, NullReplicates="60", Fdr="0.25")
+def test_the_gates_settings_are_parameters_of_the_set_run(aws: dict[str, Any], cohort: Path, tmp_path: Path) -> None:
+    config, record = run_set(aws, cohort, tmp_path, Permutations="60", Fdr="0.25", RandomSets="40")
     assert record.status == "Succeeded", [(s.name, s.failure_reason) for s in record.steps]
     execution_id = record.arn.rsplit("/", 1)[1]
     report = json.loads(read_object(aws["s3"], s3_join(config.base_uri, "runs", execution_id, "report", "report.json")))
     evaluated = [r for r in report["signatures"] if r["outcome"] in ("passed", "below threshold", "not significant")]
     assert evaluated and all(r["p_value"] is not None and r["q_value"] is not None for r in evaluated)
+    each = -(-60 // len(evaluated))  # 60 over the run's signatures, rounded up: the instances computed them
+    assert {r["permutations"] for r in evaluated} == {each * len(evaluated)}
+    assert report["run"]["permutations"] == 60 and report["run"]["random_sets"] == 40
     assert all(r["l2"] is not None for r in evaluated), "the penalty each shipped model was fitted with"
     planted = next(r for r in evaluated if r["signature"] == "metagene_19")
     assert planted["outcome"] == "passed" and "FDR 0.25" in planted["reason"], planted
-    # Each instance drew only its shard's sizes; RegisterSignatures computed p over all of them, so every p is the
-    # one run-local gives on the same data and settings, whatever the shards.
+    # Each instance computed its signatures' permutations and drew only its shard's competitive sizes;
+    # RegisterSignatures pooled them all, so every p is the one run-local gives on the same data and settings,
+    # whatever the shards.
     from genesig.pipeline.run import RunOptions, run_local
     from genesig.pipeline.settings import GateSettings
 
@@ -117,11 +127,12 @@ def test_the_null_and_the_fdr_are_parameters_of_the_set_run(aws: dict[str, Any],
             data=cohort,
             workdir=tmp_path / "local",
             signatures_file=sets,
-            gate=GateSettings(null_replicates=60, fdr=0.25),
+            gate=GateSettings(permutations=60, random_sets=40, fdr=0.25),
         )
     )
-    here = {r.signature: [r.p_value, r.q_value] for r in local.results if r.status == "done"}
-    there = {r["signature"]: [r["p_value"], r["q_value"]] for r in evaluated}
+    fields = ("p_value", "q_value", "competitive_p", "competitive_q")
+    here = {r.signature: [getattr(r, f) for f in fields] for r in local.results if r.status == "done"}
+    there = {r["signature"]: [r[f] for f in fields] for r in evaluated}
     assert there.keys() == here.keys()
     for name, values in there.items():
         assert values == pytest.approx(here[name], rel=1e-9), name

@@ -31,7 +31,7 @@ def test_served_predictions_equal_evaluation_predictions_exactly(start_server: S
             workdir=tmp_path / "w",
             approve=True,
             train=TrainSettings(cv_repeats=2),
-            gate=GateSettings(threshold=0.5, null_replicates=0),  # serving is the subject, not the gate
+            gate=GateSettings(threshold=0.5, permutations=0, competitive="off"),  # serving is the subject
         )
     )
     deployed = [r for r in summary.results if r.deployed]

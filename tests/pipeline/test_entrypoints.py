@@ -24,7 +24,7 @@ def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> Non
     for args in (
         ("preprocess", "--data", synthetic_csv, "--signature", "metagene_19", "--out", prepared),
         ("train", "--prepared", prepared, "--out", model, "--cv-repeats", "2"),
-        ("evaluate", "--prepared", prepared, "--model", model, "--out", evaluation),
+        ("evaluate", "--prepared", prepared, "--model", model, "--out", evaluation, "--permutations", "60"),
         ("gate", "--evaluation", evaluation / "evaluation.json", "--threshold", "0.55", "--out", evaluation),
         (
             "register",
@@ -41,17 +41,26 @@ def test_steps_chain_through_folders(synthetic_csv: Path, tmp_path: Path) -> Non
         result = step(*args)
         assert result.returncode == 0, f"{args[0]}: {result.stderr[-2000:]}"
     assert (prefix / "metagene_19-v1.tar.gz").is_file()
-    assert json.loads((evaluation / "gate.json").read_text())["passed"] is True
-    # One signature on its own is gated on the threshold: its verdict is final, with no run's FDR pending.
-    assert json.loads((evaluation / "evaluation.json").read_text())["gate"]["final"] is True
+    gate = json.loads((evaluation / "gate.json").read_text())
+    assert gate["passed"] is True and gate["outcome"] == "passed"
+    # One signature on its own: its own permutation test decides with the threshold (q is its p), final at once.
+    done = json.loads((evaluation / "evaluation.json").read_text())
+    contained = done["significance"]["self_contained"]
+    assert done["gate"]["final"] is True and contained["permutations"] == 60
+    assert contained["q_value"] == contained["p_value"] <= 0.1 and "60 permutations of 1 signature" in contained["null"]
+    assert "p " in gate["reason"] and "with the outcome permuted" in gate["reason"]
+    assert done["significance"]["competitive"]["status"] == "off", "random gene sets need the whole cohort"
 
 
-def test_the_one_signature_steps_offer_no_null_or_fdr() -> None:
-    """The random-signature null and the FDR are a run's (run-local, the signature-set run), not one signature's."""
-    for name in ("evaluate", "gate"):
-        shown = step(name, "--help")
-        assert shown.returncode == 0 and "--threshold" in shown.stdout and "--gate-on" in shown.stdout
-        assert "--null-replicates" not in shown.stdout and "--fdr" not in shown.stdout, name
+def test_the_one_signature_steps_test_it_alone() -> None:
+    """One signature alone: its own permutation test with the threshold (--permutations, p at most --fdr); random
+    gene sets of the cohort are a run's (run-local, the signature-set run). Re-gating reads the evaluation's p."""
+    shown = step("evaluate", "--help")
+    options = set(shown.stdout.split())
+    assert shown.returncode == 0 and {"--threshold", "--gate-on", "--fdr", "--permutations"} <= options
+    assert "--competitive" not in shown.stdout and "--random-sets" not in shown.stdout
+    shown = step("gate", "--help")
+    assert shown.returncode == 0 and "--fdr" in shown.stdout and "--permutations" not in shown.stdout
 
 
 def test_gate_failure_has_its_own_exit_status(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from genesig.artifact.model import apply_preprocessing
 from genesig.pipeline.metrics import c_index
 from genesig.pipeline.mlp import cox_loss
-from genesig.pipeline.model import _Cox, breslow_risk_index, cox_loss_grad, fit_preprocessing, train
+from genesig.pipeline.model import CoxLoss, breslow_risk_index, cox_loss_grad, fit_preprocessing, train
 from genesig.pipeline.settings import TrainSettings
 
 
@@ -102,12 +102,13 @@ def test_cox_curvature_equals_the_autograd_hessian_with_tied_times() -> None:
     eta = rng.normal(size=30) * 2
     time = rng.integers(1, 6, size=30).astype(float)
     event = rng.random(30) < 0.6
-    order, last = breslow_risk_index(time)
-    _, _, curvature = _Cox(event[order], last).derivatives(eta[order])
+    order, _ = breslow_risk_index(time)
+    cox = CoxLoss(event[order][None], time[order][None], np.ones((1, 30), dtype=bool))
+    curvature = cox.derivatives(eta[order][None]).curvature
     reference = torch.autograd.functional.hessian(  # type: ignore[no-untyped-call]
         lambda e: cox_loss(e, time[order], event[order]), torch.tensor(eta[order])
     )
-    np.testing.assert_allclose(curvature(np.eye(30)), reference.numpy(), atol=1e-12)
+    np.testing.assert_allclose(curvature(np.eye(30)[None])[0], reference.numpy(), atol=1e-12)
 
 
 def objective_gradient(weights: dict[str, np.ndarray], z: np.ndarray, event: np.ndarray, time: np.ndarray | None,

@@ -46,22 +46,29 @@ def test_plan_command_prints_json_per_design() -> None:
         assert {"jobs", "instance_minutes", "wall_minutes", "cost_usd"} <= set(doc[design])
 
 
-def test_the_null_is_planned_once_per_size_shared_across_the_instances() -> None:
-    without = plan(1000, 4, Assumptions(null_replicates=0), null_sizes=30)["signature_set"]
-    one_instance = plan(1000, 1, null_sizes=30)["signature_set"]
-    four = plan(1000, 4, null_sizes=30)["signature_set"]
-    # 30 sizes x 100 random sets at 0.5 s: 25 instance-minutes however the sizes are dealt (8 per instance at 4).
-    assert one_instance["instance_minutes"] - plan(1000, 1, Assumptions(null_replicates=0))["signature_set"][
-        "instance_minutes"
-    ] == pytest.approx(25, abs=0.1)
-    assert four["instance_minutes"] - without["instance_minutes"] == pytest.approx(4 * 8 * 100 * 0.5 / 60, abs=0.1)
-    assert four["wall_minutes"] < one_instance["wall_minutes"]
+def test_the_gates_null_work_is_counted_per_signature_and_per_competitive_size() -> None:
+    off = Assumptions(permutations=0, random_sets=0)
+    without = plan(1000, 4, off, competitive_sizes=30)["signature_set"]
+    one_instance = plan(1000, 1, competitive_sizes=30)["signature_set"]
+    four = plan(1000, 4, competitive_sizes=30)
+    assert four["permutations_per_signature"] == 1, "200 over 1,000 signatures: one each"
+    # One permutation per signature and 30 sizes x 100 random sets at 0.25 s each: 4.2 + 12.5 instance-minutes on
+    # one instance; at 4 instances 250 signatures each and 8 of the sizes (dealt once each).
+    assert one_instance["instance_minutes"] - plan(1000, 1, off)["signature_set"]["instance_minutes"] == pytest.approx(
+        (1000 + 30 * 100) * 0.25 / 60, abs=0.1
+    )
+    extra = four["signature_set"]["instance_minutes"] - without["instance_minutes"]
+    assert extra == pytest.approx(4 * (250 + 8 * 100) * 0.25 / 60, abs=0.1)
+    assert four["signature_set"]["wall_minutes"] < one_instance["wall_minutes"]
+    # One signature alone draws every permutation for itself, in its own evaluation.
+    alone = plan(1, 1)["per_signature"]["instance_minutes"] - plan(1, 1, off)["per_signature"]["instance_minutes"]
+    assert alone == pytest.approx(200 * 0.25 / 60, abs=0.1)
 
 
 @pytest.mark.parametrize(
     ("change", "problem"),
     [
-        ({"null_replicates": -3}, "--null-replicates must be 0 or more, not -3"),
+        ({"permutations": -3}, "--permutations must be 0 or more, not -3"),
         ({"pass_rate": 2.0}, "--pass-rate is a share of the signatures: at most 1"),
         ({"max_parallel": 0}, "--max-parallel must be at least 1"),
         ({"price_per_instance_hour": -1.0}, "--price-per-hour must be 0 or more"),

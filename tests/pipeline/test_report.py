@@ -56,10 +56,17 @@ def evaluation(target: str, significance: dict[str, float] | None) -> dict[str, 
     }
 
 
+BOTH = {
+    "observed": 0.69,
+    "self_contained": {"p_value": 0.001, "q_value": 0.02, "permutations": 210},
+    "competitive": {"status": "tested", "p_value": 0.04, "q_value": 0.3},
+}
+
+
 @pytest.mark.parametrize("target", ["binary", "time_to_event"])
-@pytest.mark.parametrize("significance", [None, {"p_value": 0.001, "q_value": 0.02, "null_replicates": 100}])
+@pytest.mark.parametrize("significance", [None, BOTH])
 def test_the_report_is_drawn_from_the_evaluations_files(
-    target: str, significance: dict[str, float] | None, tmp_path: Path
+    target: str, significance: dict[str, object] | None, tmp_path: Path
 ) -> None:
     rng = np.random.default_rng(0)
     table = pd.DataFrame(
@@ -89,7 +96,7 @@ def test_a_run_with_the_null_redraws_each_report_with_its_q_and_plots_the_run_ag
             data=data,
             workdir=tmp_path / "w",
             train=TrainSettings(cv_repeats=1, l2=0.1),
-            gate=GateSettings(null_replicates=10),
+            gate=GateSettings(permutations=40, random_sets=20),
             jobs=2,  # the verdicts of the seven signatures are recorded in two processes
         )
     )
@@ -97,14 +104,24 @@ def test_a_run_with_the_null_redraws_each_report_with_its_q_and_plots_the_run_ag
     for result in summary.results:
         folder = Path(result.artifact or "").parent.parent / "evaluation"
         recorded = json.loads((folder / "evaluation.json").read_text())
-        assert recorded["significance"]["q_value"] == result.q_value is not None
+        assert recorded["significance"]["self_contained"]["q_value"] == result.q_value is not None
+        assert recorded["significance"]["competitive"]["q_value"] == result.competitive_q
         assert recorded["gate"]["final"] is True, "decided by the run, no longer pending its FDR"
+        assert recorded["gate"]["outcome"] == result.outcome
         report = folder / "report.png"
         assert report.stat().st_mtime_ns >= (folder / "evaluation.json").stat().st_mtime_ns, "drawn after the verdict"
 
 
-def panel_evaluation(cv_mean: float, passed: bool, q: float | None) -> dict[str, object]:
-    significance = {"observed": 0.666, "p_value": 0.011, "q_value": q, "null_replicates": 100} if q is not None else {}
+def panel_evaluation(cv_mean: float, passed: bool, q: float | None, outcome: str) -> dict[str, object]:
+    significance = (
+        {
+            "observed": 0.666,
+            "self_contained": {"p_value": 0.011, "q_value": q, "permutations": 210},
+            "competitive": {"status": "not applicable"},
+        }
+        if q is not None
+        else {}
+    )
     return {
         "metric": "c_index",
         "target": "time_to_event",
@@ -113,7 +130,9 @@ def panel_evaluation(cv_mean: float, passed: bool, q: float | None) -> dict[str,
         "test": {"value": 0.7, "patients": 40, "events": 14},
         "model": {"coverage": 1.0, "l2": 0.1, "l2_chosen_by": "inner_cv"},
         "significance": significance,
-        "gate": {"passed": passed, "value": cv_mean, "threshold": 0.6, "reason": "r", "final": True},
+        "gate": {
+            "passed": passed, "outcome": outcome, "value": cv_mean, "threshold": 0.6, "reason": "r", "final": True,
+        },  # fmt: skip
     }
 
 
@@ -131,8 +150,9 @@ def test_the_panel_names_the_outcome_as_the_run_table_does_and_keeps_labels_apar
 ) -> None:
     from genesig.pipeline.report import panel_text
 
-    lines = panel_text(panel_evaluation(cv_mean, passed, q), "C-index").splitlines()
+    lines = panel_text(panel_evaluation(cv_mean, passed, q, verdict.lower()), "C-index").splitlines()
     assert verdict in lines
     assert all(" " in line.strip() for line in lines if line.strip() and line.strip() != verdict and line != "r")
     if q is not None:
         assert "pooled OOF C-index 0.666" in lines and f"q (run, BH)       {q:.3g}" in lines
+        assert "p, outcome perm.  0.011 (210 perm.)" in lines and "vs random sets    not applicable" in lines

@@ -20,9 +20,8 @@ from .conftest import noise_and_planted
 
 SEEDS = range(6)
 
-# The registry, re-runs and approval are what these tests are about: the fixture's 21 genes are too few for a
-# random-signature null (random sets of them hold the planted genes), so the threshold alone gates here.
-THRESHOLD_ONLY = GateSettings(null_replicates=0)
+# The registry, re-runs and approval are what these tests are about, not the gate: the threshold alone decides here.
+THRESHOLD_ONLY = GateSettings(permutations=0, competitive="off")
 
 
 def write_signatures(path: Path) -> Path:
@@ -37,9 +36,8 @@ def test_planted_signatures_pass_and_noise_fails_over_seeds(
     verdicts: dict[str, list[bool]] = {}
     for seed in SEEDS:
         # n=200: at n=120 the gate's power for these effects is ~0.7 (small-cohort variance, see README).
-        # 2,000 background genes: the random-signature null is drawn from all of a cohort's genes, as in real data.
         planted = {"planted_a": 2.0, "planted_b": 1.5}
-        spec = SyntheticSpec(n_patients=200, seed=seed, planted=planted, background_genes=2000)
+        spec = SyntheticSpec(n_patients=200, seed=seed, planted=planted)
         data = write_synthetic_cohort(tmp_path / f"c{seed}.csv", noise_and_planted(4), spec)
         summary = run_local(
             RunOptions(
@@ -47,9 +45,8 @@ def test_planted_signatures_pass_and_noise_fails_over_seeds(
                 workdir=tmp_path / f"w{seed}",
                 signatures_file=signatures_file,
                 train=TrainSettings(seed=seed, cv_repeats=3),
-                # 60: 30 random sets of each of the 2 sizes in each stratum; beyond all 60 of a stratum p is 1/61,
-                # under Benjamini-Hochberg's 0.1/6 for the first of 6 signatures (too few to fit a tail to).
-                gate=GateSettings(null_replicates=60),
+                # The default gate (the competitive test is reported, not gated: its cost is not this test's).
+                gate=GateSettings(competitive="off"),
             )
         )
         for result in summary.results:
@@ -147,12 +144,19 @@ def test_summary_json_has_each_signatures_verdict_and_reason(synthetic_csv: Path
     run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", train=TrainSettings(cv_repeats=2)))
     doc = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert len(doc["results"]) == 7
-    assert (doc["threshold"], doc["fdr"], doc["null_replicates"]) == (0.6, 0.1, 100), "the gate it was run with"
+    gate = (doc["threshold"], doc["fdr"], doc["permutations"], doc["competitive"], doc["random_sets"])
+    assert gate == (0.6, 0.1, 200, "report", 100), "the gate it was run with"
+    assert "permuted" in doc["self_contained_null"] and "random gene sets" in doc["competitive_null"]
     header = (tmp_path / "w" / "summary.csv").read_text().splitlines()[0].split(",")
-    assert {"cv_mean", "cv_lower", "cv_upper", "cv_pooled", "p_value", "q_value", "coverage"} <= set(header)
+    both = {"p_value", "q_value", "competitive", "competitive_p", "competitive_q"}
+    assert {"cv_mean", "cv_lower", "cv_upper", "cv_pooled", "coverage", *both} <= set(header)
     for row in doc["results"]:
-        assert {"signature", "genes", "metric", "cv_mean", "cv_interval", "passed", "reason"} <= set(row)
+        assert {"signature", "genes", "metric", "cv_mean", "cv_interval", "passed", "outcome", "reason"} <= set(row)
         assert isinstance(row["passed"], bool) and row["reason"]
+        assert "permuted" not in row, "the run's null draws are not a result"
+        # The seed's 21 genes: ALL holds every one of them, so random sets of its size would be ALL itself.
+        assert row["competitive"] == ("not applicable" if row["signature"] == "ALL" else "tested"), row
+        assert (row["competitive_p"] is None) == (row["signature"] == "ALL")
 
 
 def test_small_signatures_are_skipped_with_a_reason_and_failures_stay_isolated(tmp_path: Path) -> None:
@@ -192,7 +196,7 @@ def test_cli_run_local_and_registry(synthetic_csv: Path, tmp_path: Path) -> None
             "metagene_19",
             "--cv-repeats",
             "2",
-            "--null-replicates",
+            "--permutations",
             "0",
         ],
         capture_output=True,

@@ -24,6 +24,8 @@ PARAMETERS = {
     "TrainingInstanceType",
     "MetricThreshold",
     "GateOn",
+    "Fdr",
+    "Permutations",
     "IdColumn",
     "EventColumn",
     "TimeColumn",
@@ -134,6 +136,10 @@ def test_the_gate_is_decided_by_the_evaluation_job_and_a_miss_is_not_a_failure(d
     threshold = arguments[arguments.index("--threshold") + 1]
     assert threshold == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.MetricThreshold"}]}}, "as text"
     assert arguments[arguments.index("--gate-on") + 1] == {"Get": "Parameters.GateOn"}
+    # The one signature's own permutation test decides with the threshold: its p at most the Fdr parameter.
+    for option, name in (("--fdr", "Fdr"), ("--permutations", "Permutations")):
+        value = arguments[arguments.index(option) + 1]
+        assert value == {"Std:Join": {"On": "", "Values": [{"Get": f"Parameters.{name}"}]}}
     assert definition["Steps"][3]["Arguments"]["ElseSteps"] == [], "below threshold: the execution still succeeds"
 
 

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pytest
 from sklearn.model_selection import RepeatedStratifiedKFold
 
 from genesig.pipeline import validation
 from genesig.pipeline.settings import L2_GRID, TrainSettings
-from genesig.pipeline.validation import choose_penalty, cross_validate
+from genesig.pipeline.validation import choose_penalty, cross_validate, plan_folds
 
 
 def cohort(seed: int, n: int, genes: int, effect: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -25,7 +23,7 @@ def cohort(seed: int, n: int, genes: int, effect: float) -> tuple[np.ndarray, np
 
 def test_a_fixed_penalty_is_used_as_given() -> None:
     raw, event, time, genes = cohort(0, 60, 5, 1.0)
-    choice = choose_penalty(raw, event, time, "time_to_event", genes, TrainSettings(l2=0.3), seed=0)
+    choice = choose_penalty(raw, event, time, "time_to_event", TrainSettings(l2=0.3), seed=0)
     assert (choice.l2, choice.chosen_by, choice.candidates) == (0.3, "fixed", ())
 
 
@@ -33,7 +31,7 @@ def test_a_fixed_penalty_is_used_as_given() -> None:
 def test_the_inner_cv_shrinks_noise_hard_and_a_strong_signal_little(target: str) -> None:
     def choose(raw: np.ndarray, event: np.ndarray, time: np.ndarray, genes: list[str]) -> validation.PenaltyChoice:
         times = time if target == "time_to_event" else None
-        return choose_penalty(raw, event, times, target, genes, TrainSettings(), seed=0)  # type: ignore[arg-type]
+        return choose_penalty(raw, event, times, target, TrainSettings(), seed=0)  # type: ignore[arg-type]
 
     noise = choose(*cohort(1, 90, 60, 0.0))  # 60 genes of noise: any weight is over-confident
     assert noise.chosen_by == "inner_cv" and noise.candidates == tuple(sorted(L2_GRID))
@@ -43,33 +41,30 @@ def test_the_inner_cv_shrinks_noise_hard_and_a_strong_signal_little(target: str)
     assert strong.inner_log_likelihood[strong.candidates.index(strong.l2)] == max(strong.inner_log_likelihood)
 
 
-def test_the_penalty_of_each_outer_fold_is_chosen_from_that_folds_fitting_rows_only(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Nested: the rows an outer fold scores never reach the inner CV that chose its penalty."""
+def test_the_penalty_of_each_outer_fold_is_chosen_from_that_folds_fitting_rows_only() -> None:
+    """Nested: the rows an outer fold scores never reach the inner CV that chose its penalty, and that penalty is the
+    one an inner CV on the fold's fitting rows alone chooses."""
     raw, event, time, genes = cohort(3, 80, 6, 0.8)
-    seen: list[set[float]] = []
-    real = validation.choose_penalty
-
-    def spy(raw_rows: np.ndarray, *args: Any, **kwargs: Any) -> validation.PenaltyChoice:
-        seen.append(set(raw_rows[:, 0].tolist()))
-        return real(raw_rows, *args, **kwargs)
-
-    monkeypatch.setattr(validation, "choose_penalty", spy)
     config = TrainSettings(cv_folds=4, cv_repeats=2)
-    result = cross_validate(raw, event, time, "time_to_event", genes, config, seed=5)
+    plan = plan_folds(event, config, seed=5)
     splits = list(RepeatedStratifiedKFold(n_splits=4, n_repeats=2, random_state=5).split(raw, event))
-    assert len(seen) == len(splits) == len(result.values) == len(result.penalties)
-    for rows_seen, (fit_rows, score_rows) in zip(seen, splits, strict=True):
-        assert rows_seen == set(raw[fit_rows, 0].tolist())
-        assert not rows_seen & set(raw[score_rows, 0].tolist())
+    assert len(plan.outer) == len(splits) == len(plan.inner)
+    for (fit_rows, score_rows), (fit, score), inner in zip(splits, plan.outer, plan.inner, strict=True):
+        assert np.array_equal(fit, fit_rows) and np.array_equal(score, score_rows)
+        for inner_fit, inner_score in inner:
+            assert set(inner_fit) | set(inner_score) == set(fit_rows) and not set(inner_score) & set(inner_fit)
+    result = cross_validate(raw, event, time, "time_to_event", config, seed=5)
+    assert len(result.values) == len(result.penalties) == len(splits)
+    for f, (fit_rows, _) in enumerate(splits):
+        alone = choose_penalty(raw[fit_rows], event[fit_rows], time[fit_rows], "time_to_event", config, seed=5 + f)
+        assert result.penalties[f] == alone.l2
     assert set(result.penalties) <= set(L2_GRID)
 
 
 def test_tuning_is_deterministic() -> None:
     raw, event, time, genes = cohort(4, 70, 8, 0.5)
-    a = cross_validate(raw, event, time, "time_to_event", genes, TrainSettings(cv_repeats=2), seed=1)
-    b = cross_validate(raw, event, time, "time_to_event", genes, TrainSettings(cv_repeats=2), seed=1)
+    a = cross_validate(raw, event, time, "time_to_event", TrainSettings(cv_repeats=2), seed=1)
+    b = cross_validate(raw, event, time, "time_to_event", TrainSettings(cv_repeats=2), seed=1)
     assert (a.values, a.penalties) == (b.values, b.penalties)
 
 
@@ -85,7 +80,7 @@ def test_the_pooled_metric_scores_each_repeats_out_of_fold_predictions_once(targ
     raw, event, time, genes = cohort(6, 90, 4, 0.6)
     times = time if target == "time_to_event" else None
     config = TrainSettings(cv_folds=3, cv_repeats=2, l2=1.0)
-    result = cross_validate(raw, event, times, target, genes, config, seed=9)  # type: ignore[arg-type]
+    result = cross_validate(raw, event, times, target, config, seed=9)  # type: ignore[arg-type]
     assert len(result.pooled) == 2 and result.pooled_mean == pytest.approx(np.mean(result.pooled))
 
     expected = []

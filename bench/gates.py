@@ -1,0 +1,105 @@
+"""The benchmarks' shared path through the gate: signatures evaluated on a cohort as run-local evaluates them (up to
+the verdict; no artifact, report or registry), then the run's verdict under the three gates compared everywhere:
+the default (threshold and the self-contained test), the threshold alone, and the competitive gate (the default and
+q against random gene sets)."""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from genesig.pipeline.cohort import Cohort
+from genesig.pipeline.results import RunNulls, SignatureResult, conclude
+from genesig.pipeline.settings import GateSettings, TrainSettings
+from genesig.pipeline.signatures import GeneSignature, match
+from genesig.pipeline.significance import RandomSignatureNull, competitive_sizes, permutations_per_signature
+from genesig.pipeline.steps import cross_validate, preprocess
+
+GATES = ("default", "threshold_only", "competitive_gate")
+
+
+def gate_settings(fdr: float = 0.1, permutations: int = 200, random_sets: int = 100) -> dict[str, GateSettings]:
+    return {
+        "default": GateSettings(fdr=fdr, permutations=permutations, random_sets=random_sets),
+        "threshold_only": GateSettings(permutations=0, competitive="off"),
+        "competitive_gate": GateSettings(
+            fdr=fdr, permutations=permutations, random_sets=random_sets, competitive="gate"
+        ),
+    }
+
+
+def evaluate(
+    signatures: list[GeneSignature],
+    cohort: Cohort,
+    train: TrainSettings,
+    *,
+    permutations: int,
+    min_coverage: float = 0.5,
+) -> list[SignatureResult]:
+    """Each signature as run-local evaluates it, up to the threshold's part of the verdict: matched (skipped below
+    the coverage or two genes), preprocessed and cross-validated with its share of the run's ``permutations``."""
+    gate = GateSettings()
+    matched = [match(s, cohort.candidate_genes(), 2, min_coverage) for s in signatures]
+    per = permutations_per_signature(sum(not m.skip_reason for m in matched), permutations)
+    results = []
+    for one in matched:
+        result = SignatureResult.of(one, "skipped", one.skip_reason or "")
+        if not one.skip_reason:
+            cv = cross_validate(preprocess(cohort, one, settings=train), train, permutations=per)
+            result.status, result.metric = "done", cv.metric
+            result.cv_mean, result.cv_pooled, result.permuted = cv.mean, cv.pooled_mean, cv.permuted
+            result.threshold_passed = cv.mean >= gate.threshold
+            verdict = ">=" if result.threshold_passed else "<"
+            result.threshold_reason = f"cross-validated mean {cv.metric} {cv.mean:.3f} {verdict} threshold"
+        results.append(result)
+    return results
+
+
+@dataclass
+class Decided:
+    """The verdicts under each gate (the same CV values and p-values), and the seconds each part took."""
+
+    gates: dict[str, list[SignatureResult]]
+    nulls: RunNulls
+    evaluate_s: float
+    competitive_s: float
+
+
+def decide_gates(
+    signatures: list[GeneSignature],
+    cohort: Cohort,
+    train: TrainSettings,
+    gates: dict[str, GateSettings],
+    *,
+    competitive: bool = True,
+    min_coverage: float = 0.5,
+) -> Decided:
+    """``evaluate``, the competitive nulls of the sizes needed (unless ``competitive`` is False: then the competitive
+    gate is left out), and the run's verdict under each of ``gates``."""
+    default = gates["default"]
+    started = time.perf_counter()
+    results = evaluate(signatures, cohort, train, permutations=default.permutations, min_coverage=min_coverage)
+    evaluate_s = time.perf_counter() - started
+    nulls, genes = None, 0
+    if competitive:
+        with tempfile.TemporaryDirectory(prefix="genesig-bench-null-") as tmp:
+            null = RandomSignatureNull(cohort, train, None, default.random_sets, Path(tmp) / "null")
+            genes = len(null.genes)
+            sizes = competitive_sizes(results, genes)
+            null.draw(sizes)
+            nulls = {size: null.distribution(size) for size in sizes}
+    competitive_s = time.perf_counter() - started - evaluate_s
+    decided: dict[str, list[SignatureResult]] = {}
+    described = RunNulls("", "")
+    for name, gate in gates.items():
+        if gate.competitive == "gate" and nulls is None:
+            continue  # no random sets drawn: no competitive gate
+        rows = copy.deepcopy(results)
+        told = conclude(rows, gate, nulls, genes)
+        if name == "default":
+            described = told
+        decided[name] = rows
+    return Decided(decided, described, evaluate_s, competitive_s)

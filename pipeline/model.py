@@ -83,6 +83,12 @@ def _tie_bounds(time: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndar
     return last, first
 
 
+def softplus(eta: np.ndarray) -> np.ndarray:
+    """``log(1 + exp(eta))``, stable for any ``eta``; several times faster than ``np.logaddexp(0, eta)``, which
+    handles two general arguments (the line search evaluates this on every problem's rows at every step)."""
+    return np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))
+
+
 class BinaryLoss:
     """Mean binary cross-entropy of the logits ``eta`` (problems x rows) over each problem's rows (``mask``: the
     rows that are not padding): value, gradient and curvature (diagonal) in ``eta``."""
@@ -94,7 +100,7 @@ class BinaryLoss:
 
     def log_likelihood(self, eta: np.ndarray) -> np.ndarray:
         """The Bernoulli log-likelihood summed over each problem's rows."""
-        return np.sum(self.m * (self.y * eta - np.logaddexp(0.0, eta)), axis=1)
+        return np.sum(self.m * (self.y * eta - softplus(eta)), axis=1)
 
     def loss(self, eta: np.ndarray) -> np.ndarray:
         return -self.log_likelihood(eta) / self.n

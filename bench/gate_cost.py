@@ -127,9 +127,7 @@ def main() -> int:
     lines = ["| workload | mode | wall median (s) | wall max (s) | × threshold-only |", "|---|---|---|---|---|"]
     for key in ("builtins", "go"):
         for mode, row in results.get(key, {}).get("modes", {}).items():
-            lines.append(
-                f"| {key} | {mode} | {row['wall_median_s']} | {row['wall_max_s']} | {row['wall_ratio']} |"
-            )
+            lines.append(f"| {key} | {mode} | {row['wall_median_s']} | {row['wall_max_s']} | {row['wall_ratio']} |")
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 # Report fields a rule may compare (numbers in report.json's rows).
 RULE_FIELDS = (
     "cv_mean", "cv_lower", "cv_upper", "cv_pooled", "test", "genes", "genes_missing", "coverage", "p_value", "q_value",
+    "competitive_p", "competitive_q",
 )  # fmt: skip
 _OPERATORS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,

@@ -236,7 +236,13 @@ def _register_set(args: argparse.Namespace) -> int:
     }
     report = write_report(rows, args.out, run)
     counts = report["run"]["counts"]
-    logger.info("%d signatures: %s", len(rows), ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    held = sorted(((n, k) for k, n in counts.items() if k != "passed"), reverse=True)
+    logger.info(
+        "%d signatures: %s%s (each one's reason: the run report)",
+        len(rows),
+        ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+        f"; most held back: {held[0][0]} {held[0][1]}" if held else "",
+    )
     return 0
 
 

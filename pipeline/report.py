@@ -203,8 +203,10 @@ def panel_text(evaluation: dict[str, Any], label: str) -> str:
     elif versus.get("status") == "not applicable":
         rows.append(("vs random sets", "not applicable"))
     lines = [f"{key + ' ':<18}{value}" for key, value in rows]
-    if not gate.get("final", True):
+    if not gate.get("final", True) and gate["passed"]:
         verdict = ["THRESHOLD PASSED: the run", "decides (see the run report)"]
+    elif not gate.get("final", True):
+        verdict = ["BELOW THRESHOLD"]  # fails whatever the run's test says
     else:
         verdict = [str(gate.get("outcome") or ("passed" if gate["passed"] else "below threshold")).upper()]
     lines += ["", *verdict]

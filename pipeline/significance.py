@@ -293,6 +293,8 @@ class SizeNull:
     def percentiles(self, q: Sequence[float]) -> np.ndarray:
         """Percentiles of the metric over every random set of the size: each stratum's draws weighted by its share."""
         strata = [(w, v) for w, v in self.strata() if len(v)]
+        if not strata:  # no random set of the size could be fitted
+            return np.full(len(q), math.nan)
         values = np.concatenate([v for _, v in strata])
         weights = np.concatenate([np.full(len(v), w / len(v)) for w, v in strata])
         order = np.argsort(values, kind="stable")
@@ -306,6 +308,9 @@ class SizeNull:
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> SizeNull:
         return cls(np.asarray(doc["holding"], dtype=float), np.asarray(doc["rest"], dtype=float), float(doc["weight"]))
+
+
+EMPTY_SIZE_NULL = SizeNull(np.empty(0), np.empty(0), 0.0)
 
 
 class StratifiedTail:
@@ -661,7 +666,8 @@ def competitive_p_values(
     compared = sum(r.status == "done" and r.cv_pooled is not None for r in rows)
     if unfitted and compared:
         smallest = min(len(t.pool) for t in unfitted)
-        logger.warning(
+        # Info, not a warning: a small run (one signature, a few sizes) always has strata this small by default.
+        logger.info(
             "the random-set null has %d sets in a stratum, too few (under %d) to fit its tail: its p cannot go much "
             "below %.2g; raise --random-sets", smallest, TAIL_MIN_POOL, 1 / (smallest + 1),
         )  # fmt: skip
@@ -671,8 +677,8 @@ def competitive_p_values(
             out.append(("", None))
         elif not competitive_applicable(len(r.genes), genes):
             out.append(("not applicable", None))
-        elif tail is None or null_size(len(r.genes)) not in nulls:
-            out.append(("", None))
+        elif tail is None or not nulls.get(null_size(len(r.genes)), EMPTY_SIZE_NULL).replicates:
+            out.append(("", None))  # not tested: no random set of the size was fitted
         else:
             out.append(("tested", tail.p_value(r.cv_pooled, null_size(len(r.genes)))))
     return out

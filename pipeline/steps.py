@@ -45,7 +45,7 @@ from genesig.pipeline.split import choose_target, split_rows
 from genesig.pipeline.validation import (
     CrossValidation,
     choose_penalty,
-    cross_validate_designs,
+    cross_validate_rows,
     manifest_stub,
     metric_name,
     output_spec,
@@ -142,11 +142,12 @@ def cross_validate(prepared: Prepared, config: TrainSettings, *, permutations: i
     with ``permutations``, the same CV of that many permutations of the patients' rows against the outcome rides in
     the same batch (``CrossValidation.permuted``: this signature's share of the self-contained null)."""
     side = prepared.train
-    rows = permutation_rows(len(side.ids), permutations, prepared.seed, prepared.name)
-    designs = np.stack([side.raw] + [side.raw[r] for r in rows])
-    observed, *permuted = cross_validate_designs(
-        designs, side.event, side.time, prepared.target, config, prepared.seed, log1p=prepared.preprocessing.log1p
-    )
+    permuted_rows = permutation_rows(len(side.ids), permutations, prepared.seed, prepared.name)
+    rows = np.concatenate([np.arange(len(side.ids))[None], permuted_rows])
+    observed, *permuted = cross_validate_rows(
+        side.raw, rows, side.event, side.time, prepared.target, config, prepared.seed,
+        log1p=prepared.preprocessing.log1p,
+    )  # fmt: skip
     return replace(observed, permuted=[cv.pooled_mean for cv in permuted])
 
 
@@ -165,6 +166,7 @@ def settings_of(manifest: Manifest) -> TrainSettings:
         seed=training.seed,
         cv_folds=training.cv_folds,
         cv_repeats=training.cv_repeats,
+        max_iter=training.max_iter,
     )
 
 
@@ -240,6 +242,7 @@ def train_model(prepared: Prepared, config: TrainSettings, version: int, out_dir
             cv_folds=cv.folds,
             cv_repeats=cv.repeats,
             seed=prepared.seed,
+            max_iter=config.max_iter,
         ),
     )
     return write_artifact(manifest, weights, out_dir)
@@ -358,10 +361,9 @@ def permutation_draws(prepared: Prepared, config: TrainSettings, count: int) -> 
     each cross-validated as the model was (its own folds, preprocessing and penalty)."""
     side = prepared.train
     rows = permutation_rows(len(side.ids), count, prepared.seed, prepared.name)
-    designs = np.stack([side.raw[r] for r in rows])
     time = side.time if prepared.target == "time_to_event" else None
-    cvs = cross_validate_designs(
-        designs, side.event, time, prepared.target, config, prepared.seed, log1p=prepared.preprocessing.log1p
+    cvs = cross_validate_rows(
+        side.raw, rows, side.event, time, prepared.target, config, prepared.seed, log1p=prepared.preprocessing.log1p
     )
     return [cv.pooled_mean for cv in cvs]
 

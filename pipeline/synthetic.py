@@ -31,7 +31,7 @@ class SyntheticSpec:
     event_column: str = "SurvivalStatus"
     time_column: str = "SurvivalMonths"
     # Genes outside every signature (BG00001...), each with its own activity: a real cohort measures thousands of
-    # genes, and the random-signature null is drawn from all of them.
+    # genes, and the competitive test's random gene sets are drawn from all of them.
     background_genes: int = 0
     # SD of each gene's own noise around its signature's activity (log scale): the larger, the less a signature's
     # genes correlate. At 0.6 a 10-gene signature's mean within-set correlation (log1p of the values) is ~0.3, above

@@ -95,6 +95,9 @@ class Training(msgspec.Struct, frozen=True, kw_only=True):
     cv_folds: PositiveInt
     cv_repeats: PositiveInt
     seed: NonNegativeInt
+    # The most Newton steps (linear) or L-BFGS iterations (mlp) per fit: a permutation of the cross-validation
+    # repeats it (artifacts written before it was recorded were trained with the default, 200).
+    max_iter: PositiveInt = 200
 
 
 class FileEntry(msgspec.Struct, frozen=True, kw_only=True):

@@ -64,7 +64,7 @@ def inputs(tmp_path: Path) -> dict[str, str]:
     for out, seed in ((cohort, 0), (tmp_path / "others.csv", 1)):
         subprocess.run(
             [genesig, "synth", "--out", str(out), "--patients", "240", "--seed", str(seed)]
-            # Genome-wide, as a real cohort is: the random signatures of the gate's null are drawn from every gene.
+            # Genome-wide, as a real cohort is: the competitive test's random gene sets are drawn from every gene.
             + ["--signatures", str(HALLMARK), "--plant", f"{PLANTED}=2.0", "--background-genes", "10000"],
             check=True,
             capture_output=True,
@@ -104,7 +104,7 @@ def runtime(aws_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         proc.wait(timeout=60)
 
 
-@pytest.mark.timeout(900)  # the gate's random-signature null over 50 Hallmark sets, on 2 cores
+@pytest.mark.timeout(900)  # the gate's permutations and the random-set test over 50 Hallmark sets, on 2 cores
 def test_the_readme_walkthrough_goes_from_nothing_to_a_prediction(
     aws_env: dict[str, str], inputs: dict[str, str], runtime: str, tmp_path: Path
 ) -> None:

@@ -171,6 +171,18 @@ def images(docker_engine: str, tmp_path_factory: pytest.TempPathFactory) -> Imag
     return Images(SERVE_IMAGE, TRAIN_IMAGE, build.stderr, build_seconds, sizes)
 
 
+# The session's images (a debootstrap base and two builds, 5-10 minutes on 2 idle cores, longer on a busy machine)
+# are built in the setup of whichever image test comes first: the suite's per-test timeout (300 s) is for a test, not
+# for that, so every test that uses them gets this instead; the builds keep their own subprocess timeouts.
+IMAGE_TEST_TIMEOUT_S = 3600
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "images" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.timeout(IMAGE_TEST_TIMEOUT_S))
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if REPORT:
         terminalreporter.write_sep("-", "genesig images")

@@ -15,6 +15,12 @@ def test_a_rule_is_a_conjunction_of_comparisons() -> None:
     assert not rule.admits({"cv_lower": 0.7, "test": None, "genes_missing": 0}), "a missing value never passes"
 
 
+def test_a_rule_can_ask_for_the_competitive_test_the_report_carries_beside_the_verdict() -> None:
+    rule = parse_rule("q_value <= 0.1 and competitive_q <= 0.1")
+    assert rule.admits({"q_value": 0.01, "competitive_q": 0.05})
+    assert not rule.admits({"q_value": 0.01, "competitive_q": None}), "not applicable or not tested: not selected"
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

@@ -131,7 +131,12 @@ def panel_evaluation(cv_mean: float, passed: bool, q: float | None, outcome: str
         "model": {"coverage": 1.0, "l2": 0.1, "l2_chosen_by": "inner_cv"},
         "significance": significance,
         "gate": {
-            "passed": passed, "outcome": outcome, "value": cv_mean, "threshold": 0.6, "reason": "r", "final": True,
+            "passed": passed,
+            "outcome": outcome,
+            "value": cv_mean,
+            "threshold": 0.6,
+            "reason": "r",
+            "final": True,
         },  # fmt: skip
     }
 
@@ -156,3 +161,18 @@ def test_the_panel_names_the_outcome_as_the_run_table_does_and_keeps_labels_apar
     if q is not None:
         assert "pooled OOF C-index 0.666" in lines and f"q (run, BH)       {q:.3g}" in lines
         assert "p, outcome perm.  0.011 (210 perm.)" in lines and "vs random sets    not applicable" in lines
+
+
+@pytest.mark.parametrize(
+    ("cv_mean", "passed", "verdict"), [(0.68, True, "THRESHOLD PASSED: the run"), (0.55, False, "BELOW THRESHOLD")]
+)
+def test_a_pending_panel_says_threshold_passed_only_when_it_did(cv_mean: float, passed: bool, verdict: str) -> None:
+    """A set-run instance draws the report before the run decides: a signature below the threshold fails whatever the
+    run's test says, and its panel must not say it passed."""
+    from genesig.pipeline.report import panel_text
+
+    evaluation = panel_evaluation(cv_mean, passed, None, "")
+    evaluation["gate"] = {**evaluation["gate"], "final": False}  # type: ignore[dict-item]
+    lines = panel_text(evaluation, "C-index").splitlines()
+    assert verdict in lines
+    assert ("THRESHOLD PASSED: the run" in lines) is passed

@@ -297,9 +297,10 @@ def write_sets(tmp_path: Path, signatures: list) -> Path:  # type: ignore[type-a
     return path
 
 
-def test_a_random_set_null_too_small_to_fit_its_tail_is_a_warning_that_says_how_low_p_can_go(
+def test_a_random_set_null_too_small_to_fit_its_tail_is_logged_with_how_low_p_can_go(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level("INFO", logger="genesig.pipeline.significance")
     rows = [result(name, passed=True, p=None) for name in ("a", "b")]
     rng = np.random.default_rng(0)
     small = {3: SizeNull(rng.normal(0.5, 0.05, 5), rng.normal(0.5, 0.05, 5), 0.25)}
@@ -493,3 +494,12 @@ def test_the_stratified_p_is_the_share_of_all_random_sets_that_reach_the_signatu
 
     back = SizeNull.from_json(json.loads(json.dumps(sizes[10].to_json())))
     assert same_null(back, sizes[10])
+
+
+def test_a_size_whose_random_sets_all_failed_is_not_reported_as_tested() -> None:
+    """Every random set of a size failed to fit (e.g. ``--l2 0`` with more genes than a fold's patients): the
+    competitive test of that size is not tested, never p = 1, and its null band is empty instead of an error."""
+    rows = [result("a", passed=True, p=None)]
+    failed = {3: SizeNull(np.empty(0), np.empty(0), 0.25)}
+    assert competitive_p_values(rows, failed, 400) == [("", None)]
+    assert np.isnan(failed[3].percentiles([5, 50, 95])).all()

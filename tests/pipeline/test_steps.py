@@ -159,3 +159,20 @@ def test_gate_reports_its_reason() -> None:
     failed = gate(evaluation, GateSettings(threshold=0.6, gate_on="cv_lower"))
     assert not failed.passed and failed.reason == "lower CV bound of auc 0.520 < threshold 0.600"
     assert not gate(evaluation, GateSettings(threshold=0.6, gate_on="test")).passed
+
+
+def test_a_lone_evaluation_repeats_the_training_settings_the_manifest_records(
+    synthetic_csv: Path, tmp_path: Path
+) -> None:
+    """The one-signature path rebuilds the settings its permutations repeat from the manifest: every setting that
+    changes a cross-validation must come back as it was given, ``max_iter`` included."""
+    from genesig.pipeline.steps import settings_of
+
+    _, prepared = prepared_for(synthetic_csv, "metagene_19")
+    given = msgspec.structs.replace(FAST, max_iter=17, l2=0.1)
+    manifest = read_artifact(
+        train_model(prepared, given, 1, tmp_path / "m", cv=cross_validate(prepared, given))
+    ).manifest
+    rebuilt = settings_of(manifest)
+    for name in ("model", "l2", "seed", "cv_folds", "cv_repeats", "max_iter"):
+        assert getattr(rebuilt, name) == getattr(given, name), name

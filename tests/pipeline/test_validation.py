@@ -71,7 +71,7 @@ def test_tuning_is_deterministic() -> None:
 @pytest.mark.parametrize("target", ["binary", "time_to_event"])
 def test_the_pooled_metric_scores_each_repeats_out_of_fold_predictions_once(target: str) -> None:
     """Per repeat, every training row is scored once by the fold model that did not see it; those scores are pooled
-    and scored together (what the random-signature null compares), not averaged per fold."""
+    and scored together (what both of the gate's tests compare), not averaged per fold."""
     from genesig.artifact import SignatureModel
     from genesig.artifact.model import apply_preprocessing
     from genesig.pipeline.metrics import discrimination
@@ -99,3 +99,20 @@ def test_the_pooled_metric_scores_each_repeats_out_of_fold_predictions_once(targ
         expected.append(discrimination(event=event, time=times, risk_score=scores))
     np.testing.assert_allclose(result.pooled, expected, rtol=1e-12)
     assert result.pooled_mean != pytest.approx(result.mean), "pooled, not the mean of the folds"
+
+
+def test_rows_in_small_stacks_give_what_one_stack_gives(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The permutations of a large signature are cross-validated a few designs at a time: how they are grouped must
+    not change a single value."""
+    from genesig.pipeline import validation
+
+    rng = np.random.default_rng(3)
+    raw = rng.lognormal(size=(60, 6))
+    event = (rng.random(60) < 0.4).astype(int)
+    rows = np.stack([np.arange(60)] + [rng.permutation(60) for _ in range(5)])
+    config = TrainSettings(cv_folds=3, cv_repeats=1)
+    whole = validation.cross_validate_rows(raw, rows, event, None, "binary", config, 0)
+    monkeypatch.setattr(validation, "ROWS_BYTES", raw.nbytes * 2)  # two designs per stack
+    stacked = validation.cross_validate_rows(raw, rows, event, None, "binary", config, 0)
+    assert [cv.pooled for cv in stacked] == [cv.pooled for cv in whole]
+    assert [cv.values for cv in stacked] == [cv.values for cv in whole]

@@ -4,9 +4,11 @@ For each seed of ``bench/significance.py``'s design, each planted signature's **
 out-of-fold metric against ``--permutations`` (3,000) permutations of its own, every one as the run does it (the
 outcome permuted across patients, the same folds, preprocessing and nested penalty). No shared null, no fitted tail:
 this is the p a test of this statistic can claim at best. Benjamini–Hochberg over the run's ``m`` signatures (the 2
-planted and ``--noise`` noise sets) passes a signature of rank ``r`` only when its p is at most ``r * FDR / m``: with
-the planted two ranked first, ``2 * 0.1 / 1,002 = 2.0e-4`` for the second. A planted signature whose exact p is above
-that line cannot pass under any calibrated test of this statistic at that FDR, however its null is computed.
+planted and ``--noise`` noise sets) passes a signature of rank ``r`` only when its p is at most ``r * FDR / m``:
+without false discoveries the most lenient line is the second planted rank's, ``2 * 0.1 / 1,002 = 2.0e-4``. A planted
+signature whose exact p is above that line (even the lower 95% bound of it, from its count of permutations at or
+beyond it) cannot pass under any calibrated test of this statistic at that FDR, however its null is computed, unless
+the run passes noise too. One beyond every permutation is undetermined: its p is below 1 / (N + 1).
 
 Usage: python bench/power_ceiling.py [--seeds 10] [--permutations 3000] [--noise 1000] [--patients 200]
                                      [--processes 2]
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import beta
 from significance import PLANTED, add_cohort_arguments, planted_cohort
 
 from genesig.logs import configure_logging
@@ -53,6 +56,34 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def summarise(runs: list[dict[str, Any]], permutations: int, fdr: float, noise: int) -> dict[str, Any]:
+    """The ceiling over the seeds' exact p-values (each run's rows gain their lower bound and whether out of reach)."""
+    m = len(PLANTED) + noise
+    # Without false discoveries the most lenient line a planted signature can face is the last planted rank's.
+    line = len(PLANTED) * fdr / m
+    # A planted signature is out of reach when even the lower 95% bound of its exact p (Clopper-Pearson on its
+    # exceedances) is above that line; one beyond all N permutations is undetermined (p < 1 / (N + 1)).
+    out_of_reach = 0
+    for run in runs:
+        for name in PLANTED:
+            row = run[name]
+            beyond = row["permutations_at_or_beyond"]
+            row["exact_p_lower_95"] = float(beta.ppf(0.025, beyond, permutations - beyond + 1)) if beyond else 0.0
+            row["out_of_reach"] = row["exact_p_lower_95"] > line
+            out_of_reach += row["out_of_reach"]
+    summary = {
+        "signatures": m,
+        "bh_line_without_false_discoveries": line,
+        "planted_out_of_reach": out_of_reach,
+        "planted_pass_rate_ceiling": 1 - out_of_reach / (len(PLANTED) * len(runs)),
+        "exact_p": {name: [run[name]["exact_p"] for run in runs] for name in PLANTED},
+        "beyond_every_permutation": {
+            name: sum(run[name]["permutations_at_or_beyond"] == 0 for run in runs) for name in PLANTED
+        },
+    }
+    return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_cohort_arguments(parser)
@@ -66,21 +97,7 @@ def main() -> int:
     seeds = list(range(args.first_seed, args.first_seed + args.seeds))
     with ProcessPoolExecutor(max_workers=args.processes) as pool:
         runs = list(pool.map(one_seed, seeds, [args] * len(seeds)))
-    m = len(PLANTED) + args.noise
-    lines = {rank: rank * args.fdr / m for rank in range(1, len(PLANTED) + 1)}
-    # The best a calibrated test can do: BH over the exact p-values, the noise sets' p-values at their most favourable
-    # to the planted (none below them), so the planted pass iff the step-up rule passes them among themselves.
-    reachable = 0
-    for run in runs:
-        ps = sorted(run[name]["exact_p"] for name in PLANTED)
-        passing = max((r for r in range(1, len(ps) + 1) if ps[r - 1] <= lines[r]), default=0)
-        run["passable"] = passing
-        reachable += passing
-    summary = {
-        "bh_lines": lines,
-        "planted_passable_share": reachable / (len(PLANTED) * len(runs)),
-        "exact_p": {name: [run[name]["exact_p"] for run in runs] for name in PLANTED},
-    }
+    summary = summarise(runs, args.permutations, args.fdr, args.noise)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(
         json.dumps({"parameters": {k: str(v) for k, v in vars(args).items()}, "summary": summary, "runs": runs},

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import statistics
 import sys
 import tempfile
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 from gates import GATES, decide_gates, gate_settings
 from scipy.stats import binom
+from scipy.stats import t as t_dist
 
 from genesig.logs import configure_logging
 from genesig.pipeline.cohort import Cohort, read_cohort
@@ -168,11 +170,19 @@ def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for level in LEVELS:
         below = sum(r["noise_p_at_or_below"][str(level)] for r in runs)
         low, high = binom.interval(0.95, count, level)
+        # A seed's noise sets share its outcome and its null: their p-values come in clusters, so the share's
+        # uncertainty is also given over seeds (the mean of the seeds' shares, a t interval).
+        shares = [r["noise_p_at_or_below"][str(level)] / r["noise_p_count"] for r in runs if r["noise_p_count"]]
+        spread = statistics.stdev(shares) / len(shares) ** 0.5 if len(shares) > 1 else math.nan
+        margin = float(t_dist.ppf(0.975, len(shares) - 1)) * spread if len(shares) > 1 else math.nan
         out[str(level)] = {
             "count": below,
             "share": below / count if count else 0.0,
             "nominal_interval": [low / count, high / count] if count else [0.0, 0.0],
             "inside": bool(low <= below <= high),
+            "share_by_seed": shares,
+            "seed_interval": [statistics.fmean(shares) - margin, statistics.fmean(shares) + margin],
+            "nominal_inside_seed_interval": bool(abs(statistics.fmean(shares) - level) <= margin),
         }
     return out
 

@@ -76,7 +76,7 @@ REMEDIES = {
     "below threshold": "--threshold (or --gate-on)",
     "not significant": "--fdr, or more patients",
     "not above random": "--competitive report",
-    "skipped": "--min-coverage / --min-genes",
+    "skipped": "--min-coverage / --min-genes, or the data's gene names",
     "error": "the reason given",
 }
 # Notes (why a signature was skipped or failed) printed before the rest are counted.
@@ -114,7 +114,7 @@ def _run_table(rows: list[SignatureResult], title: str) -> Table:
     width = max(20, console.width - OTHER_COLUMNS_WIDTH)
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     columns = (
-        "signature", "genes", "train/test", "metric", "CV mean [folds 2.5-97.5%]", "test", "q", "vs random", "outcome"
+        "signature", "genes", "train/test", "metric", "CV mean [folds 2.5-97.5%]", "test", "q", "q vs random", "outcome"
     )  # fmt: skip
     for column in (*columns, "package"):
         table.add_column(escape(column), no_wrap=True)  # "[...]" is rich markup otherwise, and vanishes
@@ -141,6 +141,17 @@ def _run_table(rows: list[SignatureResult], title: str) -> Table:
     return table
 
 
+def gate_text(summary: RunSummary) -> str:
+    """The gate the run applied, in one line: every part that decides."""
+    text = f"{summary.gate_on} >= {summary.threshold}"
+    if not summary.permutations:
+        return text + " alone (--permutations 0: no significance test)"
+    text += f" and q <= {summary.fdr} (outcome permuted)"
+    if summary.competitive == "gate":
+        text += f" and q vs random gene sets <= {summary.fdr}"
+    return text
+
+
 def render_summary(summary: RunSummary, *, quiet: bool = False) -> None:
     """The run's result on the terminal: the whole table for a small run; for a large one the counts by outcome and
     the top signatures by metric. The full table is always in the run's summary.csv. ``quiet``: the counts only."""
@@ -148,7 +159,7 @@ def render_summary(summary: RunSummary, *, quiet: bool = False) -> None:
     counts = Counter(r.outcome for r in results)
     where = f"{summary.workdir}/summary.csv"
     if not quiet:
-        title = f"genesig run-local: gate {summary.gate_on} >= {summary.threshold}"
+        title = f"genesig run-local: gate {gate_text(summary)}"
         if len(results) <= MAX_ROWS:
             shown = results
             console.print(_run_table(results, title))
@@ -160,6 +171,7 @@ def render_summary(summary: RunSummary, *, quiet: bool = False) -> None:
             # Nothing passed: the reason of each signature in the table, with the option that changes it, so that no
             # file has to be opened.
             console.print("Nothing passed. Why, signature by signature:", highlight=False, markup=False)
+            shown = shown or results[:TOP_ROWS]  # none evaluated (all skipped): the first ones, with their reasons
             for r in shown:
                 remedy = REMEDIES.get(r.outcome, "-")
                 line = f"  {shorten(r.signature, 50)}: {r.outcome}: {r.reason} (change with {remedy})"

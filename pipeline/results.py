@@ -219,7 +219,7 @@ class RunSummary:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "summary.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
         with open(folder / "summary.csv", "w", newline="") as fh:
-            writer = csv.writer(fh)
+            writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(SUMMARY_COLUMNS)
             for r in self.results:
                 low, high = r.cv_interval or (None, None)

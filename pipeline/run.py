@@ -354,6 +354,11 @@ def run_local(
         )
         genes = len(random_sets.genes)
         sizes = competitive_sizes(results, genes)
+        if sizes:  # minutes on a large cohort, after the progress bar is full: say what is going on
+            logger.info(
+                "beside the verdict: %d random gene sets at each of %d sizes, cross-validated as the signatures were "
+                "(--competitive off skips this)", options.gate.random_sets, len(sizes),
+            )  # fmt: skip
         random_sets.draw(sizes, jobs)
         competitive = {size: random_sets.distribution(size) for size in sizes}
     nulls = conclude(results, options.gate, competitive, genes)

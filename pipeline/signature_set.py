@@ -439,7 +439,9 @@ def write_report(rows: list[ReportRow], out_dir: Path, run: dict[str, Any]) -> d
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
     with open(out_dir / REPORT_CSV, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(asdict(rows[0]).keys()) if rows else ["signature"])
+        writer = csv.DictWriter(
+            handle, lineterminator="\n", fieldnames=list(asdict(rows[0]).keys()) if rows else ["signature"]
+        )
         writer.writeheader()
         writer.writerows(asdict(r) for r in rows)
     return report

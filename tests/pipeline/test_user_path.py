@@ -198,3 +198,21 @@ def test_bad_arguments_are_one_line_naming_the_problem_and_the_help(
     line = one_line_error(genesig(*args, cwd=tmp_path))
     assert problem in line and f"see `{where}`" in line, line
     assert "usage:" not in line
+
+
+@pytest.mark.parametrize(
+    ("permutations", "competitive", "expected"),
+    [
+        (200, "report", "cv_mean >= 0.6 and q <= 0.1 (outcome permuted)"),
+        (200, "gate", "cv_mean >= 0.6 and q <= 0.1 (outcome permuted) and q vs random gene sets <= 0.1"),
+        (0, "off", "cv_mean >= 0.6 alone (--permutations 0: no significance test)"),
+    ],
+)
+def test_the_table_title_names_every_part_of_the_gate_that_decides(
+    permutations: int, competitive: str, expected: str
+) -> None:
+    from genesig.pipeline.results import RunSummary
+    from genesig.presentation import gate_text
+
+    summary = RunSummary("d.csv", "w", 0.6, "cv_mean", 0.1, permutations, competitive, 100, [])
+    assert gate_text(summary) == expected

@@ -141,14 +141,21 @@ def cross_validate(prepared: Prepared, config: TrainSettings, *, permutations: i
     """The training split's repeated stratified CV, the penalty nested inside it (``genesig.pipeline.validation``);
     with ``permutations``, the same CV of that many permutations of the patients' rows against the outcome rides in
     the same batch (``CrossValidation.permuted``: this signature's share of the self-contained null)."""
+    patients = len(prepared.train.ids)
+    permuted_rows = permutation_rows(patients, permutations, prepared.seed, prepared.name)
+    observed, *permuted = _cross_validate_orders(
+        prepared, config, np.concatenate([np.arange(patients)[None], permuted_rows])
+    )
+    return replace(observed, permuted=[cv.pooled_mean for cv in permuted])
+
+
+def _cross_validate_orders(prepared: Prepared, config: TrainSettings, rows: np.ndarray) -> list[CrossValidation]:
+    """The training split cross-validated with its patients' rows in each order of ``rows`` against the outcome."""
     side = prepared.train
-    permuted_rows = permutation_rows(len(side.ids), permutations, prepared.seed, prepared.name)
-    rows = np.concatenate([np.arange(len(side.ids))[None], permuted_rows])
-    observed, *permuted = cross_validate_rows(
+    return cross_validate_rows(
         side.raw, rows, side.event, side.time, prepared.target, config, prepared.seed,
         log1p=prepared.preprocessing.log1p,
     )  # fmt: skip
-    return replace(observed, permuted=[cv.pooled_mean for cv in permuted])
 
 
 def settings_of(manifest: Manifest) -> TrainSettings:
@@ -359,13 +366,8 @@ def evaluate(
 def permutation_draws(prepared: Prepared, config: TrainSettings, count: int) -> list[float]:
     """The pooled out-of-fold metric of ``count`` permutations of the training patients' rows against the outcome,
     each cross-validated as the model was (its own folds, preprocessing and penalty)."""
-    side = prepared.train
-    rows = permutation_rows(len(side.ids), count, prepared.seed, prepared.name)
-    time = side.time if prepared.target == "time_to_event" else None
-    cvs = cross_validate_rows(
-        side.raw, rows, side.event, time, prepared.target, config, prepared.seed, log1p=prepared.preprocessing.log1p
-    )
-    return [cv.pooled_mean for cv in cvs]
+    rows = permutation_rows(len(prepared.train.ids), count, prepared.seed, prepared.name)
+    return [cv.pooled_mean for cv in _cross_validate_orders(prepared, config, rows)]
 
 
 def lone_significance(evaluation: dict[str, Any], draws: list[float]) -> dict[str, Any]:

@@ -54,7 +54,10 @@ def test_admission_507_then_unload_lru_then_retry_succeeds(
 def test_a_tiny_budget_refuses_a_large_mlp_and_leaves_nothing_half_registered(
     start_server: ServerFactory, model_dirs: Callable[..., Path], idle_pss_bytes: int
 ) -> None:
-    big = model_dirs("big-mlp", genes=BIG_GENES, hidden_units=BIG_HIDDEN, seed=7)
+    # Half a model's room above the idle server: the margin must dwarf how much two idle servers differ (on CI a
+    # server measured over 15 MB under the idle one, and the big model, 29 MB, fitted in half its cost), so this model
+    # is eight times as wide (~175 MB charged on two workers; it is refused, never loaded).
+    big = model_dirs("big-mlp", genes=BIG_GENES, hidden_units=8 * BIG_HIDDEN, seed=7)
     server = start_server(budget_for(idle_pss_bytes, 0.5, big_cost(big)))
     client = ModelServerClient(server.url)
     first = client.load("big", str(big))

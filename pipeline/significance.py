@@ -23,7 +23,8 @@ cohorts (``bench/calibration.py``), that null is the same for every signature up
 slowly with size: a draw's location and scale are their kernel-weighted means over draws of nearby sizes (in log
 size), and the standardised draws share one shape, empirical where enough draws reach a signature and a generalised
 Pareto tail beyond (Knijnenburg et al., Bioinformatics 2009). Binary outcomes give a right-skewed null (skew ~0.4):
-a normal tail there is anti-conservative, which is why the shape is learned, not assumed. The gate passes a
+a normal tail there is anti-conservative, which is why the shape is learned, not assumed (floored at
+``SELF_CONTAINED_SHAPE_FLOOR``). The gate passes a
 signature when its metric clears the threshold **and** its Benjamini-Hochberg q over the run is at most the FDR.
 
 **The competitive null** compares the same metric with ``random_sets`` random gene sets of the signature's size drawn
@@ -72,6 +73,12 @@ TAIL_MIN_EXCEED = 10
 # fewer); with fewer than TAIL_MIN_POOL values in a pool there is no fitted tail and p goes no lower than 1 / (N + 1).
 TAIL_EXCEEDANCES = 250
 TAIL_MIN_POOL = 100
+# The self-contained null's fitted tail is no lighter than this shape. Benjamini-Hochberg decides at z ~ 3.7-4.5,
+# far past a pool of ~1,000 draws, where the implied p hangs on a shape fitted with a standard error of ~0.1. For
+# normal to right-skewed (0.3-0.7) nulls of 1,002 draws (bench/tail_shape.py), floored at 0 (exponential) p came out
+# up to 130x too large; unfloored, a tenth of the skewed pools gave p 30-500x too small at z = 4.5-5; at -0.1 the
+# median stays within 0.8-2x of the truth.
+SELF_CONTAINED_SHAPE_FLOOR = -0.1
 # The self-contained null's location and scale at a size: kernel-weighted over the draws (Gaussian in log size), the
 # bandwidth widened from this until the draws it weighs count as at least MIN_NEIGHBOURS (Kish's effective size).
 BANDWIDTH = 0.35
@@ -93,11 +100,11 @@ class PooledTail:
     ``z``, beyond that a generalised Pareto tail fitted to the pool's largest values (a normal tail is too thin for
     these nulls), and beyond a bounded fitted tail's end the normal's tail as the floor.
 
-    ``bounded_tails=False`` floors the fitted shape at 0 (an exponential tail, scale the mean excess): a shape fitted
-    below 0 says the tail ends, and from a few hundred exceedances that is mostly chance (its standard error is
-    ~0.1); a tail cut short there gives p-values many times too small just beyond the pool."""
+    ``shape_floor``: the lightest tail the fit may choose (the shape refitted there, by maximum likelihood, when the
+    free fit is lighter). From a few hundred exceedances a shape's standard error is ~0.1, so a free fit often ends
+    the tail too soon; see ``SELF_CONTAINED_SHAPE_FLOOR``."""
 
-    def __init__(self, pool: np.ndarray, *, bounded_tails: bool = True) -> None:
+    def __init__(self, pool: np.ndarray, *, shape_floor: float | None = None) -> None:
         values = np.asarray(pool, dtype=float)
         self.pool = np.sort(values[np.isfinite(values)])[::-1]
         self.exceedances = min(TAIL_EXCEEDANCES, len(self.pool) // 10)
@@ -108,10 +115,10 @@ class PooledTail:
             try:
                 with np.errstate(all="ignore"):
                     shape, _, scale = genpareto.fit(top[:-1] - threshold, floc=0)
+                    if shape_floor is not None and np.isfinite(shape) and shape < shape_floor:
+                        shape, _, scale = genpareto.fit(top[:-1] - threshold, fc=shape_floor, floc=0)
             except (ValueError, RuntimeError, FloatingPointError):
                 shape, scale = math.nan, math.nan
-            if not bounded_tails and np.isfinite(shape) and shape < 0:
-                shape, scale = 0.0, float(np.mean(top[:-1] - threshold))
             if np.isfinite(shape) and scale > 0:
                 self.pareto = (threshold, float(shape), float(scale))
 
@@ -161,13 +168,8 @@ class PermutationNull:
         self.values = np.array([v for _, v in pairs], dtype=float)
         self.logs = np.log(self.sizes) if len(pairs) else np.empty(0)
         self._moments: dict[int, tuple[float, float]] = {}
-        residuals = [
-            (v - mean) / spread
-            for k, v in pairs
-            for mean, spread in [self.moments(k)]
-            if spread > 0
-        ]
-        self.tail = PooledTail(np.asarray(residuals), bounded_tails=False)
+        residuals = [(v - mean) / spread for k, v in pairs for mean, spread in [self.moments(k)] if spread > 0]
+        self.tail = PooledTail(np.asarray(residuals), shape_floor=SELF_CONTAINED_SHAPE_FLOOR)
 
     @property
     def draws(self) -> int:

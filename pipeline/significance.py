@@ -119,6 +119,11 @@ class PooledTail:
                         shape, _, scale = genpareto.fit(top[:-1] - threshold, fc=shape_floor, floc=0)
             except (ValueError, RuntimeError, FloatingPointError):
                 shape, scale = math.nan, math.nan
+            if not (np.isfinite(shape) and scale > 0):
+                # No fit (e.g. many tied exceedances): an exponential tail, whose scale is the mean excess, rather
+                # than none, which would hold every p of the run at 1 / (N + 1) or above.
+                logger.info("the null's tail could not be fitted; an exponential tail is used")
+                shape, scale = 0.0, float(np.mean(top[:-1] - threshold))
             if np.isfinite(shape) and scale > 0:
                 self.pareto = (threshold, float(shape), float(scale))
 

@@ -253,6 +253,24 @@ def test_the_self_contained_tail_is_no_lighter_than_its_floor_and_close_to_the_t
         assert float(np.percentile(ratios, 10)) > 0.1, (dist.dist.name, np.percentile(ratios, 10))
 
 
+def test_a_tail_that_cannot_be_fitted_falls_back_to_an_exponential_not_to_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a tail every p of the run would stop at 1 / (N + 1): a failed fit gives the exponential tail (shape 0,
+    scale the mean excess) instead."""
+    from genesig.pipeline import significance
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no convergence")
+
+    monkeypatch.setattr(significance.genpareto, "fit", fail)
+    pool = np.random.default_rng(5).normal(size=1_000)
+    tail = PooledTail(pool, shape_floor=SELF_CONTAINED_SHAPE_FLOOR)
+    assert tail.pareto is not None
+    threshold, shape, scale = tail.pareto
+    top = np.sort(pool)[::-1][: tail.exceedances]
+    assert shape == 0.0 and scale == pytest.approx(float(np.mean(top - threshold)))
+    assert tail.sf(6.0) < 1 / (len(pool) + 1)
+
+
 def test_with_one_signature_the_null_is_its_own_permutation_test() -> None:
     """One signature alone: the p of its own permutations (empirical where enough of them reach it)."""
     rng = np.random.default_rng(1)

@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from gates import decide_gates, gate_settings
+from gates import decide_gates, gate_settings, share_at_level
 from real_data import TIME_COLUMN, co_expression_modules, survset_cohort
 from scipy.stats import binom
-from scipy.stats import t as t_dist
 
 from genesig.logs import configure_logging
 from genesig.pipeline.cohort import CohortColumns, read_cohort
@@ -96,18 +95,11 @@ def one_run(task: tuple[str, int, argparse.Namespace]) -> dict[str, Any]:
 def summarise(runs: list[dict[str, Any]], fdr: float) -> dict[str, Any]:
     p = np.concatenate([r["p_values"] for r in runs])
     out: dict[str, Any] = {"runs": len(runs), "p_values": int(p.size)}
+    totals = [len(r["p_values"]) for r in runs]
     for level in LEVELS:
-        count = int(np.sum(p <= level))
-        low, high = binom.interval(0.95, p.size, level)
         # One permuted outcome per run: its sets' p-values come in clusters (overlapping, co-expressed gene sets meet
-        # the same chance association), so the share is also given over runs (mean of the runs' shares, t interval).
-        shares = [r["at_or_below"][str(level)] / len(r["p_values"]) for r in runs if len(r["p_values"])]
-        margin = float(t_dist.ppf(0.975, len(shares) - 1) * np.std(shares, ddof=1) / np.sqrt(len(shares)))
-        mean = float(np.mean(shares))
-        out[str(level)] = {"count": count, "share": count / p.size, "nominal_interval": [low / p.size, high / p.size],
-                           "inside": bool(low <= count <= high), "share_by_run": shares,
-                           "run_interval": [mean - margin, mean + margin],
-                           "nominal_inside_run_interval": bool(abs(mean - level) <= margin)}  # fmt: skip
+        # the same chance association), so the share is also given over runs.
+        out[str(level)] = share_at_level([r["at_or_below"][str(level)] for r in runs], totals, level, "run")
     with_passes = sum(r["passed"] > 0 for r in runs)
     out["runs_with_a_pass"] = with_passes
     out["runs_with_a_pass_allowed_95"] = int(binom.ppf(0.95, len(runs), fdr))

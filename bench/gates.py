@@ -6,10 +6,16 @@ q against random gene sets)."""
 from __future__ import annotations
 
 import copy
+import math
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.stats import binom
+from scipy.stats import t as t_dist
 
 from genesig.pipeline.cohort import Cohort
 from genesig.pipeline.results import RunNulls, SignatureResult, conclude
@@ -103,3 +109,24 @@ def decide_gates(
             described = told
         decided[name] = rows
     return Decided(decided, described, evaluate_s, competitive_s)
+
+
+def share_at_level(below: list[int], totals: list[int], level: float, unit: str) -> dict[str, Any]:
+    """The share of null p-values at or below ``level`` over every ``unit`` (a seed, a run), with the binomial 95%
+    interval of the nominal rate, and, since a unit's p-values share its outcome and its null and so come in
+    clusters, the mean of the units' own shares with its t interval (``share_by_<unit>``, ``<unit>_interval``)."""
+    count, total = sum(below), sum(totals)
+    low, high = binom.interval(0.95, total, level)
+    shares = [b / n for b, n in zip(below, totals, strict=True) if n]
+    mean = float(np.mean(shares)) if shares else math.nan
+    margin = (float(t_dist.ppf(0.975, len(shares) - 1) * np.std(shares, ddof=1) / np.sqrt(len(shares)))
+              if len(shares) > 1 else math.nan)  # fmt: skip
+    return {
+        "count": count,
+        "share": count / total if total else 0.0,
+        "nominal_interval": [low / total, high / total] if total else [0.0, 0.0],
+        "inside": bool(low <= count <= high),
+        f"share_by_{unit}": shares,
+        f"{unit}_interval": [mean - margin, mean + margin],
+        f"nominal_inside_{unit}_interval": bool(abs(mean - level) <= margin),
+    }

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import statistics
 import sys
 import tempfile
@@ -40,9 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gates import GATES, decide_gates, gate_settings
-from scipy.stats import binom
-from scipy.stats import t as t_dist
+from gates import GATES, decide_gates, gate_settings, share_at_level
 
 from genesig.logs import configure_logging
 from genesig.pipeline.cohort import Cohort, read_cohort
@@ -153,8 +150,12 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
         "competitive_s": round(decided.competitive_s, 1),
         "planted": {
             r.signature: {
-                "cv_mean": r.cv_mean, "cv_pooled": r.cv_pooled, "p": r.p_value, "q": r.q_value,
-                "competitive_p": r.competitive_p, "competitive_q": r.competitive_q,
+                "cv_mean": r.cv_mean,
+                "cv_pooled": r.cv_pooled,
+                "p": r.p_value,
+                "q": r.q_value,
+                "competitive_p": r.competitive_p,
+                "competitive_q": r.competitive_q,
             }
             for r in decided.gates["default"]
             if r.signature in PLANTED
@@ -163,27 +164,13 @@ def one_seed(seed: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def calibration(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The noise signatures' self-contained p-values, over every seed: the share at or below each level and the
-    binomial 95% interval of the nominal rate."""
-    count = sum(r["noise_p_count"] for r in runs)
-    out: dict[str, Any] = {"p_values": count}
+    """The noise signatures' self-contained p-values, over every seed: the share at or below each level, the binomial
+    95% interval of the nominal rate and the interval over seeds (``gates.share_at_level``)."""
+    totals = [r["noise_p_count"] for r in runs]
+    out: dict[str, Any] = {"p_values": sum(totals)}
     for level in LEVELS:
-        below = sum(r["noise_p_at_or_below"][str(level)] for r in runs)
-        low, high = binom.interval(0.95, count, level)
-        # A seed's noise sets share its outcome and its null: their p-values come in clusters, so the share's
-        # uncertainty is also given over seeds (the mean of the seeds' shares, a t interval).
-        shares = [r["noise_p_at_or_below"][str(level)] / r["noise_p_count"] for r in runs if r["noise_p_count"]]
-        spread = statistics.stdev(shares) / len(shares) ** 0.5 if len(shares) > 1 else math.nan
-        margin = float(t_dist.ppf(0.975, len(shares) - 1)) * spread if len(shares) > 1 else math.nan
-        out[str(level)] = {
-            "count": below,
-            "share": below / count if count else 0.0,
-            "nominal_interval": [low / count, high / count] if count else [0.0, 0.0],
-            "inside": bool(low <= below <= high),
-            "share_by_seed": shares,
-            "seed_interval": [statistics.fmean(shares) - margin, statistics.fmean(shares) + margin],
-            "nominal_inside_seed_interval": bool(abs(statistics.fmean(shares) - level) <= margin),
-        }
+        below = [r["noise_p_at_or_below"][str(level)] for r in runs]
+        out[str(level)] = share_at_level(below, totals, level, "seed")
     return out
 
 

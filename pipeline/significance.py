@@ -124,7 +124,7 @@ class PooledTail:
                 # than none, which would hold every p of the run at 1 / (N + 1) or above.
                 logger.info("the null's tail could not be fitted; an exponential tail is used")
                 shape, scale = 0.0, float(np.mean(top[:-1] - threshold))
-            if np.isfinite(shape) and scale > 0:
+            if scale > 0:  # 0 when every exceedance ties with the threshold: no tail beyond the pool
                 self.pareto = (threshold, float(shape), float(scale))
 
     def sf(self, z: float) -> float:

@@ -21,13 +21,15 @@ from genesig.pipeline.cohort import Cohort
 from genesig.pipeline.results import RunNulls, SignatureResult, conclude
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import GeneSignature, match
-from genesig.pipeline.significance import RandomSignatureNull, competitive_sizes, permutations_per_signature
+from genesig.pipeline.significance import draw_competitive, permutations_per_signature
 from genesig.pipeline.steps import cross_validate, preprocess
 
 GATES = ("default", "threshold_only", "competitive_gate")
 
 
-def gate_settings(fdr: float = 0.1, permutations: int = 200, random_sets: int = 100) -> dict[str, GateSettings]:
+def gate_settings(
+    fdr: float = 0.1, permutations: int = 200, random_sets: int = GateSettings().random_sets
+) -> dict[str, GateSettings]:
     return {
         "default": GateSettings(fdr=fdr, permutations=permutations, random_sets=random_sets),
         "threshold_only": GateSettings(permutations=0, competitive="off"),
@@ -92,11 +94,7 @@ def decide_gates(
     nulls, genes = None, 0
     if competitive:
         with tempfile.TemporaryDirectory(prefix="genesig-bench-null-") as tmp:
-            null = RandomSignatureNull(cohort, train, None, default.random_sets, Path(tmp) / "null")
-            genes = len(null.genes)
-            sizes = competitive_sizes(results, genes)
-            null.draw(sizes)
-            nulls = {size: null.distribution(size) for size in sizes}
+            nulls, genes = draw_competitive(cohort, train, None, results, default.random_sets, Path(tmp) / "null")
     competitive_s = time.perf_counter() - started - evaluate_s
     decided: dict[str, list[SignatureResult]] = {}
     described = RunNulls("", "")

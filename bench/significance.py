@@ -20,7 +20,7 @@ interval of the nominal rate.
 with the outcome, so passing it is not a false discovery; those are counted apart (``associated_passed``).
 
 Usage: python bench/significance.py [--seeds 10] [--first-seed 0] [--noise 1000] [--patients 200]
-                                    [--permutations 200] [--random-sets 100] [--background-genes 0]
+                                    [--permutations 200] [--random-sets 200] [--background-genes 0]
                                     [--gene-noise 0.6] [--noise-holds-planted] [--cv-repeats 2] [--processes 2]
 Not a test: it measures.
 """

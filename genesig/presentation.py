@@ -373,8 +373,9 @@ def render_plan(estimate: dict[str, Any]) -> None:
         f"Assumed: {a['processing_startup_minutes']} min to start a processing job, {a['training_startup_minutes']} "
         f"min a training job; {a['seconds_per_signature']} s to train one signature; the gate's self-contained test: "
         f"{estimate['permutations_per_signature']} permutation(s) per signature in the set run, {a['permutations']} "
-        f"for one signature alone, {a['seconds_per_permutation']} s each; the competitive test: {a['random_sets']} "
-        f"random sets for each of {estimate['competitive_sizes']} sizes; {a['pass_rate']:.0%} pass; "
+        f"for one signature alone, {a['seconds_per_permutation']} s each; the competitive test: "
+        f"{estimate['random_sets_per_size']} random sets at each of {estimate['competitive_sizes']} sizes; "
+        f"{a['pass_rate']:.0%} pass; "
         f"${a['price_per_instance_hour']}/instance-hour; {a['max_parallel']} executions at once "
         "(each is an option of `genesig pipeline plan`).",
         highlight=False,

@@ -443,7 +443,9 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
                 "--competitive", choices=("report", "gate", "off"), default="report",
                 help="the competitive test (random gene sets): report, gate or off",
             )  # fmt: skip
-            cmd.add_argument("--random-sets", type=int, default=a.random_sets, help="random sets per size")
+            cmd.add_argument(
+                "--random-sets", type=int, default=a.random_sets, help="random sets in the run (at least 20 per size)"
+            )
             cmd.add_argument(
                 "--price-per-hour",
                 type=float,

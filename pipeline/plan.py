@@ -11,6 +11,8 @@ import math
 from dataclasses import asdict, dataclass
 
 from genesig.errors import DataError
+from genesig.pipeline.settings import GateSettings
+from genesig.pipeline.significance import sets_per_size
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,10 @@ class Assumptions:
     # A permuted cross-validation rides in its signature's own batch: measured at about a fifth to a half of the
     # signature's own time (bench/training.py); taken at half.
     seconds_per_permutation: float = 0.25
-    # Random gene sets per size in the competitive test (the RandomSets parameter; Competitive=off skips it); a
-    # random set costs about what a permutation does, and each size is drawn once in the run, the sizes dealt across
-    # the instances.
-    random_sets: int = 100
+    # Random gene sets in the competitive test (the RandomSets parameter; Competitive=off skips it): this many in
+    # the run, spread over its sizes, at least MIN_SETS_PER_SIZE at each; a random set costs about what a
+    # permutation does, and each size is drawn once in the run, the sizes dealt across the instances.
+    random_sets: int = GateSettings().random_sets
 
     def __post_init__(self) -> None:
         """Each assumption as its option: a negative time, price or count, or a pass rate outside 0-1, is refused."""
@@ -87,7 +89,8 @@ def signature_set_run(signatures: int, shards: int, a: Assumptions, competitive_
     prepare = a.processing_startup_minutes + 1.0  # reading the cohort and dealing the shards
     per_instance = math.ceil(signatures / shards)
     null = (
-        per_instance * permutations_each(signatures, a) + math.ceil(competitive_sizes / shards) * a.random_sets
+        per_instance * permutations_each(signatures, a)
+        + math.ceil(competitive_sizes / shards) * sets_per_size(competitive_sizes, a.random_sets)
     ) * a.seconds_per_permutation
     train = a.training_startup_minutes + (per_instance * a.seconds_per_signature + null) / 60
     register = a.processing_startup_minutes + signatures * a.pass_rate * a.seconds_per_registration / 60 + 1.0
@@ -124,6 +127,7 @@ def plan(
         "shards": shards,
         "permutations_per_signature": permutations_each(signatures, a),
         "competitive_sizes": competitive_sizes,
+        "random_sets_per_size": sets_per_size(competitive_sizes, a.random_sets),
         "signature_set": asdict(signature_set_run(signatures, shards, a, competitive_sizes)),
         "per_signature": asdict(per_signature_executions(signatures, a)),
         "assumptions": asdict(a),

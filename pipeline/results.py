@@ -135,10 +135,11 @@ def conclude(
             if status == "tested":
                 r.null_size = null_size(len(r.genes))
                 r.random_sets = competitive_nulls[r.null_size].replicates
-        replicates = max((n.replicates for n in competitive_nulls.values()), default=0)
+        per_size = max((n.replicates for n in competitive_nulls.values()), default=0)
         competitive = (
-            f"{replicates} random gene sets of the signature's size (above {EXACT_UP_TO} genes in bins of "
-            f"x{SIZE_RATIO}) drawn from the cohort's {genes} genes, with the real outcome; not applicable where the "
+            f"{per_size * len(competitive_nulls)} random gene sets at {len(competitive_nulls)} sizes ({per_size} at "
+            f"each; above {EXACT_UP_TO} genes in bins of x{SIZE_RATIO}), drawn from the cohort's {genes} genes with "
+            "the real outcome, the null's location and scale smoothed over nearby sizes; not applicable where the "
             "signature holds more than half of those genes"
         )
     for r, verdict in zip(results, decide(results, gate), strict=True):

@@ -40,8 +40,7 @@ from genesig.pipeline.signatures import (
     select,
 )
 from genesig.pipeline.significance import (
-    RandomSignatureNull,
-    competitive_sizes,
+    draw_competitive,
     permutations_per_signature,
 )
 from genesig.pipeline.steps import (
@@ -349,18 +348,10 @@ def run_local(
     jobs = options.jobs or os.cpu_count() or 1
     competitive, genes = None, 0
     if options.gate.competitive != "off":
-        random_sets = RandomSignatureNull(
-            cohort, options.train, options.cohort.target, options.gate.random_sets, options.workdir / "null"
-        )
-        genes = len(random_sets.genes)
-        sizes = competitive_sizes(results, genes)
-        if sizes:  # minutes on a large cohort, after the progress bar is full: say what is going on
-            logger.info(
-                "beside the verdict: %d random gene sets at each of %d sizes, cross-validated as the signatures were "
-                "(--competitive off skips this)", options.gate.random_sets, len(sizes),
-            )  # fmt: skip
-        random_sets.draw(sizes, jobs)
-        competitive = {size: random_sets.distribution(size) for size in sizes}
+        competitive, genes = draw_competitive(
+            cohort, options.train, options.cohort.target, results, options.gate.random_sets,
+            options.workdir / "null", jobs,
+        )  # fmt: skip
     nulls = conclude(results, options.gate, competitive, genes)
     record_verdicts([r for r in results if r.status == "done"], nulls, jobs)
     plot = options.workdir / RUN_PLOT_FILE

@@ -112,8 +112,13 @@ class GateSettings(msgspec.Struct, frozen=True, kw_only=True):
         ),
     ] = "report"
     random_sets: Annotated[
-        int, _doc("random gene sets per size in the competitive test (at least 20)", ge=20)
-    ] = 100
+        int,
+        _doc(
+            "random gene sets in the competitive test: this many in the run, spread over the signatures' sizes, at "
+            "least 20 at each",
+            ge=20,
+        ),
+    ] = 200
 
 
 Settings = TypeVar("Settings", CohortSettings, TrainSettings, GateSettings)

@@ -49,6 +49,7 @@ from genesig.pipeline.significance import (
     null_size,
     numeric_genes,
     permutations_per_signature,
+    sets_per_size,
 )
 from genesig.pipeline.steps import EVALUATION_FILE
 
@@ -146,6 +147,7 @@ def prepare_set(
     groups = deal(trainable, shards)
     competitive = deal_competitive_sizes(trainable, shards, len(genes)) if gate.competitive != "off" else []
     permutations = permutations_per_signature(len(trainable), gate.permutations)
+    per_size = sets_per_size(sum(map(len, competitive)), gate.random_sets)
     for i, group in enumerate(groups):
         # Each signature computes its share of the self-contained null; each competitive size is drawn by one
         # instance for the whole run.
@@ -154,6 +156,7 @@ def prepare_set(
             "signatures": [_signature_doc(m) for m in group],
             "permutations": permutations,
             "competitive_sizes": competitive[i] if competitive else [],
+            "random_sets_per_size": per_size,
         }
         (out_dir / "shards" / SHARD_FILE.format(i)).write_text(json.dumps(doc) + "\n")
     (out_dir / SKIPPED_FILE).write_text(json.dumps(skipped, indent=1) + "\n")
@@ -183,18 +186,19 @@ def prepare_set(
 @dataclass(frozen=True)
 class Shard:
     """An instance's part of the shards channel: its signatures, the permutations each computes, and the competitive
-    null sizes it draws for the run."""
+    null sizes it draws for the run, with the random sets at each."""
 
     signatures: list[MatchedSignature]
     permutations: int
     competitive_sizes: list[int]
+    random_sets_per_size: int
 
 
 def read_shards(folder: Path, available: list[str], min_genes: int) -> Shard:
     """The signatures of the shard files in ``folder`` (an instance's part of the shards channel)."""
     matched: list[MatchedSignature] = []
     sizes: list[int] = []
-    permutations = 0
+    permutations = per_size = 0
     for path in sorted(folder.glob("shard-*.json")):
         doc = json.loads(path.read_text())
         for one in doc["signatures"]:
@@ -202,7 +206,8 @@ def read_shards(folder: Path, available: list[str], min_genes: int) -> Shard:
             matched.append(match(signature, available, min_genes))
         sizes += doc.get("competitive_sizes", [])
         permutations = max(permutations, int(doc.get("permutations", 0)))
-    return Shard(matched, permutations, sizes)
+        per_size = max(per_size, int(doc.get("random_sets_per_size", 0)))
+    return Shard(matched, permutations, sizes, per_size)
 
 
 def train_shard(
@@ -222,7 +227,7 @@ def train_shard(
     if options.gate.competitive != "off" and shard.competitive_sizes:
         # This instance's share of the run's competitive sizes (PrepareSignatureSet dealt them); RegisterSignatures
         # computes every signature's p over all of them, so a p does not depend on the shards.
-        null = RandomSignatureNull(cohort, options.train, options.cohort.target, options.gate.random_sets, work)
+        null = RandomSignatureNull(cohort, options.train, options.cohort.target, shard.random_sets_per_size, work)
         null.draw(shard.competitive_sizes, jobs=options.jobs or os.cpu_count() or 1)
         nulls = {
             "genes": len(null.genes),

@@ -11,25 +11,29 @@ a published signature on its own cohort included.
 **The statistic** is the pooled out-of-fold metric (``CrossValidation.pooled_mean``): each CV repeat's out-of-fold
 scores over every training patient, scored once, averaged over the repeats.
 
-**The self-contained null** is that metric with the outcome permuted across the training patients (the event, or
-each patient's (time, event) pair, kept together) and everything else as the real run does it: the signature's genes,
-the folds, the fold-fitted preprocessing, the nested penalty. It is computed by permuting the patients' expression
-rows against the outcome, so the folds (which follow the outcome) stay the run's own, and each permutation rides in
-the signature's own batched cross-validation (``genesig.pipeline.validation``). A permutation test needs many
-permutations per signature to reach the p-values Benjamini-Hochberg asks for over thousands of signatures (1e-5), so
-the run *shares* them: each signature gets ``permutations_per_signature`` of them (at least one; the run at least
-``GateSettings.permutations`` in all) and :class:`PermutationNull` pools every draw of the run. Measured on real
-cohorts (``bench/calibration.py``), that null is the same for every signature up to a location and scale that drift
-slowly with size: a draw's location and scale are their kernel-weighted means over draws of nearby sizes (in log
-size), and the standardised draws share one shape, empirical where enough draws reach a signature and a generalised
-Pareto tail beyond (Knijnenburg et al., Bioinformatics 2009). Binary outcomes give a right-skewed null (skew ~0.4):
-a normal tail there is anti-conservative, which is why the shape is fitted, not assumed, but no lighter than
-``SELF_CONTAINED_SHAPE_FLOOR`` (which the benchmarks' pools reach: their free fits are lighter). The gate passes a
+**The self-contained null** is that metric with the outcome permuted across the training patients (the event, or each
+patient's (time, event) pair, kept together) and everything else as the real run does it: the signature's genes, the
+folds, the fold-fitted preprocessing, the nested penalty. It is computed by permuting the patients' expression rows
+against the outcome, so the folds (which follow the outcome) stay the run's own, and each permutation rides in the
+signature's own batched cross-validation (``genesig.pipeline.validation``). A permutation test needs many permutations
+per signature to reach the p-values Benjamini-Hochberg asks for over thousands of signatures (1e-5), so the run *shares*
+them: each signature gets ``permutations_per_signature`` of them (at least one; the run at least
+``GateSettings.permutations`` in all) and :class:`PermutationNull` pools every draw of the run. Measured on real cohorts
+(``bench/calibration.py``), that null is the same for every signature up to a location and scale that drift slowly with
+size: a size's location and scale are local-linear fits in log size over the draws of nearby sizes
+(:class:`SizeSmoothedNull`), and the standardised draws share one shape, empirical where enough draws reach a signature
+and a generalised Pareto tail beyond (Knijnenburg et al., Bioinformatics 2009). Binary outcomes give a right-skewed null
+(skew ~0.4): a normal tail there is anti-conservative, which is why the shape is fitted, not assumed, but no lighter
+than ``SELF_CONTAINED_SHAPE_FLOOR`` (which the benchmarks' pools reach: their free fits are lighter). The gate passes a
 signature when its metric clears the threshold **and** its Benjamini-Hochberg q over the run is at most the FDR.
 
-**The competitive null** compares the same metric with ``random_sets`` random gene sets of the signature's size drawn
-from the cohort's genes with the real outcome (Starmans et al., PLoS One 2011), drawn in two strata (sets holding one
-of the genes best at discriminating alone, and the rest) so that the far tail is seen (``StratifiedTail``). Where a
+**The competitive null** compares the same metric with random gene sets drawn from the cohort's genes with the real
+outcome (Starmans et al., PLoS One 2011): ``random_sets`` in the run, spread over the signatures' sizes (each size up
+to ``EXACT_UP_TO``, geometric bins beyond, at least ``MIN_SETS_PER_SIZE`` at each), drawn in two strata (sets holding
+one of the genes best at discriminating alone, and the rest) so that the far tail is seen. Each stratum is a
+:class:`SizeSmoothedNull`, as the self-contained null is: on real cohorts the random sets' metric rises and narrows
+with size (gse1992: a mean of 0.53 at 3 genes, 0.67 at 155), so its location and scale are local-linear in log size,
+and p weighs each stratum's p by its exact share of the random sets of the size (:class:`StratifiedNull`). Where a
 random set of the signature's size would share most of its genes with it (the signature holds more than
 ``COMPETITIVE_MAX_SHARE`` of the cohort's genes), the test is not applicable and says so.
 """
@@ -83,9 +87,11 @@ SELF_CONTAINED_SHAPE_FLOOR = -0.1
 # bandwidth widened from this until the draws it weighs count as at least MIN_NEIGHBOURS (Kish's effective size).
 BANDWIDTH = 0.35
 MIN_NEIGHBOURS = 100
-# Competitive: sizes up to EXACT_UP_TO have their own null, larger ones share geometric bins of ratio SIZE_RATIO.
+# Competitive: random sets are drawn at each size up to EXACT_UP_TO and at geometric bins of ratio SIZE_RATIO
+# beyond, at least MIN_SETS_PER_SIZE at each (the null's location and scale are smoothed over nearby sizes).
 EXACT_UP_TO = 10
 SIZE_RATIO = 1.2
+MIN_SETS_PER_SIZE = 20
 # Competitive: the share of the cohort's genes, best at discriminating alone, whose random sets are their own stratum.
 TOP_GENE_SHARE = 0.01
 # Competitive: not applicable when the signature holds more than this share of the genes random sets are drawn from.
@@ -162,27 +168,30 @@ def permutation_rows(patients: int, count: int, seed: int, key: str) -> np.ndarr
     return np.stack([rng.permutation(patients) for _ in range(count)]) if count else np.empty((0, patients), int)
 
 
-class PermutationNull:
-    """The run's self-contained null: every permuted pooled out-of-fold metric of every signature, by size. p of a
-    signature of ``k`` genes: its metric standardised by the null's location and scale at ``k`` (kernel-weighted over
-    the draws of nearby sizes), against the pooled standardised draws (``PooledTail``)."""
+class SizeSmoothedNull:
+    """A null metric that drifts with the signature's size, from draws at many sizes: at a size, its location and
+    scale are local-linear fits in log size (a Gaussian kernel, so a trend across the sizes is followed rather than
+    averaged away), and the draws standardised by their own size's location and scale share one shape
+    (``PooledTail``, no lighter than ``shape_floor``)."""
 
-    def __init__(self, draws: Iterable[tuple[int, float]]) -> None:
+    def __init__(self, draws: Iterable[tuple[int, float]], *, shape_floor: float | None = None) -> None:
         pairs = [(k, v) for k, v in draws if math.isfinite(v) and k > 0]
         self.sizes = np.array([k for k, _ in pairs], dtype=float)
         self.values = np.array([v for _, v in pairs], dtype=float)
         self.logs = np.log(self.sizes) if len(pairs) else np.empty(0)
         self._moments: dict[int, tuple[float, float]] = {}
         residuals = [(v - mean) / spread for k, v in pairs for mean, spread in [self.moments(k)] if spread > 0]
-        self.tail = PooledTail(np.asarray(residuals), shape_floor=SELF_CONTAINED_SHAPE_FLOOR)
+        self.tail = PooledTail(np.asarray(residuals), shape_floor=shape_floor)
 
     @property
     def draws(self) -> int:
         return len(self.values)
 
     def moments(self, size: int) -> tuple[float, float]:
-        """Location and scale of the null at ``size`` genes: the mean and standard deviation of the draws weighted by
-        a Gaussian kernel in log size, its bandwidth widened until they weigh as ``MIN_NEIGHBOURS`` draws (or all)."""
+        """Location and scale of the null at ``size`` genes: local-linear fits in log size of the draws and of their
+        squared deviations from that fit, weighted by a Gaussian kernel whose bandwidth is widened until the draws it
+        weighs count as ``MIN_NEIGHBOURS`` (or all of them). Where the draws' sizes do not spread enough to fit a
+        slope (one size), the weighted mean and variance."""
         if size not in self._moments:
             if len(self.values) < 2:
                 self._moments[size] = (float(np.mean(self.values)) if len(self.values) else 0.5, 0.0)
@@ -196,10 +205,17 @@ class PermutationNull:
                 if (total > 0 and total**2 / squares >= want * 0.999) or width > 50:
                     break
                 width *= 1.5
-            mean = float(np.sum(weight * self.values) / total)
-            # Weighted variance, unbiased for reliability weights.
-            variance = float(np.sum(weight * (self.values - mean) ** 2) / (total - squares / total))
-            self._moments[size] = (mean, math.sqrt(max(variance, 0.0)))
+            line = _local_line(distance, weight)
+            mean = float(line @ self.values)
+            # Scale: the local line of the absolute deviations from the local line of the values (positive where a
+            # line of squared deviations, steeper, often runs below 0 at the largest size), as a standard deviation
+            # for a normal null. Any scale proportional to the truth gives the same p: the pool is standardised by it.
+            deviation = np.abs(self.values - _local_fit(distance, weight, self.values))
+            spread = float(line @ deviation)
+            if spread <= 0:
+                spread = float(weight @ deviation / total)
+            spread *= math.sqrt(math.pi / 2) / max(1.0 - squares / total**2, 1e-9) ** 0.5
+            self._moments[size] = (mean, spread)
         return self._moments[size]
 
     def p_value(self, observed: float, size: int) -> float:
@@ -207,7 +223,7 @@ class PermutationNull:
             return 1.0
         mean, spread = self.moments(size)
         if spread <= 0:
-            return float((1 + np.count_nonzero(self.values >= observed)) / (len(self.values) + 1))
+            return empirical_p(observed, self.values)
         return self.tail.sf((observed - mean) / spread)
 
     def percentiles(self, size: int, q: Sequence[float]) -> np.ndarray:
@@ -216,6 +232,37 @@ class PermutationNull:
         if not len(self.tail.pool) or spread <= 0:
             return np.full(len(q), mean)
         return mean + spread * np.percentile(self.tail.pool, np.asarray(q, dtype=float))
+
+
+def _local_line(distance: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The weights that give a weighted least-squares line's value at distance 0 (the local-linear estimator's
+    equivalent kernel); the normalised weights themselves where the distances do not spread enough for a slope."""
+    s0, s1, s2 = weight.sum(), float(weight @ distance), float(weight @ distance**2)
+    spread = s0 * s2 - s1**2
+    if spread <= 1e-9 * s0 * max(s2, 1e-12):
+        return weight / s0
+    return weight * (s2 - s1 * distance) / spread
+
+
+def _local_fit(distance: np.ndarray, weight: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The weighted least-squares line of ``values`` on ``distance``, at every draw (a constant where no slope can
+    be fitted)."""
+    s0, s1, s2 = weight.sum(), float(weight @ distance), float(weight @ distance**2)
+    spread = s0 * s2 - s1**2
+    mean = float(weight @ values) / s0
+    if spread <= 1e-9 * s0 * max(s2, 1e-12):
+        return np.full(len(values), mean)
+    slope = (s0 * float(weight @ (distance * values)) - s1 * float(weight @ values)) / spread
+    return mean + slope * (distance - s1 / s0)
+
+
+class PermutationNull(SizeSmoothedNull):
+    """The run's self-contained null: every permuted pooled out-of-fold metric of every signature, by size; p of a
+    signature of ``k`` genes is its metric standardised by the null's location and scale at ``k``, against the
+    pooled standardised draws, whose tail is no lighter than ``SELF_CONTAINED_SHAPE_FLOOR``."""
+
+    def __init__(self, draws: Iterable[tuple[int, float]]) -> None:
+        super().__init__(draws, shape_floor=SELF_CONTAINED_SHAPE_FLOOR)
 
     def describe(self, signatures: int) -> str:
         span = f"{int(self.sizes.min())}-{int(self.sizes.max())} genes" if len(self.sizes) else "no genes"
@@ -245,39 +292,6 @@ def competitive_applicable(k: int, genes: int) -> bool:
 def empirical_p(observed: float, null: np.ndarray) -> float:
     """(1 + #null >= observed) / (R + 1): never 0, and exact for a null of R draws."""
     return float((1 + np.count_nonzero(null >= observed)) / (len(null) + 1))
-
-
-class NullTail:
-    """p-values against the random-signature nulls of a run's sizes: empirical where enough random sets reach the
-    observed metric, else from the tail every size's standardised null shares (``PooledTail``)."""
-
-    def __init__(self, nulls: Mapping[int, np.ndarray]) -> None:
-        self.nulls = {size: np.asarray(values, dtype=float) for size, values in nulls.items()}
-        self.moments = {
-            size: (float(np.mean(v)), float(np.std(v, ddof=1)))
-            for size, v in self.nulls.items()
-            if len(v) >= 3 and np.std(v) > 0
-        }
-        pooled = [(self.nulls[size] - mean) / spread for size, (mean, spread) in self.moments.items()]
-        self.shared = PooledTail(np.concatenate(pooled) if pooled else np.empty(0))
-
-    @property
-    def pool(self) -> np.ndarray:
-        return self.shared.pool
-
-    @property
-    def pareto(self) -> tuple[float, float, float] | None:
-        return self.shared.pareto
-
-    def p_value(self, observed: float, size: int) -> float:
-        if not math.isfinite(observed):
-            return 1.0
-        null = self.nulls[size]
-        empirical = empirical_p(observed, null)
-        if np.count_nonzero(null >= observed) >= TAIL_MIN_EXCEED or size not in self.moments:
-            return empirical
-        mean, spread = self.moments[size]
-        return float(min(empirical, self.shared.sf((observed - mean) / spread)))
 
 
 @dataclass(frozen=True)
@@ -320,42 +334,63 @@ class SizeNull:
 EMPTY_SIZE_NULL = SizeNull(np.empty(0), np.empty(0), 0.0)
 
 
-class StratifiedTail:
-    """p against a run's stratified competitive nulls: each stratum's p (``NullTail``), weighted by the stratum's share
-    of all random sets of the size."""
+class StratifiedNull:
+    """The competitive null over a run's sizes: each stratum (random sets holding a top gene, and the rest) one
+    :class:`SizeSmoothedNull` over the draws of every size; p at a size is each stratum's p there, weighted by the
+    stratum's exact share of all random sets of the size."""
 
     def __init__(self, nulls: Mapping[int, SizeNull]) -> None:
         self.nulls = dict(nulls)
-        self.holding = NullTail({size: n.holding for size, n in self.nulls.items() if n.weight > 0})
-        self.rest = NullTail({size: n.rest for size, n in self.nulls.items() if n.weight < 1})
+        self.holding = SizeSmoothedNull((k, v) for k, n in self.nulls.items() if n.weight > 0 for v in n.holding)
+        self.rest = SizeSmoothedNull((k, v) for k, n in self.nulls.items() if n.weight < 1 for v in n.rest)
 
-    def unfitted(self) -> list[NullTail]:
+    @property
+    def sets(self) -> int:
+        return self.holding.draws + self.rest.draws
+
+    def unfitted(self) -> list[SizeSmoothedNull]:
         """The strata in use too small (under ``TAIL_MIN_POOL`` random sets) to fit a tail to."""
-        return [t for t in (self.holding, self.rest) if t.nulls and t.pareto is None]
+        return [s for s in (self.holding, self.rest) if s.draws and s.tail.pareto is None]
 
     def p_value(self, observed: float, size: int) -> float:
-        null = self.nulls[size]
+        weight = self.nulls[size].weight
         p = 0.0
-        if null.weight > 0:
-            p += null.weight * self.holding.p_value(observed, size)
-        if null.weight < 1:
-            p += (1.0 - null.weight) * self.rest.p_value(observed, size)
+        if weight > 0:
+            p += weight * self.holding.p_value(observed, size)
+        if weight < 1:
+            p += (1.0 - weight) * self.rest.p_value(observed, size)
         return float(min(p, 1.0))
 
 
+def sets_per_size(sizes: int, random_sets: int) -> int:
+    """Random gene sets drawn at each of a run's ``sizes`` competitive sizes: ``random_sets`` in the run, spread
+    over the sizes, at least ``MIN_SETS_PER_SIZE`` at each."""
+    if sizes <= 0 or random_sets <= 0:
+        return 0
+    return max(MIN_SETS_PER_SIZE, math.ceil(random_sets / sizes))
+
+
 class RandomSignatureNull:
-    """Competitive nulls: the pooled out-of-fold metrics of random gene sets, by size and stratum, cached on disk. A
-    size's random sets share the outcome and so the folds: they are cross-validated as one batch of designs."""
+    """Competitive nulls: the pooled out-of-fold metrics of ``replicates`` random gene sets at each size, by stratum,
+    cached on disk. A size's random sets share the outcome and so the folds: they are cross-validated as one batch of
+    designs. ``genes``: the cohort's ``numeric_genes`` where the caller has them already."""
 
     def __init__(
-        self, cohort: Cohort, train: TrainSettings, target: str | None, replicates: int, cache_dir: Path
+        self,
+        cohort: Cohort,
+        train: TrainSettings,
+        target: str | None,
+        replicates: int,
+        cache_dir: Path,
+        *,
+        genes: list[str] | None = None,
     ) -> None:
         self.cohort = cohort
         self.train = train
         self.target = target
         self.replicates = replicates
         self.cache_dir = cache_dir
-        self.genes = numeric_genes(cohort)
+        self.genes = numeric_genes(cohort) if genes is None else genes
         self._target = choose_target(cohort, target)  # type: ignore[arg-type]
         self._memory: dict[int, SizeNull] = {}
         self._key: str | None = None
@@ -494,6 +529,30 @@ class RandomSignatureNull:
         for (i, _), values in zip(batches, results, strict=True):
             out[i] += values
         return out
+
+
+def draw_competitive(
+    cohort: Cohort,
+    train: TrainSettings,
+    target: str | None,
+    rows: Sequence[Evaluated],
+    random_sets: int,
+    cache_dir: Path,
+    jobs: int = 1,
+) -> tuple[dict[int, SizeNull], int]:
+    """The random-set nulls a run's evaluated signatures need (``random_sets`` spread over their sizes), drawn or
+    read from ``cache_dir``, and the number of genes they were drawn from."""
+    usable = numeric_genes(cohort)
+    sizes = competitive_sizes(rows, len(usable))
+    per_size = sets_per_size(len(sizes), random_sets)
+    null = RandomSignatureNull(cohort, train, target, per_size, cache_dir, genes=usable)
+    if sizes:  # minutes on a large cohort, after the progress bar is full: say what is going on
+        logger.info(
+            "beside the verdict: %d random gene sets at each of %d sizes, cross-validated as the signatures were "
+            "(--competitive off skips this)", per_size, len(sizes),
+        )  # fmt: skip
+    null.draw(sizes, jobs)
+    return {size: null.distribution(size) for size in sizes}, len(usable)
 
 
 # Random sets of one size cross-validated in one batch (bounded so that the work spreads over --jobs processes).
@@ -668,11 +727,11 @@ def competitive_p_values(
 ) -> list[tuple[str, float | None]]:
     """Each row's competitive status and p against the run's random-set nulls (every size drawn in the run: the tails
     they share are learned from all of them); rows not evaluated get ("", None)."""
-    tail = StratifiedTail(nulls) if nulls else None
+    tail = StratifiedNull(nulls) if nulls else None
     unfitted = tail.unfitted() if tail else []
     compared = sum(r.status == "done" and r.cv_pooled is not None for r in rows)
     if unfitted and compared:
-        smallest = min(len(t.pool) for t in unfitted)
+        smallest = min(t.draws for t in unfitted)
         # Info, not a warning: a small run (one signature, a few sizes) always has strata this small by default.
         logger.info(
             "the random-set null has %d sets in a stratum, too few (under %d) to fit its tail: its p cannot go much "

@@ -52,13 +52,15 @@ def test_the_gates_null_work_is_counted_per_signature_and_per_competitive_size()
     one_instance = plan(1000, 1, competitive_sizes=30)["signature_set"]
     four = plan(1000, 4, competitive_sizes=30)
     assert four["permutations_per_signature"] == 1, "200 over 1,000 signatures: one each"
-    # One permutation per signature and 30 sizes x 100 random sets at 0.25 s each: 4.2 + 12.5 instance-minutes on
-    # one instance; at 4 instances 250 signatures each and 8 of the sizes (dealt once each).
+    # 200 random sets over 30 sizes: the floor of 20 at each.
+    assert four["random_sets_per_size"] == 20 and plan(1000, 4, competitive_sizes=2)["random_sets_per_size"] == 100
+    # One permutation per signature and 30 sizes x 20 random sets at 0.25 s each: 4.2 + 2.5 instance-minutes on one
+    # instance; at 4 instances 250 signatures each and 8 of the sizes (dealt once each).
     assert one_instance["instance_minutes"] - plan(1000, 1, off)["signature_set"]["instance_minutes"] == pytest.approx(
-        (1000 + 30 * 100) * 0.25 / 60, abs=0.1
+        (1000 + 30 * 20) * 0.25 / 60, abs=0.1
     )
     extra = four["signature_set"]["instance_minutes"] - without["instance_minutes"]
-    assert extra == pytest.approx(4 * (250 + 8 * 100) * 0.25 / 60, abs=0.1)
+    assert extra == pytest.approx(4 * (250 + 8 * 20) * 0.25 / 60, abs=0.1)
     assert four["signature_set"]["wall_minutes"] < one_instance["wall_minutes"]
     # One signature alone draws every permutation for itself, in its own evaluation.
     alone = plan(1, 1)["per_signature"]["instance_minutes"] - plan(1, 1, off)["per_signature"]["instance_minutes"]

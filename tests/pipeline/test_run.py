@@ -145,7 +145,7 @@ def test_summary_json_has_each_signatures_verdict_and_reason(synthetic_csv: Path
     doc = json.loads((tmp_path / "w" / "summary.json").read_text())
     assert len(doc["results"]) == 7
     gate = (doc["threshold"], doc["fdr"], doc["permutations"], doc["competitive"], doc["random_sets"])
-    assert gate == (0.6, 0.1, 200, "report", 100), "the gate it was run with"
+    assert gate == (0.6, 0.1, 200, "report", 200), "the gate it was run with"
     assert "permuted" in doc["self_contained_null"] and "random gene sets" in doc["competitive_null"]
     header = (tmp_path / "w" / "summary.csv").read_text().splitlines()[0].split(",")
     both = {"p_value", "q_value", "competitive", "competitive_p", "competitive_q"}

@@ -8,7 +8,7 @@ Two workloads, each run as a user runs it (``genesig run-local``, a fresh proces
 
 Modes, alternated so that a noisy machine weighs on both alike: ``threshold`` (``--permutations 0 --competitive
 off``), ``permutations`` (the self-contained test alone: ``--competitive off``) and ``default`` (the product's
-defaults: 200 permutations shared over the run, the competitive test reported with 100 random sets per size).
+defaults: 200 permutations shared over the run, the competitive test reported with its default random sets).
 Reported per mode: wall seconds (median and max over ``--repeats``) and the ratio of the medians to the
 threshold-only run.
 

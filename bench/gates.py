@@ -94,7 +94,10 @@ def decide_gates(
     nulls, genes = None, 0
     if competitive:
         with tempfile.TemporaryDirectory(prefix="genesig-bench-null-") as tmp:
-            nulls, genes = draw_competitive(cohort, train, None, results, default.random_sets, Path(tmp) / "null")
+            trainable = [len(r.genes) for r in results if r.status != "skipped"]
+            nulls, genes = draw_competitive(
+                cohort, train, None, results, trainable, default.random_sets, Path(tmp) / "null"
+            )
     competitive_s = time.perf_counter() - started - evaluate_s
     decided: dict[str, list[SignatureResult]] = {}
     described = RunNulls("", "")

@@ -26,10 +26,10 @@ from genesig.artifact import Manifest
 from genesig.artifact.package import opened_memory
 from genesig.container.memory import MemoryStatus
 from genesig.container.pool import PoolRegistry
+from genesig.container.settings import MIB
 from genesig.errors import InsufficientMemory
 
 logger = logging.getLogger(__name__)
-MIB = 1024 * 1024
 # Loads come in bursts (a new endpoint, a deploy): measuring the server's memory once per burst is enough, since the
 # ledger accounts for every signature admitted since.
 PROBE_MAX_AGE_S = 0.25

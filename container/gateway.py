@@ -25,7 +25,7 @@ from genesig.artifact import Manifest, read_manifest
 from genesig.container.admission import Admission, MemoryProbe
 from genesig.container.lifecycle import Lifecycle
 from genesig.container.pool import MODEL_HEADER, POOL_MODEL, PoolPaths, PoolRegistry
-from genesig.container.settings import ServingSettings
+from genesig.container.settings import MIB, ServingSettings
 from genesig.container.supervision import PoolSupervisor
 from genesig.errors import (
     BadRequest,
@@ -37,10 +37,6 @@ from genesig.errors import (
 
 logger = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
-# SageMaker caps invocation payloads at 6 MB; a little slack for headers and CSV framing.
-MAX_REQUEST_BYTES = 6 * MIB + 512 * 1024
-INVOKE_TIMEOUT_S = 60
 LIST_LIMIT_DEFAULT = 100
 LIST_LIMIT_MAX = 1000
 # Multi Model Server's own errors name Java classes; the statuses it produces on an invocation, in our words.
@@ -108,7 +104,7 @@ class Gateway:
         self.registry.close()
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_REQUEST_BYTES, middlewares=[self._errors])
+        app = web.Application(client_max_size=self.settings.max_request_bytes, middlewares=[self._errors])
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.close)
         app.router.add_get("/ping", self.ping)
@@ -130,7 +126,8 @@ class Gateway:
                 logger.warning("%s %s -> %d %s", request.method, request.path, exc.status, exc.message)
             return _error(exc)
         except web.HTTPRequestEntityTooLarge:
-            return _error(PayloadTooLarge(f"request body is over the {MAX_REQUEST_BYTES}-byte limit"))
+            limit = self.settings.max_request_bytes
+            return _error(PayloadTooLarge(f"request body is over the {limit}-byte limit; send fewer rows per request"))
         except web.HTTPException as exc:
             code = exc.reason.lower().replace(" ", "_")
             return web.Response(status=exc.status, body=render_error(code, exc.reason), content_type="application/json")
@@ -194,7 +191,7 @@ class Gateway:
         headers = {k: request.headers[k] for k in ("Content-Type", "Accept") if k in request.headers}
         headers[MODEL_HEADER] = quote(name, safe="")
         status, payload, content_type = await self.mms.invoke(
-            POOL_MODEL, await request.read(), headers, timeout_s=INVOKE_TIMEOUT_S
+            POOL_MODEL, await request.read(), headers, timeout_s=self.settings.invoke_timeout_s
         )
         if status == 404 and self.lifecycle.accepting(name):
             status = 503  # the pool itself is not registered: it is being registered again

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from genesig.container.settings import ServingSettings, settings_environ
+from genesig.container.settings import MODEL_SERVER_HEADROOM_BYTES, ServingSettings, settings_environ
 
 MMS_MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"
 JOB_QUEUE_SIZE = 1000
@@ -51,7 +51,7 @@ def model_server_environ(settings: ServingSettings, mms_port: int, base: dict[st
             # MMS reads these over its config file (enable_envvars_config=true): loopback only, the gateway is public.
             "MMS_INFERENCE_ADDRESS": f"http://127.0.0.1:{mms_port}",
             "MMS_MANAGEMENT_ADDRESS": f"http://127.0.0.1:{mms_port}",
-            "MMS_MAX_REQUEST_SIZE": str(7 * 1024 * 1024),
+            "MMS_MAX_REQUEST_SIZE": str(settings.max_request_bytes + MODEL_SERVER_HEADROOM_BYTES),
             # Every invocation waits in the pool's one queue (100 by default): room for SageMaker's concurrency.
             "MMS_JOB_QUEUE_SIZE": str(JOB_QUEUE_SIZE),
             # MMS's pid file and the backends' unix sockets live in the temp folder: keep them per server.

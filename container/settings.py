@@ -18,6 +18,15 @@ PREFIX = "GENESIG_"
 # Marks the gateway's fence markers (see genesig.container.pool); nginx strips it from callers' requests.
 DRAIN_HEADER = "X-Genesig-Drain"
 DEFAULT_HANDLER = "genesig.container.handler:handle"
+MIB = 1024 * 1024
+# SageMaker Runtime refuses a real-time invocation body over 6 MB itself (HTTP 413), before any container sees it,
+# and gives an invocation 60 s (InvokeEndpoint's limits).
+SAGEMAKER_MAX_PAYLOAD_BYTES = 6 * MIB
+SAGEMAKER_INVOKE_TIMEOUT_S = 60
+# Multi Model Server counts headers and framing in its request limit, and nginx's own limit answers in HTML before any
+# location: both get this much above max_request_bytes, so that the front (nginx's invocation location or the gateway)
+# answers 413 first, in our words.
+MODEL_SERVER_HEADROOM_BYTES = MIB
 
 
 def _doc(text: str, **constraints: int) -> msgspec.Meta:
@@ -36,6 +45,21 @@ class ServingSettings(msgspec.Struct, frozen=True, kw_only=True):
         "/tmp/genesig-serve"
     )
     max_rows: Annotated[int, _doc("Most rows accepted in one invocation; more answers 413.", ge=1)] = 10_000
+    max_request_bytes: Annotated[
+        int,
+        _doc(
+            "Largest invocation body; a larger one answers 413 before it is read (nginx and the gateway), and Multi"
+            " Model Server's own limit sits 1 MiB above it. SageMaker Runtime refuses more than 6 MiB itself.",
+            ge=1024,
+        ),
+    ] = SAGEMAKER_MAX_PAYLOAD_BYTES
+    invoke_timeout_s: Annotated[
+        int,
+        _doc(
+            "Longest an invocation may take in the model server before it answers 502/504 (SageMaker gives one 60 s).",
+            ge=1,
+        ),
+    ] = SAGEMAKER_INVOKE_TIMEOUT_S
     max_response_bytes: Annotated[
         int, _doc("Largest response body; MMS kills the worker above ~6.5 MB, so we answer 413 first.", ge=1024)
     ] = 6_000_000

@@ -31,6 +31,7 @@ from aiohttp import web
 
 from genesig.artifact import extract_artifact
 from genesig.artifact.package import NO_SPACE
+from genesig.container.settings import SAGEMAKER_MAX_PAYLOAD_BYTES
 from genesig.errors import ArtifactError, DataError, GenesigError, InsufficientStorage
 
 logger = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ MAX_LOAD_ATTEMPTS = 12
 # A load refused for memory with no other model to unload is retried this many times (the server's memory may be
 # held a moment by requests in flight), then refused to the caller.
 ALONE_ATTEMPTS = 3
-# SageMaker Runtime refuses real-time invocation bodies over 6 MB itself (HTTP 413, before the container sees them).
-MAX_PAYLOAD_BYTES = 6 * 1024 * 1024
 INVOKE_ATTEMPTS = 5
 # Timings kept per model for the medians: the most recent ones, so a long-running endpoint stays bounded.
 TIMING_WINDOW = 1024
@@ -440,7 +439,7 @@ class LocalEndpoint:
 
     # --- HTTP ---------------------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=MAX_PAYLOAD_BYTES)
+        app = web.Application(client_max_size=SAGEMAKER_MAX_PAYLOAD_BYTES)
         app.on_startup.append(self.start)
         app.on_cleanup.append(self.close)
         app.router.add_post("/endpoints/{endpoint}/invocations", self._invocations)
@@ -451,8 +450,10 @@ class LocalEndpoint:
     async def _invocations(self, request: web.Request) -> web.Response:
         try:
             target = check_target(request.headers.get("X-Amzn-SageMaker-Target-Model"))
-            if (request.content_length or 0) > MAX_PAYLOAD_BYTES:
-                raise web.HTTPRequestEntityTooLarge(max_size=MAX_PAYLOAD_BYTES, actual_size=request.content_length or 0)
+            if (request.content_length or 0) > SAGEMAKER_MAX_PAYLOAD_BYTES:
+                raise web.HTTPRequestEntityTooLarge(
+                    max_size=SAGEMAKER_MAX_PAYLOAD_BYTES, actual_size=request.content_length or 0
+                )
             body = await request.read()
             return await self.invoke(target, body, request.headers.get("Content-Type"), request.headers.get("Accept"))
         except web.HTTPRequestEntityTooLarge:
@@ -460,7 +461,7 @@ class LocalEndpoint:
             return EndpointError(
                 413,
                 "",
-                f"HTTP content length exceeded {MAX_PAYLOAD_BYTES} bytes; send fewer rows per request",
+                f"HTTP content length exceeded {SAGEMAKER_MAX_PAYLOAD_BYTES} bytes; send fewer rows per request",
             ).response()
         except EndpointError as exc:
             return exc.response()

@@ -70,9 +70,10 @@ def _default_region() -> str | None:
 
 
 def _definition(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_pipeline import definition_json
+    from genesig.pipeline.sagemaker_pipeline import definition_json, set_definition_json
 
-    text = json.dumps(json.loads(definition_json(_config(args, offline=True))), indent=2) + "\n"
+    build = set_definition_json if args.design == "set" else definition_json
+    text = json.dumps(json.loads(build(_config(args, offline=True))), indent=2) + "\n"
     if args.out:
         args.out.write_text(text)
         logger.info("wrote %s", args.out)
@@ -417,6 +418,10 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             cmd.add_argument("--serving-image-uri", help="the endpoint's image: build_and_push.sh's IMAGE URI")
         if verb == "definition":
             cmd.add_argument("--out", type=Path, help="write the definition here instead of standard output")
+            cmd.add_argument(
+                "--design", choices=("signature", "set"), default="signature",
+                help="signature: the one-signature pipeline (start, start-all); set: the signature-set run (start-set)",
+            )  # fmt: skip
         if verb in ("upsert", "start-all"):
             cmd.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json); default: built-in metagenes")
         if verb == "start":

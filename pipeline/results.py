@@ -134,7 +134,7 @@ def conclude(
             r.competitive, r.competitive_p = status, p
             if status == "tested":
                 r.null_size = null_size(len(r.genes))
-                r.random_sets = competitive_nulls[r.null_size].replicates
+                r.random_sets = sum(n.replicates for n in competitive_nulls.values())
         per_size = max((n.replicates for n in competitive_nulls.values()), default=0)
         competitive = (
             f"{per_size * len(competitive_nulls)} random gene sets at {len(competitive_nulls)} sizes ({per_size} at "

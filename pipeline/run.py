@@ -348,8 +348,9 @@ def run_local(
     jobs = options.jobs or os.cpu_count() or 1
     competitive, genes = None, 0
     if options.gate.competitive != "off":
+        trainable_sizes = [len(m.present) for m in matched if not m.skip_reason]
         competitive, genes = draw_competitive(
-            cohort, options.train, options.cohort.target, results, options.gate.random_sets,
+            cohort, options.train, options.cohort.target, results, trainable_sizes, options.gate.random_sets,
             options.workdir / "null", jobs,
         )  # fmt: skip
     nulls = conclude(results, options.gate, competitive, genes)

@@ -227,6 +227,11 @@ def train_shard(
     if options.gate.competitive != "off" and shard.competitive_sizes:
         # This instance's share of the run's competitive sizes (PrepareSignatureSet dealt them); RegisterSignatures
         # computes every signature's p over all of them, so a p does not depend on the shards.
+        if shard.random_sets_per_size < 1:
+            raise GenesigError(
+                "the shard files deal competitive sizes but no random sets per size: PrepareSignatureSet ran with "
+                "another image; rerun the pipeline with this image"
+            )
         null = RandomSignatureNull(cohort, options.train, options.cohort.target, shard.random_sets_per_size, work)
         null.draw(shard.competitive_sizes, jobs=options.jobs or os.cpu_count() or 1)
         nulls = {

@@ -24,7 +24,7 @@ size: a size's location and scale are local-linear fits in log size over the dra
 (:class:`SizeSmoothedNull`), and the standardised draws share one shape, empirical where enough draws reach a signature
 and a generalised Pareto tail beyond (Knijnenburg et al., Bioinformatics 2009). Binary outcomes give a right-skewed null
 (skew ~0.4): a normal tail there is anti-conservative, which is why the shape is fitted, not assumed, but no lighter
-than ``SELF_CONTAINED_SHAPE_FLOOR`` (which the benchmarks' pools reach: their free fits are lighter). The gate passes a
+than ``SHAPE_FLOOR`` (which the benchmarks' pools reach: their free fits are lighter). The gate passes a
 signature when its metric clears the threshold **and** its Benjamini-Hochberg q over the run is at most the FDR.
 
 **The competitive null** compares the same metric with random gene sets drawn from the cohort's genes with the real
@@ -77,18 +77,20 @@ TAIL_MIN_EXCEED = 10
 # fewer); with fewer than TAIL_MIN_POOL values in a pool there is no fitted tail and p goes no lower than 1 / (N + 1).
 TAIL_EXCEEDANCES = 250
 TAIL_MIN_POOL = 100
-# The self-contained null's fitted tail is no lighter than this shape. Benjamini-Hochberg decides at z ~ 3.7-4.5,
+# Both nulls' fitted tails are no lighter than this shape. Benjamini-Hochberg decides at z ~ 3.7-4.5,
 # far past a pool of ~1,000 draws, where the implied p hangs on a shape fitted with a standard error of ~0.1. For
 # normal to right-skewed (0.3-0.7) nulls of 1,002 draws (bench/tail_shape.py), floored at 0 (exponential) p came out
 # up to 130x too large; unfloored, a tenth of the skewed pools gave p 20-500x too small at z = 4.5-5; at -0.1 the
-# median stays within 0.8-2x of the truth.
-SELF_CONTAINED_SHAPE_FLOOR = -0.1
-# The self-contained null's location and scale at a size: kernel-weighted over the draws (Gaussian in log size), the
-# bandwidth widened from this until the draws it weighs count as at least MIN_NEIGHBOURS (Kish's effective size).
+# median stays within 0.8-2x of the truth. The competitive strata fit theirs from fewer values (10-35 exceedances by
+# default), where a free shape is lighter still more often.
+SHAPE_FLOOR = -0.1
+# Both nulls' location and scale at a size: local-linear over the draws, weighted by a Gaussian kernel in log size,
+# its bandwidth widened from this until the draws it weighs count as at least MIN_NEIGHBOURS (Kish's effective size).
 BANDWIDTH = 0.35
 MIN_NEIGHBOURS = 100
 # Competitive: random sets are drawn at each size up to EXACT_UP_TO and at geometric bins of ratio SIZE_RATIO
-# beyond, at least MIN_SETS_PER_SIZE at each (the null's location and scale are smoothed over nearby sizes).
+# beyond, at least MIN_SETS_PER_SIZE at each and an even number, half in each stratum (the null's location and scale
+# are smoothed over nearby sizes).
 EXACT_UP_TO = 10
 SIZE_RATIO = 1.2
 MIN_SETS_PER_SIZE = 20
@@ -108,7 +110,7 @@ class PooledTail:
 
     ``shape_floor``: the lightest tail the fit may choose (the shape refitted there, by maximum likelihood, when the
     free fit is lighter). From a few hundred exceedances a shape's standard error is ~0.1, so a free fit often ends
-    the tail too soon; see ``SELF_CONTAINED_SHAPE_FLOOR``."""
+    the tail too soon; see ``SHAPE_FLOOR``."""
 
     def __init__(self, pool: np.ndarray, *, shape_floor: float | None = None) -> None:
         values = np.asarray(pool, dtype=float)
@@ -172,16 +174,16 @@ class SizeSmoothedNull:
     """A null metric that drifts with the signature's size, from draws at many sizes: at a size, its location and
     scale are local-linear fits in log size (a Gaussian kernel, so a trend across the sizes is followed rather than
     averaged away), and the draws standardised by their own size's location and scale share one shape
-    (``PooledTail``, no lighter than ``shape_floor``)."""
+    (``PooledTail``, no lighter than ``SHAPE_FLOOR``)."""
 
-    def __init__(self, draws: Iterable[tuple[int, float]], *, shape_floor: float | None = None) -> None:
+    def __init__(self, draws: Iterable[tuple[int, float]]) -> None:
         pairs = [(k, v) for k, v in draws if math.isfinite(v) and k > 0]
         self.sizes = np.array([k for k, _ in pairs], dtype=float)
         self.values = np.array([v for _, v in pairs], dtype=float)
         self.logs = np.log(self.sizes) if len(pairs) else np.empty(0)
         self._moments: dict[int, tuple[float, float]] = {}
         residuals = [(v - mean) / spread for k, v in pairs for mean, spread in [self.moments(k)] if spread > 0]
-        self.tail = PooledTail(np.asarray(residuals), shape_floor=shape_floor)
+        self.tail = PooledTail(np.asarray(residuals), shape_floor=SHAPE_FLOOR)
 
     @property
     def draws(self) -> int:
@@ -189,9 +191,9 @@ class SizeSmoothedNull:
 
     def moments(self, size: int) -> tuple[float, float]:
         """Location and scale of the null at ``size`` genes: local-linear fits in log size of the draws and of their
-        squared deviations from that fit, weighted by a Gaussian kernel whose bandwidth is widened until the draws it
+        absolute deviations from that fit, weighted by a Gaussian kernel whose bandwidth is widened until the draws it
         weighs count as ``MIN_NEIGHBOURS`` (or all of them). Where the draws' sizes do not spread enough to fit a
-        slope (one size), the weighted mean and variance."""
+        slope (one size), the weighted means."""
         if size not in self._moments:
             if len(self.values) < 2:
                 self._moments[size] = (float(np.mean(self.values)) if len(self.values) else 0.5, 0.0)
@@ -211,9 +213,9 @@ class SizeSmoothedNull:
             # line of squared deviations, steeper, often runs below 0 at the largest size), as a standard deviation
             # for a normal null. Any scale proportional to the truth gives the same p: the pool is standardised by it.
             deviation = np.abs(self.values - _local_fit(distance, weight, self.values))
-            spread = float(line @ deviation)
-            if spread <= 0:
-                spread = float(weight @ deviation / total)
+            # No less than half the kernel's mean deviation: a steep fall in spread can carry the line near 0 at
+            # the largest size.
+            spread = max(float(line @ deviation), 0.5 * float(weight @ deviation / total))
             spread *= math.sqrt(math.pi / 2) / max(1.0 - squares / total**2, 1e-9) ** 0.5
             self._moments[size] = (mean, spread)
         return self._moments[size]
@@ -259,10 +261,7 @@ def _local_fit(distance: np.ndarray, weight: np.ndarray, values: np.ndarray) -> 
 class PermutationNull(SizeSmoothedNull):
     """The run's self-contained null: every permuted pooled out-of-fold metric of every signature, by size; p of a
     signature of ``k`` genes is its metric standardised by the null's location and scale at ``k``, against the
-    pooled standardised draws, whose tail is no lighter than ``SELF_CONTAINED_SHAPE_FLOOR``."""
-
-    def __init__(self, draws: Iterable[tuple[int, float]]) -> None:
-        super().__init__(draws, shape_floor=SELF_CONTAINED_SHAPE_FLOOR)
+    pooled standardised draws, whose tail is no lighter than ``SHAPE_FLOOR``."""
 
     def describe(self, signatures: int) -> str:
         span = f"{int(self.sizes.min())}-{int(self.sizes.max())} genes" if len(self.sizes) else "no genes"
@@ -364,10 +363,12 @@ class StratifiedNull:
 
 def sets_per_size(sizes: int, random_sets: int) -> int:
     """Random gene sets drawn at each of a run's ``sizes`` competitive sizes: ``random_sets`` in the run, spread
-    over the sizes, at least ``MIN_SETS_PER_SIZE`` at each."""
+    over the sizes, at least ``MIN_SETS_PER_SIZE`` at each, and even (half in each stratum, so that a stratum of a
+    run of ``random_sets`` holds at least half of them)."""
     if sizes <= 0 or random_sets <= 0:
         return 0
-    return max(MIN_SETS_PER_SIZE, math.ceil(random_sets / sizes))
+    each = max(MIN_SETS_PER_SIZE, math.ceil(random_sets / sizes))
+    return each + each % 2
 
 
 class RandomSignatureNull:
@@ -536,15 +537,18 @@ def draw_competitive(
     train: TrainSettings,
     target: str | None,
     rows: Sequence[Evaluated],
+    trainable: Iterable[int],
     random_sets: int,
     cache_dir: Path,
     jobs: int = 1,
 ) -> tuple[dict[int, SizeNull], int]:
-    """The random-set nulls a run's evaluated signatures need (``random_sets`` spread over their sizes), drawn or
-    read from ``cache_dir``, and the number of genes they were drawn from."""
+    """The random-set nulls a run's evaluated signatures need, drawn or read from ``cache_dir``, and the number of
+    genes they were drawn from. ``random_sets`` are spread over the sizes of the run's ``trainable`` signatures (their
+    gene counts), as the set run deals them before any is evaluated, so that both draw the same sets."""
     usable = numeric_genes(cohort)
+    planned = {null_size(k) for k in trainable if competitive_applicable(k, len(usable))}
+    per_size = sets_per_size(len(planned), random_sets)
     sizes = competitive_sizes(rows, len(usable))
-    per_size = sets_per_size(len(sizes), random_sets)
     null = RandomSignatureNull(cohort, train, target, per_size, cache_dir, genes=usable)
     if sizes:  # minutes on a large cohort, after the progress bar is full: say what is going on
         logger.info(
@@ -700,7 +704,7 @@ def decide(rows: Sequence[Evaluated], gate: GateSettings) -> list[Verdict | None
                 parts.append(
                     (
                         f"against random {r.null_size}-gene sets q {cq[i]:.3g} {'<=' if held else '>'} FDR "
-                        f"{gate.fdr:g} (p {r.competitive_p:.2g}, {r.random_sets} sets)",
+                        f"{gate.fdr:g} (p {r.competitive_p:.2g}, {r.random_sets} random sets in the run)",
                         held,
                         "not above random",
                     )

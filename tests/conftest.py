@@ -13,6 +13,23 @@ from genesig.artifact.synthetic import write_synthetic_artifact
 
 GENES = ["LRIG1", "HPGD", "GDF15"]
 REPO = Path(__file__).resolve().parents[1]
+# Each test folder's marker; the ones that start servers, emulators or Docker are also ``slow``, so that
+# ``pytest -m "not slow"`` (unit and pipeline) is the fast path and CI runs everything.
+FOLDER_MARKERS = {
+    "integration": ("integration", "slow"),
+    "aws": ("aws", "slow"),
+    "image": ("image", "slow"),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    tests = (REPO / "tests").resolve()
+    for item in items:
+        path = Path(item.path).resolve()
+        folder = path.relative_to(tests).parts[0] if path.is_relative_to(tests) else ""
+        for marker in FOLDER_MARKERS.get(folder, ()):
+            item.add_marker(marker)
+
 
 ModelFactory = Callable[..., Path]
 

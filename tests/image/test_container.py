@@ -33,7 +33,6 @@ from genesig.selfcheck import GENES
 
 from .conftest import REPO, Images, docker
 
-pytestmark = pytest.mark.image
 MB = 1_000_000
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from genesig.artifact.synthetic import write_synthetic_artifact
 
-pytestmark = pytest.mark.integration
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 

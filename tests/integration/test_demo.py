@@ -9,9 +9,6 @@ import sys
 from pathlib import Path
 
 import psutil
-import pytest
-
-pytestmark = pytest.mark.integration
 
 
 def test_demo_runs_the_whole_flow_and_leaves_nothing_running(tmp_path: Path) -> None:

@@ -25,7 +25,6 @@ from tests.tarballs import add_member
 
 from .conftest import ServerFactory
 
-pytestmark = pytest.mark.integration
 GENES = ["LRIG1", "HPGD", "GDF15"]
 CSV = b"LRIG1,HPGD,GDF15\n3.2,0,11.5\n"
 MARKER = "genesig-pickle-ran"

@@ -25,7 +25,6 @@ from genesig.server_process import ServerProcess
 
 from .conftest import FIXTURES, ServerFactory, opaque
 
-pytestmark = pytest.mark.integration
 BODY = b'{"inputs": [[1.5, 0, 3]]}'
 
 

@@ -26,7 +26,6 @@ from genesig.local_endpoint import runtime_client, start_local_endpoint
 
 from .conftest import BIG_GENES, BIG_HIDDEN, ServerFactory, big_cost, big_csv, budget_for, opaque
 
-pytestmark = pytest.mark.integration
 BODY = json.dumps({"inputs": [[1.5] * len(BIG_GENES)]}).encode()
 CSV = big_csv()
 RECOVERIES = 5

@@ -8,13 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
-import pytest
 
 from genesig.client import ModelServerClient
 
 from .conftest import ServerFactory, opaque
-
-pytestmark = pytest.mark.integration
 
 
 def load_some(url: str, model_dirs: Callable[..., Path], prefix: str) -> None:

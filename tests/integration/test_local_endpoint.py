@@ -24,7 +24,6 @@ from genesig.server_process import ServerProcess, free_port
 
 from .conftest import BIG_GENES, BIG_HIDDEN, ServerFactory, big_cost, big_csv, budget_for
 
-pytestmark = pytest.mark.integration
 GENES = ["LRIG1", "HPGD", "GDF15"]
 CSV = b"Case_ID,LRIG1,HPGD,GDF15\nP1,3.2,0,11.5\n"
 BIG_CSV = big_csv()

@@ -6,14 +6,11 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from genesig.client import ModelServerClient
 from genesig.container.pool import PoolPaths
 
 from .conftest import BIG_GENES, BIG_HIDDEN, ServerFactory, big_cost, budget_for, opaque
 
-pytestmark = pytest.mark.integration
 BIG_BODY = json.dumps({"inputs": [[1.5] * len(BIG_GENES)]}).encode()
 
 

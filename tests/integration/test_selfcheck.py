@@ -7,14 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from genesig.client import ModelServerClient
 from genesig.selfcheck import run_checks
 
 from .conftest import ServerFactory
-
-pytestmark = pytest.mark.integration
 
 
 def test_selfcheck_command_starts_checks_and_stops_a_server() -> None:

@@ -20,7 +20,6 @@ from genesig.server_process import ServerProcess
 
 from .conftest import ServerFactory, opaque
 
-pytestmark = pytest.mark.integration
 ROWS = [[3.2, 0.0, 11.5], [0.4, 7.25, 2.0], [15.0, 1.0, 0.0]]
 
 

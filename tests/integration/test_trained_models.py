@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from genesig.artifact import extract_artifact
 from genesig.client import ModelServerClient
@@ -15,8 +14,6 @@ from genesig.pipeline.signatures import default_signatures
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
 from .conftest import ServerFactory, opaque
-
-pytestmark = pytest.mark.integration
 
 
 def test_served_predictions_equal_evaluation_predictions_exactly(start_server: ServerFactory, tmp_path: Path) -> None:

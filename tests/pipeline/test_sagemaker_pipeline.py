@@ -190,15 +190,22 @@ def deepest(error: jsonschema.ValidationError) -> str:
     return f"{list(error.absolute_path)}: {error.message[:300]}"
 
 
-def test_cli_prints_the_definition_without_aws(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("design", "steps"),
+    [("signature", STEP_NAMES), ("set", ["PrepareSignatureSet", "TrainSignatures", "RegisterSignatures"])],
+)
+def test_cli_prints_either_definition_without_aws(tmp_path: Path, design: str, steps: list[str]) -> None:
     out = tmp_path / "definition.json"
     env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}  # no AWS credentials, no region
     result = subprocess.run(
-        [sys.executable, "-m", "genesig.cli", "pipeline", "definition", "--out", str(out)],
+        [sys.executable, "-m", "genesig.cli", "pipeline", "definition", "--design", design, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=300,
         env=env,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert [s["Name"] for s in json.loads(out.read_text())["Steps"]] == STEP_NAMES
+    printed = json.loads(out.read_text())
+    assert [s["Name"] for s in printed["Steps"]] == steps
+    errors = [deepest(e) for e in jsonschema.Draft7Validator(corrected_schema()).iter_errors(printed)]
+    assert errors == []

@@ -13,7 +13,7 @@ from genesig.pipeline.results import SignatureResult
 from genesig.pipeline.run import RunOptions, run_local
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.significance import (
-    SELF_CONTAINED_SHAPE_FLOOR,
+    SHAPE_FLOOR,
     PermutationNull,
     PooledTail,
     RandomSignatureNull,
@@ -161,7 +161,7 @@ def test_the_competitive_test_is_reported_beside_the_verdict_unless_it_is_asked_
     apply(gated, GateSettings(competitive="gate"))
     assert gated[0].passed and "against random 3-gene sets q 0.002 <= FDR 0.1" in gated[0].reason
     assert not gated[1].passed and gated[1].outcome == "not above random"
-    assert gated[1].reason.startswith("against random 3-gene sets q 0.6 > FDR 0.1 (p 0.6, 40 sets)")
+    assert gated[1].reason.startswith("against random 3-gene sets q 0.6 > FDR 0.1 (p 0.6, 40 random sets in the run)")
     # Where random sets of its size would be the signature itself, the test does not apply and does not hold it back.
     whole = result("ALL", passed=True, p=0.001)
     whole.competitive = "not applicable"
@@ -244,7 +244,7 @@ def test_the_permutation_null_is_located_and_scaled_by_size_and_learns_its_shape
         assert low <= np.sum(p <= alpha) <= high, (alpha, np.sum(p <= alpha), (low, high))
     assert np.sum(normal <= 0.001) > binom.interval(0.95, len(p), 0.001)[1], "a normal tail passes skewed noise"
     assert null.p_value(0.9, 20) < 1e-5, "far beyond every draw: the fitted tail, below 1 / (N + 1)"
-    assert null.tail.pareto is not None and null.tail.pareto[1] >= SELF_CONTAINED_SHAPE_FLOOR - 1e-9
+    assert null.tail.pareto is not None and null.tail.pareto[1] >= SHAPE_FLOOR - 1e-9
     assert null.p_value(float("nan"), 20) == 1.0 and PermutationNull([]).p_value(0.9, 3) == 1.0
 
 
@@ -260,11 +260,11 @@ def test_the_self_contained_tail_is_no_lighter_than_its_floor_and_close_to_the_t
         ratios, shapes = [], []
         for _ in range(40):
             pool = (dist.rvs(1_000, random_state=rng) - mean) / spread
-            tail = PooledTail(pool, shape_floor=SELF_CONTAINED_SHAPE_FLOOR)
+            tail = PooledTail(pool, shape_floor=SHAPE_FLOOR)
             assert tail.pareto is not None
             shapes.append(tail.pareto[1])
             ratios.append(tail.sf(4.5) / dist.sf(mean + 4.5 * spread))
-        assert min(shapes) >= SELF_CONTAINED_SHAPE_FLOOR - 1e-9
+        assert min(shapes) >= SHAPE_FLOOR - 1e-9
         # Shape 0 (exponential): a median ~30x on the normal; a free fit: a tenth of the gamma's pools under 0.05x.
         assert 0.5 < float(np.median(ratios)) < 5, (dist.dist.name, np.median(ratios))
         assert float(np.percentile(ratios, 10)) > 0.1, (dist.dist.name, np.percentile(ratios, 10))
@@ -280,7 +280,7 @@ def test_a_tail_that_cannot_be_fitted_falls_back_to_an_exponential_not_to_none(m
 
     monkeypatch.setattr(significance.genpareto, "fit", fail)
     pool = np.random.default_rng(5).normal(size=1_000)
-    tail = PooledTail(pool, shape_floor=SELF_CONTAINED_SHAPE_FLOOR)
+    tail = PooledTail(pool, shape_floor=SHAPE_FLOOR)
     assert tail.pareto is not None
     threshold, shape, scale = tail.pareto
     top = np.sort(pool)[::-1][: tail.exceedances]
@@ -563,3 +563,12 @@ def test_a_size_whose_random_sets_all_failed_is_not_reported_as_tested() -> None
     failed = {3: SizeNull(np.empty(0), np.empty(0), 0.25)}
     assert competitive_p_values(rows, failed, 400) == [("", None)]
     assert np.isnan(failed[3].percentiles([5, 50, 95])).all()
+
+
+def test_random_sets_are_spread_over_the_sizes_evenly_with_a_floor_per_size() -> None:
+    from genesig.pipeline.significance import sets_per_size
+
+    assert sets_per_size(1, 200) == 200 and sets_per_size(2, 200) == 100
+    assert sets_per_size(3, 200) == 68, "even: half in each stratum, so each stratum holds at least 100"
+    assert sets_per_size(33, 200) == 20, "at least 20 at each size"
+    assert sets_per_size(0, 200) == 0 and sets_per_size(5, 0) == 0

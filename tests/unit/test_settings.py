@@ -48,6 +48,10 @@ def test_model_server_finds_its_tools_without_an_activated_venv() -> None:
     env = model_server_environ(read_settings({}), 20000, {"PATH": "/usr/bin"})
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
     assert env["MMS_INFERENCE_ADDRESS"] == "http://127.0.0.1:20000" and env["SAGEMAKER_MULTI_MODEL"] == "true"
+    # Multi Model Server's request limit follows the front's, above it so that the front answers 413 first.
+    assert int(env["MMS_MAX_REQUEST_SIZE"]) == 6 * 1024 * 1024 + 1024 * 1024
+    smaller = model_server_environ(read_settings({"GENESIG_MAX_REQUEST_BYTES": "2000000"}), 20000, {})
+    assert int(smaller["MMS_MAX_REQUEST_SIZE"]) == 2_000_000 + 1024 * 1024
 
 
 def test_a_relative_state_folder_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -73,8 +73,9 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     with RunProgress(enabled=not args.quiet) as progress:
         summary = run_local(options, on_result=progress.advance, on_start=progress.start)
     render_summary(summary, quiet=args.quiet)
-    failed = [r for r in summary.results if r.status == "failed"]
-    return 1 if failed and len(failed) == len(summary.results) else 0
+    # A gate miss is a result (exit 0), as in the SageMaker pipelines; a run that evaluated nothing (every signature
+    # skipped or failed) did not do its job (exit 1).
+    return 0 if any(r.status == "done" for r in summary.results) else 1
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ Three jobs, whatever the number of signatures:
   ``ModelApprovalStatus=Approved``, the registered models deployed into the MME prefix.
 
 A gate miss is a result: the execution succeeds and the report lists every signature as passed / below
-threshold / skipped / errored, with the reason.
+threshold / skipped / error, with the reason (run-local's words).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ MAX_SHARDS = 100
 UPLOAD_WORKERS = 16
 REGISTER_WORKERS = 8
 T = TypeVar("T")
-# What a report row says of a signature.
-PASSED, ERRORED = "passed", "errored"
+# What a report row says of a signature: the verdict's words (``significance.Outcome``), as run-local's summary.
+PASSED, ERROR = "passed", "error"
 
 
 @dataclass(frozen=True)
@@ -309,7 +309,7 @@ def _row(result: SignatureResult) -> ReportRow:
         signature=result.signature,
         artifact=result.name,
         group=names_for(result.signature).group,
-        outcome=ERRORED if result.outcome == "error" else result.outcome,
+        outcome=result.outcome,
         reason=result.reason,
         metric=result.metric,
         cv_mean=result.cv_mean,
@@ -396,7 +396,7 @@ def register_passing(
     workers: int = REGISTER_WORKERS,
 ) -> None:
     """RegisterSignatures: each passing signature registered (and, when Approved, deployed); a failure is that
-    signature's row ("errored"), never the run's."""
+    signature's row ("error"), never the run's."""
     from genesig.pipeline.sagemaker_registry import deploy_package, register_model
 
     def one(row: ReportRow) -> None:
@@ -428,7 +428,7 @@ def register_passing(
                 row.deployed = deploy_package(sm, s3, registration.package_arn, mme_prefix).key
         except (GenesigError, ValueError) as exc:
             message = exc.message if isinstance(exc, GenesigError) else str(exc)
-            row.outcome, row.reason = ERRORED, f"registration failed: {message}"
+            row.outcome, row.reason = ERROR, f"registration failed: {message}"
             logger.warning("%s: %s", row.signature, row.reason)
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:

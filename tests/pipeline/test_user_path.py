@@ -156,6 +156,12 @@ def test_all_is_a_signature_name_and_every_signature_is_the_default(tmp_path: Pa
     assert names == [s.name for s in default_signatures()]
     unknown = one_line_error(genesig(*base, "--signature", "EVERY", cwd=tmp_path))
     assert "no signature named 'EVERY'" in unknown
+    # Every signature skipped (none of its genes in the cohort): the run evaluated nothing, exit 1, not 0.
+    elsewhere = tmp_path / "elsewhere.gmt"
+    elsewhere.write_text("OTHER\tnone\tNOT_A_GENE_1\tNOT_A_GENE_2\tNOT_A_GENE_3\n")
+    skipped = genesig(*base, "--signatures", str(elsewhere), "--workdir", "skipped", cwd=tmp_path)
+    assert skipped.returncode == 1, skipped.stderr
+    assert json.loads((tmp_path / "skipped" / "summary.json").read_text())["results"][0]["status"] == "skipped"
 
 
 def test_help_opens_with_what_the_tool_does_and_demo_output_is_ignored_by_git(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Starts moto (behind the tests' strict layer, which also counts the SageMaker requests) and an S3 server,
 writes a synthetic cohort that has every gene of the first N gene sets (GO biological process by default),
 upserts the pipelines, starts one signature-set execution and runs its jobs here as SageMaker would
-(``genesig.pipeline.local_pipeline``): in the training image with Docker (``--image``), or in this Python
+(``genesig.pipeline.sagemaker.run_here``): in the training image with Docker (``--image``), or in this Python
 environment (``--no-docker``). Then approves by rule from the run report and syncs the approved models into
 the MME prefix. Reported: wall time of each step and of the whole, the peak extra memory of the machine
 (containers included), the SageMaker jobs and instances the run asked AWS for (counted from the requests the
@@ -119,12 +119,12 @@ def write_inputs(gmt: Path, count: int, patients: int, folder: Path) -> tuple[Pa
 
 def set_run(args: argparse.Namespace, cohort: Path, sets: Path, work: Path) -> dict[str, Any]:
     from genesig.pipeline.approval import approve_by_rule, parse_rule, read_report
-    from genesig.pipeline.aws import client, s3_join
-    from genesig.pipeline.local_pipeline import DockerRunner, LocalPipelineRunner, ProcessRunner
     from genesig.pipeline.run import load_signatures
-    from genesig.pipeline.sagemaker_executions import start_set, upsert_pipeline
-    from genesig.pipeline.sagemaker_pipeline import PipelineConfig
-    from genesig.pipeline.sagemaker_registry import sync
+    from genesig.pipeline.sagemaker.aws import client, s3_join
+    from genesig.pipeline.sagemaker.executions import start_set, upsert_pipeline
+    from genesig.pipeline.sagemaker.pipeline import PipelineConfig
+    from genesig.pipeline.sagemaker.registry import sync
+    from genesig.pipeline.sagemaker.run_here import DockerRunner, LocalPipelineRunner, ProcessRunner
 
     with emulators(work) as (env, strict):
         os.environ.update(env)

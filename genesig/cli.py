@@ -237,7 +237,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_training import TrainingPaths, main
+    from genesig.pipeline.sagemaker.training import TrainingPaths, main
 
     return main(TrainingPaths(args.root))
 

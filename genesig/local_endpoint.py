@@ -82,7 +82,7 @@ class ModelSource:
         self.prefix = prefix
         self.s3 = s3_client
         if prefix.startswith("s3://") and s3_client is None:
-            from genesig.pipeline.aws import client
+            from genesig.pipeline.sagemaker.aws import client
 
             self.s3 = client("s3")
         elif not prefix.startswith("s3://") and not Path(prefix).is_dir():
@@ -91,7 +91,7 @@ class ModelSource:
     def fetch(self, target: str, into: Path) -> Path:
         """Copy the artifact to ``into``; raise ``FileNotFoundError`` when the prefix has no such object."""
         if self.prefix.startswith("s3://"):
-            from genesig.pipeline.aws import AwsNotFound, read_object, s3_join
+            from genesig.pipeline.sagemaker.aws import AwsNotFound, read_object, s3_join
 
             try:
                 into.write_bytes(read_object(self.s3, s3_join(self.prefix, target)))

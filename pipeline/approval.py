@@ -71,7 +71,7 @@ def parse_rule(text: str | None) -> Rule:
 def read_report(location: str, s3: Any = None) -> dict[str, Any]:
     """A run report from a file or an ``s3://`` URI."""
     if location.startswith("s3://"):
-        from genesig.pipeline.aws import read_object
+        from genesig.pipeline.sagemaker.aws import read_object
 
         raw = read_object(s3, location)
     else:
@@ -103,7 +103,7 @@ def approve_by_rule(
 ) -> list[Decision]:
     """Approve every registered signature of the report that ``rule`` admits, ``APPROVE_WORKERS`` at a time; one
     signature's failure is reported for it and the others go on."""
-    from genesig.pipeline.sagemaker_registry import describe, update_approval
+    from genesig.pipeline.sagemaker.registry import describe, update_approval
 
     chosen = [r for r in report["signatures"] if r.get("package_arn") and rule.admits(r)]
     description = f"{reason + '; ' if reason else ''}rule: {rule.text}"

@@ -1,5 +1,5 @@
 """``genesig pipeline|endpoint|predict``, ``genesig registry ... --aws`` and ``genesig sync --prefix s3://``: parse,
-call, report. The work is done in ``sagemaker_executions``, ``sagemaker_registry`` and ``sagemaker_endpoint``.
+call, report. The work is done in ``sagemaker.executions``, ``sagemaker.registry`` and ``sagemaker.endpoint``.
 
 AWS endpoints come from ``--sagemaker-endpoint-url`` / ``--s3-endpoint-url`` / ``--runtime-endpoint-url`` or
 boto3's own ``AWS_ENDPOINT_URL_<SERVICE>`` variables, so the same commands run against emulators.
@@ -25,7 +25,7 @@ PLACEHOLDER_BUCKET = "genesig-placeholder-bucket"
 
 
 def _clients(args: argparse.Namespace, *services: str) -> list[Any]:
-    from genesig.pipeline.aws import client
+    from genesig.pipeline.sagemaker.aws import client
 
     urls = {
         "sagemaker": args.sagemaker_endpoint_url,
@@ -36,8 +36,8 @@ def _clients(args: argparse.Namespace, *services: str) -> list[Any]:
 
 
 def _config(args: argparse.Namespace, *, offline: bool = False) -> Any:
-    from genesig.pipeline.names import check_bucket, check_image_uri, check_role_arn
-    from genesig.pipeline.sagemaker_pipeline import PipelineConfig
+    from genesig.pipeline.sagemaker.names import check_bucket, check_image_uri, check_role_arn
+    from genesig.pipeline.sagemaker.pipeline import PipelineConfig
 
     missing = [flag for flag, value in (("--role", args.role), ("--bucket", args.bucket)) if not value]
     if missing and not offline:
@@ -70,7 +70,7 @@ def _default_region() -> str | None:
 
 
 def _definition(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_pipeline import definition_json, set_definition_json
+    from genesig.pipeline.sagemaker.pipeline import definition_json, set_definition_json
 
     build = set_definition_json if args.design == "set" else definition_json
     text = json.dumps(json.loads(build(_config(args, offline=True))), indent=2) + "\n"
@@ -84,7 +84,7 @@ def _definition(args: argparse.Namespace) -> int:
 
 def _upsert(args: argparse.Namespace) -> int:
     from genesig.pipeline.run import load_signatures
-    from genesig.pipeline.sagemaker_executions import upsert_pipeline
+    from genesig.pipeline.sagemaker.executions import upsert_pipeline
 
     config = _config(args)
     for flag, value in (
@@ -100,7 +100,7 @@ def _upsert(args: argparse.Namespace) -> int:
 
 
 def _parameters(items: list[str], *, set_run: bool = False) -> dict[str, str]:
-    from genesig.pipeline.sagemaker_pipeline import PARAMETER_NAMES, SET_PARAMETER_NAMES
+    from genesig.pipeline.sagemaker.pipeline import PARAMETER_NAMES, SET_PARAMETER_NAMES
 
     known = SET_PARAMETER_NAMES if set_run else PARAMETER_NAMES
     values = {}
@@ -115,7 +115,7 @@ def _parameters(items: list[str], *, set_run: bool = False) -> dict[str, str]:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_executions import start_execution
+    from genesig.pipeline.sagemaker.executions import start_execution
 
     [sm] = _clients(args, "sagemaker")
     arn = start_execution(sm, args.pipeline_name, args.signature, _parameters(args.param))
@@ -126,7 +126,7 @@ def _start(args: argparse.Namespace) -> int:
 
 def _start_all(args: argparse.Namespace) -> int:
     from genesig.pipeline.run import load_signatures
-    from genesig.pipeline.sagemaker_executions import start_all
+    from genesig.pipeline.sagemaker.executions import start_all
     from genesig.presentation import ExecutionsView
 
     sm, s3 = _clients(args, "sagemaker", "s3")
@@ -147,7 +147,7 @@ def _start_all(args: argparse.Namespace) -> int:
 
 
 def _start_set(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_executions import start_set
+    from genesig.pipeline.sagemaker.executions import start_set
 
     [sm] = _clients(args, "sagemaker")
     parameters = {"ShardCount": str(args.shards), **_parameters(args.param, set_run=True)}
@@ -158,8 +158,8 @@ def _start_set(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from genesig.pipeline.plan import Assumptions, plan
     from genesig.pipeline.run import load_signatures
+    from genesig.pipeline.sagemaker.plan import Assumptions, plan
     from genesig.presentation import render_plan
 
     assumptions = Assumptions(
@@ -188,8 +188,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _run_here(args: argparse.Namespace) -> int:
     from genesig.container_server import check_engine
-    from genesig.pipeline.local_pipeline import DockerRunner, LocalPipelineRunner, ProcessRunner
-    from genesig.pipeline.sagemaker_executions import start_execution, start_set
+    from genesig.pipeline.sagemaker.executions import start_execution, start_set
+    from genesig.pipeline.sagemaker.run_here import DockerRunner, LocalPipelineRunner, ProcessRunner
     from genesig.presentation import render_execution
 
     sm, s3 = _clients(args, "sagemaker", "s3")
@@ -227,7 +227,7 @@ def _report_executions(states: list[Any]) -> int:
 def _status(args: argparse.Namespace) -> int:
     import time
 
-    from genesig.pipeline.sagemaker_executions import execution_status
+    from genesig.pipeline.sagemaker.executions import execution_status
     from genesig.presentation import ExecutionsView
 
     sm, s3 = _clients(args, "sagemaker", "s3")
@@ -243,7 +243,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def sync_s3(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_registry import sync
+    from genesig.pipeline.sagemaker.registry import sync
     from genesig.presentation import render_deployments
 
     sm, s3 = _clients(args, "sagemaker", "s3")
@@ -253,7 +253,7 @@ def sync_s3(args: argparse.Namespace) -> int:
 
 
 def registry_aws(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_registry import describe, group_of, groups, package_arn, packages, set_approval
+    from genesig.pipeline.sagemaker.registry import describe, group_of, groups, package_arn, packages, set_approval
     from genesig.presentation import console, render_aws_packages
 
     if getattr(args, "from_report", None):
@@ -287,8 +287,8 @@ def _approve_from_report(args: argparse.Namespace) -> int:
 
 
 def _endpoint(args: argparse.Namespace) -> int:
-    from genesig.pipeline.names import check_image_uri, check_role_arn
-    from genesig.pipeline.sagemaker_endpoint import delete_endpoint, deploy_endpoint
+    from genesig.pipeline.sagemaker.endpoint import delete_endpoint, deploy_endpoint
+    from genesig.pipeline.sagemaker.names import check_image_uri, check_role_arn
 
     if args.endpoint_command != "delete":
         check_image_uri("--image-uri", args.image_uri)
@@ -325,8 +325,8 @@ def _local_target_model(workdir: Path, signature: str, version: int | None) -> s
     """The TargetModel of a signature in the local registry (``run-local``'s): its latest Approved version's artifact
     name, or an explicit version's."""
     from genesig.errors import ModelNotFound
-    from genesig.pipeline.names import artifact_name
     from genesig.pipeline.registry import LocalRegistry
+    from genesig.pipeline.sagemaker.names import artifact_name
 
     root = workdir / "registry"
     if not root.is_dir():
@@ -344,7 +344,7 @@ def _local_target_model(workdir: Path, signature: str, version: int | None) -> s
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker_endpoint import predict
+    from genesig.pipeline.sagemaker.endpoint import predict
 
     if not args.input.is_file():
         raise DataError(f"input file {args.input} does not exist")
@@ -365,7 +365,7 @@ def _predict(args: argparse.Namespace) -> int:
         runtime = runtime_client(args.runtime_endpoint_url)
         target = args.target_model or _local_target_model(args.workdir, args.signature, args.version)
     else:
-        from genesig.pipeline.sagemaker_registry import resolve_target_model
+        from genesig.pipeline.sagemaker.registry import resolve_target_model
 
         sm, runtime = _clients(args, "sagemaker", "sagemaker-runtime")
         target = args.target_model or resolve_target_model(sm, args.signature, args.version)
@@ -394,7 +394,7 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from genesig.pipeline.plan import Assumptions
+    from genesig.pipeline.sagemaker.plan import Assumptions
 
     pipeline = sub.add_parser("pipeline", help="the SageMaker Pipeline: definition, upsert, start, start-all, status")
     verbs = pipeline.add_subparsers(dest="pipeline_command", required=True)

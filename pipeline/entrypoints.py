@@ -148,8 +148,8 @@ def _deploy(args: argparse.Namespace) -> int:
 
 
 def _deploy_sagemaker(args: argparse.Namespace) -> int:
-    from genesig.pipeline import aws
-    from genesig.pipeline.sagemaker_registry import deploy_package
+    from genesig.pipeline.sagemaker import aws
+    from genesig.pipeline.sagemaker.registry import deploy_package
 
     deployment = deploy_package(aws.client("sagemaker"), aws.client("s3"), args.model_package_arn, args.prefix)
     logger.info(
@@ -166,8 +166,8 @@ def _register_sagemaker(args: argparse.Namespace) -> int:
     """The pipeline's RegisterModel job: the trained model.tar.gz from S3, its evaluation, into the registry."""
     import tempfile
 
-    from genesig.pipeline import aws
-    from genesig.pipeline.sagemaker_registry import register_model
+    from genesig.pipeline.sagemaker import aws
+    from genesig.pipeline.sagemaker.registry import register_model
 
     evaluation = _read_evaluation(args.evaluation)
     s3 = aws.client("s3")
@@ -208,7 +208,7 @@ def _prepare_set(args: argparse.Namespace) -> int:
 
 def _register_set(args: argparse.Namespace) -> int:
     """The signature-set run's RegisterSignatures job: the report, registrations and (when Approved) deployments."""
-    from genesig.pipeline import aws
+    from genesig.pipeline.sagemaker import aws
     from genesig.pipeline.settings import GateSettings, from_arguments
     from genesig.pipeline.signature_set import collect, register_passing, write_report
 

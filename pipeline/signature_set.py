@@ -37,9 +37,9 @@ from typing import Any, TypeVar
 
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
-from genesig.pipeline.names import names_for
 from genesig.pipeline.results import RunNulls, SignatureResult, conclude, significance_record
 from genesig.pipeline.run import RunOptions, evaluate_all, load_signatures
+from genesig.pipeline.sagemaker.names import names_for
 from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
 from genesig.pipeline.significance import (
@@ -248,7 +248,7 @@ def train_shard(
 
 def upload_results(s3: Any, work: Path, results: list[SignatureResult], output_uri: str, host: str) -> int:
     """Each signature's artifact and evaluation, then this instance's outcomes, to the run's results prefix."""
-    from genesig.pipeline.aws import s3_join, write_object
+    from genesig.pipeline.sagemaker.aws import s3_join, write_object
 
     files = [
         p
@@ -397,7 +397,7 @@ def register_passing(
 ) -> None:
     """RegisterSignatures: each passing signature registered (and, when Approved, deployed); a failure is that
     signature's row ("error"), never the run's."""
-    from genesig.pipeline.sagemaker_registry import deploy_package, register_model
+    from genesig.pipeline.sagemaker.registry import deploy_package, register_model
 
     def one(row: ReportRow) -> None:
         folder = results_dir / SIGNATURES / row.artifact

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from genesig.errors import DataError
-from genesig.pipeline.names import artifact_name
+from genesig.pipeline.sagemaker.names import artifact_name
 
 # Zhou et al., Radiology 2018: the metagenes of the NSCLC radiogenomics cohort.
 METAGENES: dict[str, tuple[str, ...]] = {

@@ -1,4 +1,4 @@
-"""Model packages registered the way the pipelines register them (genesig.pipeline.sagemaker_registry)."""
+"""Model packages registered the way the pipelines register them (genesig.pipeline.sagemaker.registry)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from genesig.pipeline.sagemaker_registry import Registration, register_model
+from genesig.pipeline.sagemaker.registry import Registration, register_model
 
 SERVING_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:1"
 

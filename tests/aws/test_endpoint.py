@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from genesig.errors import DataError
-from genesig.pipeline.aws import AwsNotFound, call
-from genesig.pipeline.sagemaker_endpoint import delete_endpoint, deploy_endpoint
+from genesig.pipeline.sagemaker.aws import AwsNotFound, call
+from genesig.pipeline.sagemaker.endpoint import delete_endpoint, deploy_endpoint
 
 from .packages import new_bucket, register
 

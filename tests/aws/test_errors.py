@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from genesig.pipeline.aws import AwsError, AwsNotFound, call
+from genesig.pipeline.sagemaker.aws import AwsError, AwsNotFound, call
 
 ROLE = "arn:aws:iam::123456789012:role/genesig-sagemaker"
 

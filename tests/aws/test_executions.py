@@ -13,9 +13,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from genesig.pipeline import sagemaker_executions as executions
-from genesig.pipeline.names import names_for
-from genesig.pipeline.sagemaker_pipeline import PipelineConfig
+from genesig.pipeline.sagemaker import executions
+from genesig.pipeline.sagemaker.names import names_for
+from genesig.pipeline.sagemaker.pipeline import PipelineConfig
 from genesig.pipeline.signatures import default_signatures
 
 from .packages import new_bucket

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from genesig.pipeline.names import description, entity_name, names_for
+from genesig.pipeline.sagemaker.names import description, entity_name, names_for
 from genesig.pipeline.signatures import read_signatures
 from tests.strict_aws import ServiceModelValidator
 
@@ -71,7 +71,7 @@ def test_the_strict_layer_refuses_what_aws_would(
 
 def test_what_the_user_gives_is_checked_against_aws_patterns_before_any_call(validator: ServiceModelValidator) -> None:
     from genesig.errors import DataError
-    from genesig.pipeline.names import check_bucket, check_image_uri, check_role_arn
+    from genesig.pipeline.sagemaker.names import check_bucket, check_image_uri, check_role_arn
 
     role = "arn:aws:iam::123456789012:role/genesig-sagemaker"
     image = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:v1"

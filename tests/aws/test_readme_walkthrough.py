@@ -181,7 +181,7 @@ def test_the_role_policy_allows_every_sagemaker_call_the_jobs_make() -> None:
         for statement in policy["Statement"]
         for action in ([statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"])
     }
-    job_code = (ROOT / "pipeline" / "sagemaker_registry.py").read_text()
+    job_code = (ROOT / "pipeline" / "sagemaker" / "registry.py").read_text()
     called = {
         "sagemaker:" + "".join(part.title() for part in op.split("_"))
         for op in re.findall(r"\bsm\.([a-z_]+)\b", job_code)

@@ -15,9 +15,9 @@ import pytest
 
 from genesig.artifact import read_artifact
 from genesig.errors import Conflict, ModelNotFound
-from genesig.pipeline import sagemaker_registry as registry
-from genesig.pipeline.aws import AwsNotFound, read_object
-from genesig.pipeline.names import names_for
+from genesig.pipeline.sagemaker import registry
+from genesig.pipeline.sagemaker.aws import AwsNotFound, read_object
+from genesig.pipeline.sagemaker.names import names_for
 
 from .packages import SERVING_IMAGE, new_bucket, register
 

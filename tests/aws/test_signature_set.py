@@ -1,5 +1,5 @@
 """The signature-set run end to end against moto (behind the strict layer) and the S3 server: upsert, one
-execution over a signature set, its three jobs run here in SageMaker's layout (genesig.pipeline.local_pipeline,
+execution over a signature set, its three jobs run here in SageMaker's layout (genesig.pipeline.sagemaker.run_here,
 this Python environment), the report, the registrations, approval by rule and sync."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from genesig.pipeline import sagemaker_executions as executions
-from genesig.pipeline.aws import read_object, s3_join
-from genesig.pipeline.local_pipeline import LocalPipelineRunner, ProcessRunner
-from genesig.pipeline.names import names_for
-from genesig.pipeline.sagemaker_pipeline import PipelineConfig
-from genesig.pipeline.sagemaker_registry import describe, packages, sync, update_approval
+from genesig.pipeline.sagemaker import executions
+from genesig.pipeline.sagemaker.aws import read_object, s3_join
+from genesig.pipeline.sagemaker.names import names_for
+from genesig.pipeline.sagemaker.pipeline import PipelineConfig
+from genesig.pipeline.sagemaker.registry import describe, packages, sync, update_approval
+from genesig.pipeline.sagemaker.run_here import LocalPipelineRunner, ProcessRunner
 from genesig.pipeline.signatures import GeneSignature, default_signatures
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
@@ -96,7 +96,8 @@ def test_one_execution_trains_gates_and_registers_the_whole_set(
         assert contained["null"] == report["run"]["self_contained_null"] and contained["permutations"] > 200
         assert (versus["status"], versus["p_value"], versus["q_value"]) == ("tested", row["competitive_p"],
                                                                              row["competitive_q"])  # fmt: skip
-        assert versus["random_sets"] == 100 and versus["null"] == report["run"]["competitive_null"]
+        # The run's random sets: RandomSets (200) over the set's two sizes (3 and 4 genes), 100 at each.
+        assert versus["random_sets"] == 200 and versus["null"] == report["run"]["competitive_null"]
         assert significance["verdict"] == {"passed": True, "outcome": "passed", "reason": row["reason"]}
     assert report["run"]["counts"]["passed"] == len(passed)
 

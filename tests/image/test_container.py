@@ -21,11 +21,11 @@ from genesig.artifact.synthetic import write_synthetic_artifact
 from genesig.client import ModelServerClient
 from genesig.container_server import ContainerServer
 from genesig.local_endpoint import runtime_client, start_local_endpoint
-from genesig.pipeline.aws import client, read_object, s3_join
 from genesig.pipeline.cohort import read_cohort
-from genesig.pipeline.local_pipeline import DockerRunner, LocalPipelineRunner
-from genesig.pipeline.sagemaker_executions import start_set, upsert_pipeline
-from genesig.pipeline.sagemaker_pipeline import PipelineConfig
+from genesig.pipeline.sagemaker.aws import client, read_object, s3_join
+from genesig.pipeline.sagemaker.executions import start_set, upsert_pipeline
+from genesig.pipeline.sagemaker.pipeline import PipelineConfig
+from genesig.pipeline.sagemaker.run_here import DockerRunner, LocalPipelineRunner
 from genesig.pipeline.signatures import default_signatures, match
 from genesig.pipeline.steps import preprocess, save_prepared
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from genesig.errors import DataError
-from genesig.pipeline.plan import Assumptions, plan
+from genesig.pipeline.sagemaker.plan import Assumptions, plan
 
 GO = Path(__file__).resolve().parents[3] / "shared" / "data" / "go-biological-process-2021.gmt"
 

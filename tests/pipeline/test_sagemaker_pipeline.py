@@ -12,7 +12,7 @@ from typing import Any
 import jsonschema
 import pytest
 
-from genesig.pipeline.sagemaker_pipeline import PipelineConfig, definition_json
+from genesig.pipeline.sagemaker.pipeline import PipelineConfig, definition_json
 
 SCHEMA = Path(__file__).resolve().parents[2].parent / "shared" / "schemas" / "sagemaker-pipeline-definition.schema.json"
 STEP_NAMES = ["PreprocessCohort", "TrainModel", "EvaluateModel", "CheckMetric"]
@@ -209,3 +209,18 @@ def test_cli_prints_either_definition_without_aws(tmp_path: Path, design: str, s
     assert [s["Name"] for s in printed["Steps"]] == steps
     errors = [deepest(e) for e in jsonschema.Draft7Validator(corrected_schema()).iter_errors(printed)]
     assert errors == []
+
+
+def test_the_set_run_deals_its_random_sets_where_it_deals_the_sizes() -> None:
+    """PrepareSignatureSet spreads RandomSets over the set's sizes and writes the count per size into the shards, as
+    run-local spreads them: given only to the instances, the set run drew the default's count and its competitive p
+    differed from run-local's."""
+    from genesig.pipeline.sagemaker.pipeline import set_definition_json
+
+    config = PipelineConfig(role_arn="arn:aws:iam::123456789012:role/genesig", bucket="b")
+    definition = json.loads(set_definition_json(config))
+    prepare, train = definition["Steps"][0], definition["Steps"][1]
+    arguments = prepare["Arguments"]["AppSpecification"]["ContainerArguments"]
+    value = arguments[arguments.index("--random-sets") + 1]
+    assert value == {"Std:Join": {"On": "", "Values": [{"Get": "Parameters.RandomSets"}]}}
+    assert "random_sets" not in train["Arguments"]["HyperParameters"]

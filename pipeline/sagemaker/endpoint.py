@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from genesig.errors import DataError, GenesigError
-from genesig.pipeline.aws import AwsNotFound, call, split_s3
-from genesig.pipeline.names import ENTITY_NAME, STAMP_FORMAT, entity_name
+from genesig.pipeline.sagemaker.aws import AwsNotFound, call, split_s3
+from genesig.pipeline.sagemaker.names import ENTITY_NAME, STAMP_FORMAT, entity_name
 
 
 class TimedOut(GenesigError):

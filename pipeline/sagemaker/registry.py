@@ -24,7 +24,7 @@ from genesig.artifact import read_artifact
 from genesig.artifact.manifest import model_identity
 from genesig.artifact.package import with_version
 from genesig.errors import Conflict, DataError, GenesigError, ModelNotFound
-from genesig.pipeline.aws import (
+from genesig.pipeline.sagemaker.aws import (
     AwsNotFound,
     call,
     head_object,
@@ -35,7 +35,7 @@ from genesig.pipeline.aws import (
     user_metadata,
     write_object,
 )
-from genesig.pipeline.names import ENTITY_NAME, GROUP_PREFIX, SignatureNames, description, names_for
+from genesig.pipeline.sagemaker.names import ENTITY_NAME, GROUP_PREFIX, SignatureNames, description, names_for
 
 logger = logging.getLogger(__name__)
 

@@ -87,8 +87,8 @@ def run_training(paths: TrainingPaths) -> Path:
 
 def run_set_training(paths: TrainingPaths) -> list[Any]:
     """This instance's shard of a signature-set run: trained, evaluated, gated and uploaded."""
-    from genesig.pipeline.aws import client
     from genesig.pipeline.run import RunOptions
+    from genesig.pipeline.sagemaker.aws import client
     from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, convert
     from genesig.pipeline.signature_set import host_name, train_shard, upload_results
 

@@ -466,6 +466,9 @@ def _prepare_set_step(ctx: _Context) -> Any:
                 _text(ctx["Permutations"]),
                 "--competitive",
                 ctx["Competitive"],
+                # The random sets are dealt here, with the sizes: the instances read their count from the shards.
+                "--random-sets",
+                _text(ctx["RandomSets"]),
                 "--out",
                 f"{PROCESSING}/set",
             ],
@@ -509,7 +512,6 @@ def _train_set_step(ctx: _Context, prepare: Any) -> Any:
         "values": ctx["ExpressionValues"],
         "permutations": _text(ctx["Permutations"]),
         "competitive": ctx["Competitive"],
-        "random_sets": _text(ctx["RandomSets"]),
         "output_uri": _results_uri(ctx),
     }
     trainer = ModelTrainer(

@@ -3,7 +3,7 @@ signature with bounded concurrency) and follow them, saying for each how it ende
 
 A gate miss ends as "BelowThreshold" (the execution succeeded without registering a model), a failure names
 its failed step and SageMaker's reason, a signature whose execution could not start is reported and the others
-go on. Every function takes boto3 clients (see ``genesig.pipeline.aws.client``).
+go on. Every function takes boto3 clients (see ``genesig.pipeline.sagemaker.aws.client``).
 """
 
 from __future__ import annotations
@@ -17,16 +17,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 from genesig.errors import DataError, GenesigError
-from genesig.pipeline.aws import AwsNotFound, call, paginate, read_object, s3_join, split_s3, write_object
-from genesig.pipeline.names import STAMP_FORMAT, names_for
-from genesig.pipeline.sagemaker_pipeline import (
+from genesig.pipeline.sagemaker.aws import AwsNotFound, call, paginate, read_object, s3_join, split_s3, write_object
+from genesig.pipeline.sagemaker.names import STAMP_FORMAT, names_for
+from genesig.pipeline.sagemaker.pipeline import (
     CHECK,
     EVALUATE,
     PipelineConfig,
     definition_json,
     set_definition_json,
 )
-from genesig.pipeline.sagemaker_registry import ensure_group
+from genesig.pipeline.sagemaker.registry import ensure_group
 from genesig.pipeline.signatures import GeneSignature
 
 logger = logging.getLogger(__name__)

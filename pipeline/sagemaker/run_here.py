@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from genesig.errors import GenesigError
-from genesig.pipeline.aws import call, paginate, s3_join, split_s3, write_object
-from genesig.pipeline.names import entity_name
+from genesig.pipeline.sagemaker.aws import call, paginate, s3_join, split_s3, write_object
+from genesig.pipeline.sagemaker.names import entity_name
 
 logger = logging.getLogger(__name__)
 

@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -324,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync_cmd = sub.add_parser("sync", help="deploy the latest Approved package of every signature (idempotent)")
     sync_cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"), help="local registry and prefix")
     sync_cmd.add_argument("--prefix", help="s3://bucket/prefix/: sync the SageMaker Model Registry there instead")
-    sync_cmd.add_argument("--workers", type=int, default=8, help="with --prefix: signatures copied at once (default 8)")
+    sync_cmd.add_argument("--jobs", type=int, default=8, help="with --prefix: signatures copied at once (default 8)")
     add_aws_arguments(sync_cmd)
     sync_cmd.set_defaults(func=_cmd_sync)
 
@@ -408,7 +409,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_aws_parsers(sub)
     add_step_parsers(sub)
+    _group_commands(parser, sub)
     return parser
+
+
+# `genesig --help` lists the commands by what they are for, each once.
+COMMAND_GROUPS = {
+    "getting started": ("demo", "synth"),
+    "on this machine": ("run-local", "registry", "sync", "local-endpoint", "selfcheck"),
+    "on AWS": ("pipeline", "endpoint", "predict"),
+    "image and job entry points": ("serve", "train", "step"),
+}
+
+
+def _group_commands(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The commands under ``COMMAND_GROUPS``' headings in the epilog, instead of argparse's one flat list."""
+    helps = {action.dest: action.help or "" for action in sub._choices_actions}
+    grouped = [name for names in COMMAND_GROUPS.values() for name in names]
+    if sorted(grouped) != sorted(helps):
+        raise AssertionError(f"COMMAND_GROUPS must list every command once: {sorted(set(helps) ^ set(grouped))}")
+    width = max(map(len, helps)) + 2
+    lines = []
+    for heading, names in COMMAND_GROUPS.items():
+        lines.append(f"{heading}:")
+        lines += [f"  {name.ljust(width)}{helps[name]}" for name in names]
+    lines += [
+        "",
+        "exit codes: 0 done (a gate miss included), 1 failed, 2 usage or input error, 3 `step gate`: not passed,",
+        "130 interrupted",
+    ]
+    parser.epilog = "\n".join(lines)
+    parser.description = textwrap.fill(parser.description or "", 100)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    sub.help = "one of the commands below"
+    sub._choices_actions.clear()  # listed by group in the epilog instead
 
 
 # Which set-up provides a module a command imports late (scripts/bootstrap.sh's modes, pyproject's extras).

@@ -247,7 +247,7 @@ def sync_s3(args: argparse.Namespace) -> int:
     from genesig.presentation import render_deployments
 
     sm, s3 = _clients(args, "sagemaker", "s3")
-    deployments = sync(sm, s3, args.prefix, workers=args.workers)
+    deployments = sync(sm, s3, args.prefix, workers=args.jobs)
     render_deployments(deployments)
     return 1 if any(d.action == "failed" for d in deployments) else 0
 

@@ -3,6 +3,7 @@ the problem and the fix — never a traceback."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -222,3 +223,15 @@ def test_the_table_title_names_every_part_of_the_gate_that_decides(
 
     summary = RunSummary("d.csv", "w", 0.6, "cv_mean", 0.1, permutations, competitive, 100, [])
     assert gate_text(summary) == expected
+
+
+def test_help_lists_every_command_once_under_its_group_with_the_exit_codes(tmp_path: Path) -> None:
+    from genesig.cli import COMMAND_GROUPS, build_parser
+
+    shown = genesig("--help", cwd=tmp_path).stdout
+    groups = shown.split("getting started:", 1)[1].split("exit codes:", 1)[0]
+    listed = [line.split()[0] for line in groups.splitlines() if line.startswith("  ")]
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert sorted(listed) == sorted(commands), "every command once"
+    assert [name for names in COMMAND_GROUPS.values() for name in names] == listed
+    assert "exit codes: 0 done" in shown and "2 usage or input error" in shown

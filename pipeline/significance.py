@@ -545,6 +545,8 @@ def draw_competitive(
     """The random-set nulls a run's evaluated signatures need, drawn or read from ``cache_dir``, and the number of
     genes they were drawn from. ``random_sets`` are spread over the sizes of the run's ``trainable`` signatures (their
     gene counts), as the set run deals them before any is evaluated, so that both draw the same sets."""
+    if not any(r.status == "done" and r.cv_pooled is not None for r in rows):
+        return {}, 0  # nothing to compare: no reading every column of a cohort whose signatures all failed
     usable = numeric_genes(cohort)
     planned = {null_size(k) for k in trainable if competitive_applicable(k, len(usable))}
     per_size = sets_per_size(len(planned), random_sets)
@@ -552,8 +554,8 @@ def draw_competitive(
     null = RandomSignatureNull(cohort, train, target, per_size, cache_dir, genes=usable)
     if sizes:  # minutes on a large cohort, after the progress bar is full: say what is going on
         logger.info(
-            "beside the verdict: %d random gene sets at each of %d sizes, cross-validated as the signatures were "
-            "(--competitive off skips this)", per_size, len(sizes),
+            "beside the verdict: %d random gene sets at each of %d size%s, cross-validated as the signatures were "
+            "(--competitive off skips this)", per_size, len(sizes), "" if len(sizes) == 1 else "s",
         )  # fmt: skip
     null.draw(sizes, jobs)
     return {size: null.distribution(size) for size in sizes}, len(usable)

@@ -265,7 +265,7 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help="no progress bar or table: one line of counts (the table is in summary.csv)",
     )
     parser.add_argument(
-        "--jobs", type=int, default=1, help="signatures trained in parallel, one process each (0: one per CPU)"
+        "--jobs", type=int, default=1, help="signatures trained at once, one process each (default 1; 0: one per CPU)"
     )
 
 

@@ -9,6 +9,7 @@ constraints, and a bad value is refused with the option's name.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -119,6 +120,21 @@ class GateSettings(msgspec.Struct, frozen=True, kw_only=True):
             ge=20,
         ),
     ] = 200
+
+
+# The competitive test's random sets: GateSettings.random_sets in the run, spread over its sizes, at least this many
+# at each. Here, with the setting, because PrepareSignatureSet, run-local and the cost plan all deal them so.
+MIN_SETS_PER_SIZE = 20
+
+
+def sets_per_size(sizes: int, random_sets: int) -> int:
+    """Random gene sets drawn at each of a run's ``sizes`` competitive sizes: ``random_sets`` in the run, spread
+    over the sizes, at least ``MIN_SETS_PER_SIZE`` at each, and even (half in each stratum, so that a stratum of a
+    run of ``random_sets`` holds at least half of them)."""
+    if sizes <= 0 or random_sets <= 0:
+        return 0
+    each = max(MIN_SETS_PER_SIZE, math.ceil(random_sets / sizes))
+    return each + each % 2
 
 
 Settings = TypeVar("Settings", CohortSettings, TrainSettings, GateSettings)

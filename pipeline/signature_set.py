@@ -40,7 +40,7 @@ from genesig.pipeline.cohort import columns_of, read_cohort, single_file
 from genesig.pipeline.results import RunNulls, SignatureResult, conclude, significance_record
 from genesig.pipeline.run import RunOptions, evaluate_all, load_signatures
 from genesig.pipeline.sagemaker.names import names_for
-from genesig.pipeline.settings import CohortSettings, GateSettings
+from genesig.pipeline.settings import CohortSettings, GateSettings, sets_per_size
 from genesig.pipeline.signatures import GeneSignature, MatchedSignature, match
 from genesig.pipeline.significance import (
     RandomSignatureNull,
@@ -49,7 +49,6 @@ from genesig.pipeline.significance import (
     null_size,
     numeric_genes,
     permutations_per_signature,
-    sets_per_size,
 )
 from genesig.pipeline.steps import EVALUATION_FILE
 

@@ -60,7 +60,7 @@ from threadpoolctl import threadpool_limits
 from genesig import __version__
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.metrics import discrimination_by_column
-from genesig.pipeline.settings import L2_GRID, GateSettings, TrainSettings, as_strings
+from genesig.pipeline.settings import L2_GRID, GateSettings, TrainSettings, as_strings, sets_per_size
 from genesig.pipeline.split import choose_target, split_rows
 from genesig.pipeline.validation import INNER_FOLDS, INNER_TOLERANCE, cross_validate_designs
 
@@ -93,7 +93,6 @@ MIN_NEIGHBOURS = 100
 # are smoothed over nearby sizes).
 EXACT_UP_TO = 10
 SIZE_RATIO = 1.2
-MIN_SETS_PER_SIZE = 20
 # Competitive: the share of the cohort's genes, best at discriminating alone, whose random sets are their own stratum.
 TOP_GENE_SHARE = 0.01
 # Competitive: not applicable when the signature holds more than this share of the genes random sets are drawn from.
@@ -359,16 +358,6 @@ class StratifiedNull:
         if weight < 1:
             p += (1.0 - weight) * self.rest.p_value(observed, size)
         return float(min(p, 1.0))
-
-
-def sets_per_size(sizes: int, random_sets: int) -> int:
-    """Random gene sets drawn at each of a run's ``sizes`` competitive sizes: ``random_sets`` in the run, spread
-    over the sizes, at least ``MIN_SETS_PER_SIZE`` at each, and even (half in each stratum, so that a stratum of a
-    run of ``random_sets`` holds at least half of them)."""
-    if sizes <= 0 or random_sets <= 0:
-        return 0
-    each = max(MIN_SETS_PER_SIZE, math.ceil(random_sets / sizes))
-    return each + each % 2
 
 
 class RandomSignatureNull:

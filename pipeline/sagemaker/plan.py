@@ -11,8 +11,7 @@ import math
 from dataclasses import asdict, dataclass
 
 from genesig.errors import DataError
-from genesig.pipeline.settings import GateSettings
-from genesig.pipeline.significance import sets_per_size
+from genesig.pipeline.settings import GateSettings, sets_per_size
 
 
 @dataclass(frozen=True)

@@ -566,7 +566,7 @@ def test_a_size_whose_random_sets_all_failed_is_not_reported_as_tested() -> None
 
 
 def test_random_sets_are_spread_over_the_sizes_evenly_with_a_floor_per_size() -> None:
-    from genesig.pipeline.significance import sets_per_size
+    from genesig.pipeline.settings import sets_per_size
 
     assert sets_per_size(1, 200) == 200 and sets_per_size(2, 200) == 100
     assert sets_per_size(3, 200) == 68, "even: half in each stratum, so each stratum holds at least 100"

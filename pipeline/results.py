@@ -130,14 +130,15 @@ def conclude(
             r.permutations = null.draws
     competitive = "off (--competitive off)"
     if gate.competitive != "off" and competitive_nulls is not None:
+        drawn = sum(n.replicates for n in competitive_nulls.values())
         for r, (status, p) in zip(results, competitive_p_values(results, competitive_nulls, genes), strict=True):
             r.competitive, r.competitive_p = status, p
             if status == "tested":
                 r.null_size = null_size(len(r.genes))
-                r.random_sets = sum(n.replicates for n in competitive_nulls.values())
+                r.random_sets = drawn
         per_size = max((n.replicates for n in competitive_nulls.values()), default=0)
         competitive = (
-            f"{per_size * len(competitive_nulls)} random gene sets at {len(competitive_nulls)} sizes ({per_size} at "
+            f"{drawn} random gene sets at {len(competitive_nulls)} sizes ({per_size} at "
             f"each; above {EXACT_UP_TO} genes in bins of x{SIZE_RATIO}), drawn from the cohort's {genes} genes with "
             "the real outcome, the null's location and scale smoothed over nearby sizes; not applicable where the "
             "signature holds more than half of those genes"

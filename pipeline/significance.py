@@ -206,15 +206,14 @@ class SizeSmoothedNull:
                 if (total > 0 and total**2 / squares >= want * 0.999) or width > 50:
                     break
                 width *= 1.5
-            line = _local_line(distance, weight)
-            mean = float(line @ self.values)
+            mean, slope = _weighted_line(distance, weight, self.values)
             # Scale: the local line of the absolute deviations from the local line of the values (positive where a
             # line of squared deviations, steeper, often runs below 0 at the largest size), as a standard deviation
             # for a normal null. Any scale proportional to the truth gives the same p: the pool is standardised by it.
-            deviation = np.abs(self.values - _local_fit(distance, weight, self.values))
+            deviation = np.abs(self.values - (mean + slope * distance))
             # No less than half the kernel's mean deviation: a steep fall in spread can carry the line near 0 at
             # the largest size.
-            spread = max(float(line @ deviation), 0.5 * float(weight @ deviation / total))
+            spread = max(_weighted_line(distance, weight, deviation)[0], 0.5 * float(weight @ deviation / total))
             spread *= math.sqrt(math.pi / 2) / max(1.0 - squares / total**2, 1e-9) ** 0.5
             self._moments[size] = (mean, spread)
         return self._moments[size]
@@ -235,26 +234,16 @@ class SizeSmoothedNull:
         return mean + spread * np.percentile(self.tail.pool, np.asarray(q, dtype=float))
 
 
-def _local_line(distance: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """The weights that give a weighted least-squares line's value at distance 0 (the local-linear estimator's
-    equivalent kernel); the normalised weights themselves where the distances do not spread enough for a slope."""
-    s0, s1, s2 = weight.sum(), float(weight @ distance), float(weight @ distance**2)
-    spread = s0 * s2 - s1**2
-    if spread <= 1e-9 * s0 * max(s2, 1e-12):
-        return weight / s0
-    return weight * (s2 - s1 * distance) / spread
-
-
-def _local_fit(distance: np.ndarray, weight: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """The weighted least-squares line of ``values`` on ``distance``, at every draw (a constant where no slope can
-    be fitted)."""
+def _weighted_line(distance: np.ndarray, weight: np.ndarray, values: np.ndarray) -> tuple[float, float]:
+    """The weighted least-squares line of ``values`` on ``distance``: its value at distance 0 and its slope (the
+    weighted mean and no slope where the distances do not spread enough to fit one)."""
     s0, s1, s2 = weight.sum(), float(weight @ distance), float(weight @ distance**2)
     spread = s0 * s2 - s1**2
     mean = float(weight @ values) / s0
     if spread <= 1e-9 * s0 * max(s2, 1e-12):
-        return np.full(len(values), mean)
+        return mean, 0.0
     slope = (s0 * float(weight @ (distance * values)) - s1 * float(weight @ values)) / spread
-    return mean + slope * (distance - s1 / s0)
+    return mean - slope * s1 / s0, slope
 
 
 class PermutationNull(SizeSmoothedNull):

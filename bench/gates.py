@@ -5,7 +5,6 @@ q against random gene sets)."""
 
 from __future__ import annotations
 
-import copy
 import math
 import tempfile
 import time
@@ -18,7 +17,7 @@ from scipy.stats import binom
 from scipy.stats import t as t_dist
 
 from genesig.pipeline.cohort import Cohort
-from genesig.pipeline.results import RunNulls, SignatureResult, conclude
+from genesig.pipeline.results import Outcome, RunNulls, SignatureResult, judge
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import GeneSignature, match
 from genesig.pipeline.significance import draw_competitive, permutations_per_signature
@@ -54,14 +53,15 @@ def evaluate(
     per = permutations_per_signature(sum(not m.skip_reason for m in matched), permutations)
     results = []
     for one in matched:
-        result = SignatureResult.of(one, "skipped", one.skip_reason or "")
+        result = SignatureResult.of(one, Outcome.SKIPPED, one.skip_reason or "")
         if not one.skip_reason:
             cv = cross_validate(preprocess(cohort, one, settings=train), train, permutations=per)
-            result.status, result.metric = "done", cv.metric
+            result.metric = cv.metric
             result.cv_mean, result.cv_pooled, result.permuted = cv.mean, cv.pooled_mean, cv.permuted
             result.threshold_passed = cv.mean >= gate.threshold
             verdict = ">=" if result.threshold_passed else "<"
             result.threshold_reason = f"cross-validated mean {cv.metric} {cv.mean:.3f} {verdict} threshold"
+            result.outcome = Outcome.PASSED if result.threshold_passed else Outcome.BELOW_THRESHOLD
         results.append(result)
     return results
 
@@ -94,7 +94,7 @@ def decide_gates(
     nulls, genes = None, 0
     if competitive:
         with tempfile.TemporaryDirectory(prefix="genesig-bench-null-") as tmp:
-            trainable = [len(r.genes) for r in results if r.status != "skipped"]
+            trainable = [len(r.genes) for r in results if r.outcome != Outcome.SKIPPED]
             nulls, genes = draw_competitive(
                 cohort, train, None, results, trainable, default.random_sets, Path(tmp) / "null"
             )
@@ -104,8 +104,7 @@ def decide_gates(
     for name, gate in gates.items():
         if gate.competitive == "gate" and nulls is None:
             continue  # no random sets drawn: no competitive gate
-        rows = copy.deepcopy(results)
-        told = conclude(rows, gate, nulls, genes)
+        rows, told = judge(results, gate, nulls, genes)
         if name == "default":
             described = told
         decided[name] = rows

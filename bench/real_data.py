@@ -195,8 +195,8 @@ def gates_on(name: str, cv_repeats: int, work: Path) -> dict[str, Any]:
     out: dict[str, Any] = {
         "cohort": name, "sets": kind, "patients": cohort.n, "events": int(cohort.event.sum()),
         "genes": len(cohort.candidate_genes()),
-        "evaluated": sum(r.status == "done" for r in decided.gates["default"]),
-        "skipped": sum(r.status == "skipped" for r in decided.gates["default"]),
+        "evaluated": sum(r.evaluated for r in decided.gates["default"]),
+        "skipped": sum(r.outcome == "skipped" for r in decided.gates["default"]),
         "seconds": {"evaluate": round(decided.evaluate_s, 1), "competitive": round(decided.competitive_s, 1)},
     }  # fmt: skip
     for gate, rows in decided.gates.items():
@@ -211,7 +211,8 @@ def gates_on(name: str, cv_repeats: int, work: Path) -> dict[str, Any]:
     published = next((r for r in default if r.signature == "MAMMAPRINT_70"), None)
     if published is not None:
         out["published"] = {
-            "signature": published.signature, "genes": len(published.genes), "status": published.status,
+            "signature": published.signature, "genes": len(published.genes),
+            "status": "done" if published.evaluated else str(published.outcome),
             "reason": published.reason, "cv_mean": published.cv_mean, "cv_pooled": published.cv_pooled,
             "p": published.p_value, "q": published.q_value, "competitive": published.competitive,
             "competitive_p": published.competitive_p, "competitive_q": published.competitive_q,

@@ -4,7 +4,7 @@ Planted cohorts (default 200 patients, binary outcome): two planted signatures o
 log-odds per SD of their activity) among 1,000 noise gene sets of mixed sizes (3 to 100 genes, log-uniform, drawn
 from 4,000 noise genes), for several seeds. Every signature goes through the gate's own code, as run-local runs it:
 matched against the data, preprocessed, cross-validated with its share of the run's outcome permutations in the same
-batch, then the run's verdict (``genesig.pipeline.results.conclude``). The final model fit, held-out scoring and
+batch, then the run's verdict (``genesig.pipeline.results.judge``). The final model fit, held-out scoring and
 report of a run-local run are left out: they do not change the verdict.
 
 Three gates on the same CV values and p-values: the default (threshold and the self-contained test's q <= FDR), the

@@ -99,7 +99,7 @@ def one_run(args: argparse.Namespace, cohort: Path, work: Path) -> dict[str, flo
         "peak_pss_all_processes_mb": round(memory.peak_bytes / 1e6, 1),
         "passed": sum(r.passed for r in summary.results),
         "deployed": sum(r.deployed is not None for r in summary.results),
-        "failed_or_skipped": sum(r.status != "done" for r in summary.results),
+        "failed_or_skipped": sum(not r.evaluated for r in summary.results),
         "output_mb": round(sum(p.stat().st_size for p in work.rglob("*") if p.is_file()) / 1e6, 1),
     }
 

@@ -76,7 +76,7 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     render_summary(summary, quiet=args.quiet)
     # A gate miss is a result (exit 0), as in the SageMaker pipelines; a run that evaluated nothing (every signature
     # skipped or failed) did not do its job (exit 1).
-    return 0 if any(r.status == "done" for r in summary.results) else 1
+    return 0 if any(r.evaluated for r in summary.results) else 1
 
 
 def _cmd_sync(args: argparse.Namespace) -> int:

@@ -64,14 +64,14 @@ def invoke_deployed(url: str, workdir: Path, summary: Any, patients: int = 3) ->
     result = DemoResult(summary=summary)
     deployed = [r for r in summary.results if r.deployed]
     for row in deployed:
-        rows = _sample_rows(workdir, row.name, patients)
+        rows = _sample_rows(workdir, row.artifact_name, patients)
         response = runtime.invoke_endpoint(
             EndpointName="demo", TargetModel=row.deployed, ContentType="text/csv", Accept="application/json", Body=rows
         )
         result.predictions[row.deployed] = json.loads(response["Body"].read())["predictions"]
     if deployed:
         first = deployed[0]
-        rows = _sample_rows(workdir, first.name, patients)
+        rows = _sample_rows(workdir, first.artifact_name, patients)
         (workdir / "patients.csv").write_bytes(rows)
         result.patients = {"target": first.deployed, "path": str(workdir / "patients.csv")}
         body, dropped = _without_genes(rows, 2)

@@ -16,7 +16,8 @@ from rich.table import Table
 
 if TYPE_CHECKING:
     from genesig.pipeline.registry import ModelPackage
-    from genesig.pipeline.results import RunSummary, SignatureResult
+    from genesig.pipeline.results import RunReport, SignatureResult
+    from genesig.pipeline.settings import GateSettings
 
 # rich assumes 80 columns when not writing to a terminal; the run table needs more.
 console = Console(width=shutil.get_terminal_size((150, 24)).columns)
@@ -122,17 +123,17 @@ def _run_table(rows: list[SignatureResult], title: str) -> Table:
         genes = f"{len(r.genes)}" + (f" (-{len(r.missing_genes)})" if r.missing_genes else "")
         outcome = f"[{OUTCOME_STYLES[r.outcome]}]{r.outcome}[/]"
         name = shorten(r.signature, width)
-        if r.status != "done":
+        if not r.evaluated:
             table.add_row(name, genes, "-", "-", "-", "-", "-", "-", outcome, "-")
             continue
-        interval = f"{_fmt(r.cv_mean)} [{_fmt(r.cv_interval[0])}, {_fmt(r.cv_interval[1])}]" if r.cv_interval else "-"
+        interval = f"{_fmt(r.cv_mean)} [{_fmt(r.cv_lower)}, {_fmt(r.cv_upper)}]" if r.cv_lower is not None else "-"
         table.add_row(
             name,
             genes,
             f"{r.n_train}/{r.n_test}",
             r.metric,
             interval,
-            _fmt(r.test_value),
+            _fmt(r.test),
             _fmt(r.q_value),
             _versus(r),
             outcome,
@@ -141,25 +142,26 @@ def _run_table(rows: list[SignatureResult], title: str) -> Table:
     return table
 
 
-def gate_text(summary: RunSummary) -> str:
-    """The gate the run applied, in one line: every part that decides."""
-    text = f"{summary.gate_on} >= {summary.threshold}"
-    if not summary.permutations:
+def gate_text(gate: GateSettings) -> str:
+    """The gate a run applies, in one line: every part that decides."""
+    text = f"{gate.gate_on} >= {gate.threshold}"
+    if not gate.permutations:
         return text + " alone (--permutations 0: no significance test)"
-    text += f" and q <= {summary.fdr} (outcome permuted)"
-    if summary.competitive == "gate":
-        text += f" and q vs random gene sets <= {summary.fdr}"
+    text += f" and q <= {gate.fdr} (outcome permuted)"
+    if gate.competitive == "gate":
+        text += f" and q vs random gene sets <= {gate.fdr}"
     return text
 
 
-def render_summary(summary: RunSummary, *, quiet: bool = False) -> None:
+def render_summary(summary: RunReport, *, quiet: bool = False) -> None:
     """The run's result on the terminal: the whole table for a small run; for a large one the counts by outcome and
     the top signatures by metric. The full table is always in the run's summary.csv. ``quiet``: the counts only."""
     results = summary.results
     counts = Counter(r.outcome for r in results)
-    where = f"{summary.workdir}/summary.csv"
+    workdir = summary.context["workdir"]
+    where = f"{workdir}/summary.csv"
     if not quiet:
-        title = f"genesig run-local: gate {gate_text(summary)}"
+        title = f"genesig run-local: gate {gate_text(summary.gate)}"
         if len(results) <= MAX_ROWS:
             shown = results
             console.print(_run_table(results, title))
@@ -191,7 +193,7 @@ def render_summary(summary: RunSummary, *, quiet: bool = False) -> None:
     outcomes = ", ".join(f"{counts[o]} {o}" for o in OUTCOME_STYLES if counts[o])
     console.print(
         f"{len(results)} signatures: {outcomes}{held_back(results)}. Every signature with its reason: {where}; "
-        f"reports and models: {summary.workdir}/signatures/",
+        f"reports and models: {workdir}/signatures/",
         highlight=False,
         markup=False,
         soft_wrap=True,  # one line, however long: --quiet prints only this one

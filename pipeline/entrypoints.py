@@ -208,14 +208,15 @@ def _prepare_set(args: argparse.Namespace) -> int:
 
 def _register_set(args: argparse.Namespace) -> int:
     """The signature-set run's RegisterSignatures job: the report, registrations and (when Approved) deployments."""
+    from genesig.pipeline.results import RunReport
     from genesig.pipeline.sagemaker import aws
     from genesig.pipeline.settings import GateSettings, from_arguments
-    from genesig.pipeline.signature_set import collect, register_passing, write_report
+    from genesig.pipeline.signature_set import REPORT_STEM, collect, register_passing
 
     gate = from_arguments(args, GateSettings)
-    rows, nulls = collect(args.results, args.set, gate)
-    register_passing(
-        rows,
+    results, nulls = collect(args.results, args.set, gate)
+    results = register_passing(
+        results,
         args.results,
         sm=aws.client("sagemaker"),
         s3=aws.client("s3"),
@@ -225,21 +226,13 @@ def _register_set(args: argparse.Namespace) -> int:
         mme_prefix=args.mme_prefix,
         nulls=nulls,
     )
-    run = {
-        "approval_status": args.approval_status,
-        "fdr": gate.fdr,
-        "permutations": gate.permutations,
-        "competitive": gate.competitive,
-        "random_sets": gate.random_sets,
-        "self_contained_null": nulls.self_contained,
-        "competitive_null": nulls.competitive,
-    }
-    report = write_report(rows, args.out, run)
-    counts = report["run"]["counts"]
+    report = RunReport(gate, results, nulls, context={"approval_status": args.approval_status})
+    report.write(args.out, REPORT_STEM)
+    counts = report.counts
     held = sorted(((n, k) for k, n in counts.items() if k != "passed"), reverse=True)
     logger.info(
         "%d signatures: %s%s (each one's reason: the run report)",
-        len(rows),
+        len(results),
         ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
         f"; most held back: {held[0][0]} {held[0][1]}" if held else "",
     )

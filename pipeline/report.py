@@ -226,7 +226,7 @@ def write_null_plot(
     """``significance.png``: each evaluated signature's pooled out-of-fold metric (what both tests compare) against
     its size, over the self-contained null's band and the random gene sets' (where drawn); None when there is
     nothing to draw."""
-    done = [r for r in results if r.status == "done" and r.cv_pooled is not None]
+    done = [r for r in results if r.evaluated]
     permuted = nulls.permutations
     if not done or (permuted is None and not competitive):
         return None

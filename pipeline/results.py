@@ -1,19 +1,26 @@
-"""What a run knows of each signature: its evaluation, the gate's verdict with both tests' p and q, its registration;
-and the run's summary files (``summary.json``, ``summary.csv``)."""
+"""The one result model of every run (run-local, the signature-set run, the one-signature steps): what a run knows of
+each signature (its evaluation, the gate's verdict with both tests' p and q, its registration); the run's verdict
+(:func:`judge`); and the one writer of a run's report (run-local's ``summary.json``/``summary.csv``, the set run's
+``report.json``/``report.csv``: the same document, the same columns, the same words)."""
 
 from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
+from collections import Counter
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+import msgspec
+
+from genesig.errors import GenesigError
 from genesig.pipeline.settings import GateSettings
 from genesig.pipeline.signatures import MatchedSignature
 from genesig.pipeline.significance import (
     EXACT_UP_TO,
     SIZE_RATIO,
+    Outcome,
     PermutationNull,
     SizeNull,
     Verdict,
@@ -22,81 +29,150 @@ from genesig.pipeline.significance import (
     null_size,
 )
 
+__all__ = ["Outcome", "RunNulls", "RunReport", "SignatureResult", "judge", "significance_record"]
+
 
 @dataclass
 class SignatureResult:
+    """One signature in one run, from its match against the cohort to its registration."""
+
     signature: str
-    name: str
+    artifact_name: str
     genes: list[str]
     missing_genes: list[str]
-    status: str
+    # Until the run decides, an evaluated signature's outcome is the threshold's (passed or below threshold).
+    outcome: Outcome
     reason: str = ""
+    coverage: float | None = None
+    # The evaluation.
     metric: str = ""
     n_train: int = 0
     n_test: int = 0
     cv_mean: float | None = None
-    cv_interval: list[float] | None = None
+    cv_lower: float | None = None
+    cv_upper: float | None = None
     # The pooled out-of-fold metric: what both tests compare.
     cv_pooled: float | None = None
-    test_value: float | None = None
-    passed: bool = False
-    # The gate in parts: the metric against the threshold (decided when evaluated), then the run's false-discovery
-    # control of the self-contained test (and of the competitive one when it is gated on; see significance.py).
+    test: float | None = None
+    l2: float | None = None
+    # The gate's first part, decided when the signature is evaluated: the metric against the threshold.
     threshold_passed: bool = False
     threshold_reason: str = ""
-    coverage: float | None = None
-    l2: float | None = None
     # This signature's permuted pooled out-of-fold metrics: its share of the run's self-contained null.
     permuted: list[float] = field(default_factory=list)
     # The self-contained test (the gate): p with the outcome permuted, q over the run, the run's permutations.
     p_value: float | None = None
     q_value: float | None = None
     permutations: int | None = None
-    # The competitive test ("tested", "not applicable", or "" when off): p and q against random gene sets of the size.
+    # The competitive test ("tested", "not applicable", "off", or "" when not evaluated or no random set of the size
+    # was fitted): p and q against the run's random gene sets of the size.
     competitive: str = ""
     competitive_p: float | None = None
     competitive_q: float | None = None
     null_size: int | None = None
     random_sets: int | None = None
-    # The gate's outcome in the report's words (see ``outcome``).
-    verdict: str = ""
+    # The registration: the model package group, its version, approval, whether this run registered it
+    # ("registered", or "unchanged" when the same model was already there), and the file it was deployed as.
+    group: str = ""
     version: int | None = None
-    approval_status: str | None = None
-    deployed: str | None = None
-    report: str | None = None
-    # The provisional artifact (version 1) this run trained; the registry renumbers what it registers.
-    artifact: str | None = None
+    approval_status: str = ""
+    package_arn: str = ""
+    registered: str = ""
+    deployed: str = ""
+    # Where its report (report.png) and its provisional artifact (version 1; the registry renumbers) are.
+    report: str = ""
+    artifact: str = ""
     seconds: float = 0.0
 
     @property
-    def outcome(self) -> str:
-        """What became of it, in the words of the report: passed, below threshold, not significant (it cleared the
-        threshold but not the run's false-discovery control), not above random (the competitive test, when gated
-        on), skipped or error."""
-        if self.status == "done":
-            if self.verdict:
-                return self.verdict
-            if self.passed:
-                return "passed"
-            return "not significant" if self.threshold_passed else "below threshold"
-        return "skipped" if self.status == "skipped" else "error"
+    def evaluated(self) -> bool:
+        """Cross-validated and evaluated against the threshold (not skipped, not in error): what the run's tests
+        compare."""
+        return self.outcome not in (Outcome.SKIPPED, Outcome.ERROR)
+
+    @property
+    def passed(self) -> bool:
+        return self.outcome == Outcome.PASSED
 
     @classmethod
-    def of(cls, matched: MatchedSignature, status: str, reason: str = "") -> SignatureResult:
+    def of(cls, matched: MatchedSignature, outcome: Outcome, reason: str = "") -> SignatureResult:
         return cls(
             signature=matched.signature.name,
-            name=matched.artifact_name,
+            artifact_name=matched.artifact_name,
             genes=matched.present,
             missing_genes=matched.missing,
-            status=status,
+            outcome=outcome,
             reason=reason,
             coverage=round(matched.coverage, 4),
         )
 
-    def apply(self, verdict: Verdict) -> None:
-        """The run's verdict on this signature."""
-        self.passed, self.verdict, self.reason = verdict.passed, verdict.outcome, verdict.reason
-        self.q_value, self.competitive_q = verdict.q_value, verdict.competitive_q
+    def failed(self, reason: str) -> SignatureResult:
+        """This result as an error (its evaluation or registration failed), with the reason."""
+        return replace(self, outcome=Outcome.ERROR, reason=reason)
+
+    def decided(self, verdict: Verdict) -> SignatureResult:
+        """This result with the run's verdict."""
+        return replace(
+            self, outcome=verdict.outcome, reason=verdict.reason, q_value=verdict.q_value,
+            competitive_q=verdict.competitive_q,
+        )  # fmt: skip
+
+    def row(self) -> dict[str, Any]:
+        """The report's row: every column of ``summary.csv``/``report.csv`` and of the JSON reports' rows."""
+        return {
+            "signature": self.signature,
+            "artifact_name": self.artifact_name,
+            "outcome": str(self.outcome),
+            "reason": self.reason,
+            "genes": len(self.genes),
+            "genes_missing": len(self.missing_genes),
+            "missing_genes": " ".join(self.missing_genes),
+            "coverage": self.coverage,
+            "metric": self.metric,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "cv_mean": self.cv_mean,
+            "cv_lower": self.cv_lower,
+            "cv_upper": self.cv_upper,
+            "cv_pooled": self.cv_pooled,
+            "test": self.test,
+            "l2": self.l2,
+            "p_value": self.p_value,
+            "q_value": self.q_value,
+            "permutations": self.permutations,
+            "competitive": self.competitive,
+            "competitive_p": self.competitive_p,
+            "competitive_q": self.competitive_q,
+            "null_size": self.null_size,
+            "random_sets": self.random_sets,
+            "group": self.group,
+            "version": self.version,
+            "approval_status": self.approval_status,
+            "package_arn": self.package_arn,
+            "registered": self.registered,
+            "deployed": self.deployed,
+            "report": self.report,
+        }
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything, as a training instance hands it to RegisterSignatures (:meth:`from_json` reads it back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], where: str) -> SignatureResult:
+        known = {f.name for f in fields(cls)}
+        if not isinstance(doc, dict) or doc.keys() - known or "outcome" not in doc:
+            raise GenesigError(
+                f"{where}: not an outcome this version reads; the training instance wrote it with another image: "
+                "rerun the pipeline with this image"
+            )
+        try:
+            return cls(**{**doc, "outcome": Outcome(doc["outcome"])})
+        except (TypeError, ValueError) as exc:
+            raise GenesigError(f"{where}: not an outcome this version reads ({exc}): rerun the pipeline") from None
+
+
+ROW_COLUMNS = tuple(SignatureResult("", "", [], [], Outcome.SKIPPED).row())
 
 
 @dataclass(frozen=True)
@@ -109,33 +185,37 @@ class RunNulls:
     permutations: PermutationNull | None = None
 
 
-def conclude(
+def judge(
     results: list[SignatureResult],
     gate: GateSettings,
     competitive_nulls: dict[int, SizeNull] | None = None,
     genes: int = 0,
-) -> RunNulls:
+) -> tuple[list[SignatureResult], RunNulls]:
     """The run's verdict on every evaluated signature, the same for run-local and the signature-set run: each one's
     self-contained p against every permutation the run drew (``SignatureResult.permuted``, pooled), its competitive
     p against the random-set nulls of the sizes (``competitive_nulls``, drawn from the cohort's ``genes``), then
-    :func:`~genesig.pipeline.significance.decide` over the whole run."""
-    done = [r for r in results if r.status == "done" and r.cv_pooled is not None]
+    :func:`~genesig.pipeline.significance.decide` over the whole run. Returns the results with their verdicts (new
+    objects: the ones given are left as they were) and how the nulls were made."""
+    evaluated = [r.evaluated for r in results]
+    tested = [replace(r) for r in results]
     null: PermutationNull | None = None
     contained = "off: the threshold alone decides (--permutations 0)"
     if gate.permutations:
-        null = PermutationNull((len(r.genes), v) for r in done for v in r.permuted)
-        contained = null.describe(len(done))
-        for r in done:
-            r.p_value = null.p_value(r.cv_pooled or 0.0, len(r.genes))
-            r.permutations = null.draws
+        null = PermutationNull((len(r.genes), v) for r in results if r.evaluated for v in r.permuted)
+        contained = null.describe(sum(evaluated))
+        for r, done in zip(tested, evaluated, strict=True):
+            if done:
+                r.p_value, r.permutations = null.p_value(r.cv_pooled or 0.0, len(r.genes)), null.draws
     competitive = "off (--competitive off)"
-    if gate.competitive != "off" and competitive_nulls is not None:
+    if gate.competitive == "off" or competitive_nulls is None:
+        for r, done in zip(tested, evaluated, strict=True):
+            r.competitive = "off" if done else ""
+    else:
         drawn = sum(n.replicates for n in competitive_nulls.values())
-        for r, (status, p) in zip(results, competitive_p_values(results, competitive_nulls, genes), strict=True):
+        for r, (status, p) in zip(tested, competitive_p_values(tested, competitive_nulls, genes), strict=True):
             r.competitive, r.competitive_p = status, p
             if status == "tested":
-                r.null_size = null_size(len(r.genes))
-                r.random_sets = drawn
+                r.null_size, r.random_sets = null_size(len(r.genes)), drawn
         per_size = max((n.replicates for n in competitive_nulls.values()), default=0)
         competitive = (
             f"{drawn} random gene sets at {len(competitive_nulls)} sizes ({per_size} at "
@@ -143,35 +223,13 @@ def conclude(
             "the real outcome, the null's location and scale smoothed over nearby sizes; not applicable where the "
             "signature holds more than half of those genes"
         )
-    for r, verdict in zip(results, decide(results, gate), strict=True):
-        if verdict is not None:
-            r.apply(verdict)
-    return RunNulls(contained, competitive, null)
+    decided = [r if v is None else r.decided(v) for r, v in zip(tested, decide(tested, gate), strict=True)]
+    return decided, RunNulls(contained, competitive, null)
 
 
-class Recorded(Protocol):
-    """What a signature's ``significance`` block is made of (run-local's results, the set run's report rows)."""
-
-    metric: str
-    cv_pooled: float | None
-    p_value: float | None
-    q_value: float | None
-    permutations: int | None
-    competitive: str
-    competitive_p: float | None
-    competitive_q: float | None
-    null_size: int | None
-    random_sets: int | None
-    coverage: float | None
-    reason: str
-
-    @property
-    def outcome(self) -> str: ...
-
-
-def significance_record(result: Recorded, *, self_contained: str, competitive: str) -> dict[str, Any]:
+def significance_record(result: SignatureResult, nulls: RunNulls) -> dict[str, Any]:
     """The ``significance`` block an evaluation and a registered package carry once the run has decided: both tests,
-    each with the null it used (``self_contained``, ``competitive``: how the run describes them), and the verdict."""
+    each with the null it used (how the run describes them), and the verdict."""
     return {
         "statistic": f"pooled out-of-fold {result.metric}",
         "observed": result.cv_pooled,
@@ -179,7 +237,7 @@ def significance_record(result: Recorded, *, self_contained: str, competitive: s
             "p_value": result.p_value,
             "q_value": result.q_value,
             "permutations": result.permutations,
-            "null": self_contained,
+            "null": nulls.self_contained,
         },
         "competitive": {
             "status": result.competitive or "off",
@@ -187,99 +245,57 @@ def significance_record(result: Recorded, *, self_contained: str, competitive: s
             "q_value": result.competitive_q,
             "null_size": result.null_size,
             "random_sets": result.random_sets,
-            "null": competitive,
+            "null": nulls.competitive,
         },
         "coverage": result.coverage,
-        "verdict": {"passed": result.outcome == "passed", "outcome": result.outcome, "reason": result.reason},
+        "verdict": {"passed": result.passed, "outcome": str(result.outcome), "reason": result.reason},
     }
 
 
+def final_evaluation(evaluation: dict[str, Any], result: SignatureResult, nulls: RunNulls) -> dict[str, Any]:
+    """A signature's evaluation with the run's verdict (what is registered with its model: at evaluation only the
+    threshold's was known)."""
+    gate = {
+        **evaluation.get("gate", {}), "passed": result.passed, "outcome": str(result.outcome),
+        "reason": result.reason, "final": True,
+    }  # fmt: skip
+    return {**evaluation, "gate": gate, "significance": significance_record(result, nulls)}
+
+
 @dataclass
-class RunSummary:
-    data: str
-    workdir: str
-    threshold: float
-    gate_on: str
-    fdr: float
-    permutations: int
-    competitive: str
-    random_sets: int
+class RunReport:
+    """A run's report: the gate it ran with, where it read and wrote (``context``: run-local's data and work folder,
+    the set run's approval status), how its nulls were made and every signature's result."""
+
+    gate: GateSettings
     results: list[SignatureResult]
-    # How the run's nulls were made, in words (what the report and the registered packages say).
-    self_contained_null: str = ""
-    competitive_null: str = ""
+    nulls: RunNulls
+    context: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counted = Counter(str(r.outcome) for r in self.results)
+        return {str(o): counted[str(o)] for o in Outcome if counted[str(o)]}
 
     def to_json(self) -> dict[str, Any]:
-        doc = asdict(self)
-        for row, result in zip(doc["results"], self.results, strict=True):
-            row["outcome"] = result.outcome
-            del row["permuted"]  # the run's null, not a result to read
-        return doc
+        run = {
+            **self.context,
+            **msgspec.structs.asdict(self.gate),
+            "self_contained_null": self.nulls.self_contained,
+            "competitive_null": self.nulls.competitive,
+            "counts": self.counts,
+            "registered": sum(r.registered == "registered" for r in self.results),
+        }
+        return {"run": run, "signatures": [r.row() for r in self.results]}
 
-    def write(self, folder: Path) -> None:
-        """``summary.json`` (everything) and ``summary.csv`` (the full table, a row per signature) in ``folder``."""
+    def write(self, folder: Path, stem: str) -> dict[str, Any]:
+        """``<stem>.json`` (the run and every row) and ``<stem>.csv`` (the rows) in ``folder``: run-local writes
+        ``summary``, the set run ``report``."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "summary.json").write_text(json.dumps(self.to_json(), indent=2) + "\n")
-        with open(folder / "summary.csv", "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(SUMMARY_COLUMNS)
-            for r in self.results:
-                low, high = r.cv_interval or (None, None)
-                writer.writerow(
-                    [
-                        r.signature,
-                        r.name,
-                        r.outcome,
-                        r.reason,
-                        len(r.genes),
-                        len(r.missing_genes),
-                        r.coverage,
-                        r.metric,
-                        r.n_train,
-                        r.n_test,
-                        r.cv_mean,
-                        low,
-                        high,
-                        r.cv_pooled,
-                        r.test_value,
-                        r.l2,
-                        r.p_value,
-                        r.q_value,
-                        r.competitive or "off",
-                        r.competitive_p,
-                        r.competitive_q,
-                        r.version,
-                        r.approval_status,
-                        r.deployed,
-                        r.report,
-                    ]  # fmt: skip
-                )
-
-
-SUMMARY_COLUMNS = (
-    "signature",
-    "artifact_name",
-    "outcome",
-    "reason",
-    "genes_in_data",
-    "genes_missing",
-    "coverage",
-    "metric",
-    "n_train",
-    "n_test",
-    "cv_mean",
-    "cv_lower",
-    "cv_upper",
-    "cv_pooled",
-    "test",
-    "l2",
-    "p_value",
-    "q_value",
-    "competitive",
-    "competitive_p",
-    "competitive_q",
-    "version",
-    "approval_status",
-    "deployed_as",
-    "report",
-)
+        doc = self.to_json()
+        (folder / f"{stem}.json").write_text(json.dumps(doc, indent=1) + "\n")
+        with open(folder / f"{stem}.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=ROW_COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(doc["signatures"])
+        return doc

@@ -28,7 +28,7 @@ from genesig.pipeline.cohort import Cohort, columns_of, read_cohort
 from genesig.pipeline.deploy import deploy_package
 from genesig.pipeline.registry import LocalRegistry
 from genesig.pipeline.report import RUN_PLOT_FILE, write_null_plot, write_report
-from genesig.pipeline.results import RunNulls, RunSummary, SignatureResult, conclude, significance_record
+from genesig.pipeline.results import Outcome, RunNulls, RunReport, SignatureResult, final_evaluation, judge
 from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
 from genesig.pipeline.signatures import (
     GeneSignature,
@@ -55,6 +55,8 @@ from genesig.pipeline.steps import (
 )
 
 logger = logging.getLogger(__name__)
+# run-local's report in the work folder: summary.json and summary.csv (the set run's is report.json and report.csv).
+SUMMARY_STEM = "summary"
 
 
 @dataclass(frozen=True)
@@ -95,10 +97,9 @@ def evaluate_signature(
     registers; the SageMaker signature-set run calls this for each signature of its shard (``draw``: the report is
     drawn now, as the set run's instances do; run-local draws it once the verdict is known)."""
     started = time.perf_counter()
-    result = SignatureResult.of(matched, "skipped")
     if matched.skip_reason:
-        result.reason = matched.skip_reason
-        return result
+        return SignatureResult.of(matched, Outcome.SKIPPED, matched.skip_reason)
+    result = SignatureResult.of(matched, Outcome.ERROR)
     try:
         prepared = preprocess(cohort, matched, target=options.cohort.target, settings=options.train)
         save_prepared(prepared, folder / "prepared")
@@ -111,44 +112,35 @@ def evaluate_signature(
         evaluation = evaluate(prepared, artifact, folder / "evaluation", options.gate, run_decides=True, draw=draw)
         result.metric = evaluation["metric"]
         result.cv_mean = evaluation["cross_validation"]["mean"]
-        result.cv_interval = evaluation["cross_validation"]["interval"]
+        result.cv_lower, result.cv_upper = evaluation["cross_validation"]["interval"]
         result.cv_pooled = evaluation["cross_validation"]["pooled"]
-        result.test_value = evaluation["test"]["value"]
+        result.test = evaluation["test"]["value"]
         result.l2 = evaluation["model"]["l2"]
         result.report = str(folder / "evaluation" / evaluation["report"])
         result.artifact = str(artifact)
-        result.passed = result.threshold_passed = bool(evaluation["gate"]["passed"])
+        result.threshold_passed = bool(evaluation["gate"]["passed"])
         result.reason = result.threshold_reason = str(evaluation["gate"]["reason"])
-        result.status = "done"
+        result.outcome = Outcome.PASSED if result.threshold_passed else Outcome.BELOW_THRESHOLD
     except GenesigError as exc:
-        result.status = "failed"
-        result.reason = exc.message
+        result = result.failed(exc.message)
         logger.warning("signature %s failed: %s", matched.signature.name, exc.message)
     result.seconds = time.perf_counter() - started
     return result
 
 
 def record_verdict(result: SignatureResult, nulls: RunNulls) -> None:
-    """The run's verdict into the signature's evaluation.json (what is registered with the model): the gate's final
-    decision and reason, and both tests' figures; the report drawn again with them (at evaluation the run's verdict
-    did not exist yet)."""
-    assert result.artifact is not None
+    """The run's verdict into the signature's evaluation.json (what is registered with the model) and its gate.json;
+    the report drawn again with them (at evaluation the run's verdict did not exist yet)."""
     path = Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE
-    evaluation = json.loads(path.read_text())
-    evaluation["gate"] = {
-        **evaluation["gate"], "passed": result.passed, "outcome": result.outcome, "reason": result.reason, "final": True
-    }  # fmt: skip
-    evaluation["significance"] = significance_record(
-        result, self_contained=nulls.self_contained, competitive=nulls.competitive
-    )
+    evaluation = final_evaluation(json.loads(path.read_text()), result, nulls)
     path.write_text(json.dumps(evaluation, indent=2) + "\n")
     gate_path = path.parent / GATE_FILE
     if gate_path.is_file():
         verdict = json.loads(gate_path.read_text())
         verdict.update(
-            passed=result.passed, outcome=result.outcome, reason=result.reason, final=True,
+            {k: evaluation["gate"][k] for k in ("passed", "outcome", "reason", "final")},
             significance=evaluation["significance"],
-        )  # fmt: skip
+        )
         gate_path.write_text(json.dumps(verdict, indent=2) + "\n")
     table = pd.read_csv(path.parent / evaluation["predictions"], dtype={0: str})
     write_report(evaluation, table, path.parent)
@@ -173,10 +165,9 @@ def record_verdicts(results: list[SignatureResult], nulls: RunNulls, jobs: int) 
 def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: SignatureResult) -> None:
     """A model that passed the gate into the local registry (the next version, unless unchanged), and into the MME
     prefix when its package is Approved."""
-    assert result.artifact is not None
     evaluation = json.loads((Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE).read_text())
     package, created = registry.register(
-        result.name,
+        result.artifact_name,
         Path(result.artifact),
         evaluation,
         approve=options.approve,
@@ -184,8 +175,8 @@ def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: Si
     )
     if not created:
         result.reason += f"; unchanged since version {package.version}, not registered again"
-    result.version = package.version
-    result.approval_status = package.approval_status
+    result.group, result.version, result.approval_status = package.group, package.version, package.approval_status
+    result.registered = "registered" if created else "unchanged"
     if package.approval_status == "Approved":
         result.deployed = deploy_package(package, options.workdir / "mme-prefix").name
 
@@ -228,7 +219,7 @@ def _lost(matched: MatchedSignature, attempts: int) -> SignatureResult:
     """A signature whose worker process kept dying (killed, out of memory) fails alone; the run goes on."""
     reason = f"its worker process died {attempts} times (killed, or out of memory?)"
     logger.warning("signature %s failed: %s", matched.signature.name, reason)
-    return SignatureResult.of(matched, "failed", reason)
+    return SignatureResult.of(matched, Outcome.ERROR, reason)
 
 
 def _run_parallel(
@@ -330,7 +321,7 @@ def run_local(
     options: RunOptions,
     on_result: Callable[[SignatureResult], None] | None = None,
     on_start: Callable[[int], None] | None = None,
-) -> RunSummary:
+) -> RunReport:
     """Run every selected signature; one signature's failure is recorded and never stops the others."""
     if options.jobs < 0:
         raise DataError(f"--jobs must be 0 (one per CPU) or more, not {options.jobs}")
@@ -353,30 +344,20 @@ def run_local(
             cohort, options.train, options.cohort.target, results, trainable_sizes, options.gate.random_sets,
             options.workdir / "null", jobs,
         )  # fmt: skip
-    nulls = conclude(results, options.gate, competitive, genes)
-    record_verdicts([r for r in results if r.status == "done"], nulls, jobs)
+    results, nulls = judge(results, options.gate, competitive, genes)
+    record_verdicts([r for r in results if r.evaluated], nulls, jobs)
     plot = options.workdir / RUN_PLOT_FILE
     if write_null_plot(results, nulls, competitive or {}, plot) is None:
         plot.unlink(missing_ok=True)  # an earlier run's plot must not sit beside this run's summary
-    for result in results:
+    for i, result in enumerate(results):
         if result.passed:
             try:
                 register_and_deploy(options, registry, result)
             except GenesigError as exc:
-                result.status, result.reason = "failed", f"registration failed: {exc.message}"
-                logger.warning("signature %s: %s", result.signature, result.reason)
-    summary = RunSummary(
-        data=str(options.data),
-        workdir=str(options.workdir),
-        threshold=options.gate.threshold,
-        gate_on=options.gate.gate_on,
-        fdr=options.gate.fdr,
-        permutations=options.gate.permutations,
-        competitive=options.gate.competitive,
-        random_sets=options.gate.random_sets,
-        results=results,
-        self_contained_null=nulls.self_contained,
-        competitive_null=nulls.competitive,
+                results[i] = result.failed(f"registration failed: {exc.message}")
+                logger.warning("signature %s: %s", result.signature, results[i].reason)
+    report = RunReport(
+        options.gate, results, nulls, context={"data": str(options.data), "workdir": str(options.workdir)}
     )
-    summary.write(options.workdir)
-    return summary
+    report.write(options.workdir, SUMMARY_STEM)
+    return report

@@ -12,7 +12,7 @@ Three jobs, whatever the number of signatures:
   ``genesig run-local`` runs (preprocess, cross-validate with its permutations, fit, evaluate) and uploads the
   signature's artifact and evaluation to the run's results prefix itself, so the outcome does not depend on how
   SageMaker packs several instances' ``/opt/ml/model`` folders.
-- **RegisterSignatures** (processing): the run's verdict (``genesig.pipeline.results.conclude``, as run-local's:
+- **RegisterSignatures** (processing): the run's verdict (``genesig.pipeline.results.judge``, as run-local's:
   every permutation of the run pooled, q over every signature) and every signature's outcome into the run report
   (report.json, a property file, and report.csv); each passing signature registered as the next version of its own
   model package group (an unchanged model is not registered again; versions never race); with
@@ -31,13 +31,13 @@ import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
-from genesig.pipeline.results import RunNulls, SignatureResult, conclude, significance_record
+from genesig.pipeline.results import Outcome, RunNulls, SignatureResult, final_evaluation, judge
 from genesig.pipeline.run import RunOptions, evaluate_all, load_signatures
 from genesig.pipeline.sagemaker.names import names_for
 from genesig.pipeline.settings import CohortSettings, GateSettings, sets_per_size
@@ -58,8 +58,8 @@ SHARD_FILE = "shard-{:05d}.json"
 PLAN_FILE = "plan.json"
 SKIPPED_FILE = "skipped.json"
 COHORT_FILE = "cohort.csv"
-REPORT_FILE = "report.json"
-REPORT_CSV = "report.csv"
+# The run's report: report.json (the pipeline's property file) and report.csv, as run-local's summary.json/.csv.
+REPORT_STEM = "report"
 OUTCOMES = "outcomes"
 NULLS = "nulls"  # each instance's competitive nulls (random gene sets), by size
 SIGNATURES = "signatures"
@@ -67,8 +67,6 @@ MAX_SHARDS = 100
 UPLOAD_WORKERS = 16
 REGISTER_WORKERS = 8
 T = TypeVar("T")
-# What a report row says of a signature: the verdict's words (``significance.Outcome``), as run-local's summary.
-PASSED, ERROR = "passed", "error"
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,7 @@ def prepare_set(
     available = cohort.candidate_genes()
     matched = [match(s, available, settings.min_genes, settings.min_coverage) for s in signatures]
     trainable = [m for m in matched if not m.skip_reason]
-    skipped = [asdict(SignatureResult.of(m, "skipped", m.skip_reason or "")) for m in matched if m.skip_reason]
+    skipped = [SignatureResult.of(m, Outcome.SKIPPED, m.skip_reason or "").to_json() for m in matched if m.skip_reason]
     for m in trainable:
         cohort.expression(m.present)  # every value a model will read is validated here, once
     # Every gene goes to the instances: the competitive test's random sets are drawn from all of the cohort's genes.
@@ -241,7 +239,7 @@ def train_shard(
         (work / NULLS).mkdir(parents=True, exist_ok=True)
         (work / NULLS / f"{host}.json").write_text(json.dumps(nulls) + "\n")
     (work / OUTCOMES).mkdir(parents=True, exist_ok=True)
-    (work / OUTCOMES / f"{host}.json").write_text(json.dumps([asdict(r) for r in results]) + "\n")
+    (work / OUTCOMES / f"{host}.json").write_text(json.dumps([r.to_json() for r in results]) + "\n")
     return results
 
 
@@ -252,9 +250,9 @@ def upload_results(s3: Any, work: Path, results: list[SignatureResult], output_u
     files = [
         p
         for r in results
-        if r.status == "done"
+        if r.evaluated
         for folder in ("model", "evaluation")
-        for p in sorted((work / SIGNATURES / r.name / folder).glob("*"))
+        for p in sorted((work / SIGNATURES / r.artifact_name / folder).glob("*"))
         if p.is_file()
     ]
 
@@ -270,70 +268,9 @@ def upload_results(s3: Any, work: Path, results: list[SignatureResult], output_u
     return len(files) + 1 + nulls.is_file()
 
 
-@dataclass
-class ReportRow:
-    signature: str
-    artifact: str
-    group: str
-    outcome: str
-    reason: str
-    metric: str = ""
-    cv_mean: float | None = None
-    cv_lower: float | None = None
-    cv_upper: float | None = None
-    cv_pooled: float | None = None
-    test: float | None = None
-    genes: int = 0
-    genes_missing: int = 0
-    coverage: float | None = None
-    l2: float | None = None
-    p_value: float | None = None
-    q_value: float | None = None
-    permutations: int | None = None
-    competitive: str = ""
-    competitive_p: float | None = None
-    competitive_q: float | None = None
-    null_size: int | None = None
-    random_sets: int | None = None
-    version: int | None = None
-    package_arn: str = ""
-    approval_status: str = ""
-    registered: str = ""
-    deployed: str = ""
-
-
-def _row(result: SignatureResult) -> ReportRow:
-    interval = result.cv_interval or [None, None]
-    return ReportRow(
-        signature=result.signature,
-        artifact=result.name,
-        group=names_for(result.signature).group,
-        outcome=result.outcome,
-        reason=result.reason,
-        metric=result.metric,
-        cv_mean=result.cv_mean,
-        cv_lower=interval[0],
-        cv_upper=interval[1],
-        cv_pooled=result.cv_pooled,
-        test=result.test_value,
-        genes=len(result.genes),
-        genes_missing=len(result.missing_genes),
-        coverage=result.coverage,
-        l2=result.l2,
-        p_value=result.p_value,
-        q_value=result.q_value,
-        permutations=result.permutations,
-        competitive=result.competitive,
-        competitive_p=result.competitive_p,
-        competitive_q=result.competitive_q,
-        null_size=result.null_size,
-        random_sets=result.random_sets,
-    )
-
-
-def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> tuple[list[ReportRow], RunNulls]:
+def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> tuple[list[SignatureResult], RunNulls]:
     """Every signature of the set once, the training instances' outcomes and the skipped ones, with the run's verdict
-    (``conclude``: every permutation of the run pooled, Benjamini-Hochberg q over every signature evaluated, the
+    (``judge``: every permutation of the run pooled, Benjamini-Hochberg q over every signature evaluated, the
     competitive p against the nulls the instances drew)."""
     docs: list[dict[str, Any]] = json.loads((set_dir / SKIPPED_FILE).read_text())
     for path in sorted((results_dir / OUTCOMES).glob("*.json")):
@@ -344,13 +281,7 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> tuple[list[
             f"the run has outcomes for {len(docs)} of its {plan['signatures']} signatures: a training instance "
             "did not finish (see the TrainSignatures job's log)"
         )
-    try:
-        evaluated = [SignatureResult(**doc) for doc in docs]
-    except TypeError as exc:
-        raise GenesigError(
-            f"{OUTCOMES}/: not an outcome this version reads ({exc}); the training instance wrote it with another "
-            "image: rerun the pipeline with this image"
-        ) from None
+    evaluated = [SignatureResult.from_json(doc, f"{OUTCOMES}/") for doc in docs]
     nulls: dict[int, SizeNull] = {}
     genes = int(plan["genes"])
     for path in sorted((results_dir / NULLS).glob("*.json")):
@@ -366,9 +297,7 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> tuple[list[
     competitive: dict[int, SizeNull] | None = None
     if gate.competitive != "off":
         needed = {
-            null_size(len(r.genes))
-            for r in evaluated
-            if r.status == "done" and competitive_applicable(len(r.genes), genes)
+            null_size(len(r.genes)) for r in evaluated if r.evaluated and competitive_applicable(len(r.genes), genes)
         }
         if needed - nulls.keys():
             raise GenesigError(
@@ -377,12 +306,14 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> tuple[list[
             )
         # The sizes of the signatures evaluated, as run-local uses: a size dealt for one that failed is left out.
         competitive = {size: nulls[size] for size in needed}
-    described = conclude(evaluated, gate, competitive, genes)
-    return sorted((_row(r) for r in evaluated), key=lambda r: r.signature), described
+    decided, described = judge(evaluated, gate, competitive, genes)
+    return sorted((replace(r, group=names_for(r.signature).group) for r in decided), key=lambda r: r.signature), (
+        described
+    )
 
 
 def register_passing(
-    rows: list[ReportRow],
+    results: list[SignatureResult],
     results_dir: Path,
     *,
     sm: Any,
@@ -393,67 +324,42 @@ def register_passing(
     mme_prefix: str | None,
     nulls: RunNulls,
     workers: int = REGISTER_WORKERS,
-) -> None:
+) -> list[SignatureResult]:
     """RegisterSignatures: each passing signature registered (and, when Approved, deployed); a failure is that
-    signature's row ("error"), never the run's."""
+    signature's ("error"), never the run's. Returns the results with their registrations."""
     from genesig.pipeline.sagemaker.registry import deploy_package, register_model
 
-    def one(row: ReportRow) -> None:
-        folder = results_dir / SIGNATURES / row.artifact
+    def one(result: SignatureResult) -> SignatureResult:
+        if not result.passed:
+            return result
+        folder = results_dir / SIGNATURES / result.artifact_name
         try:
             [artifact] = sorted((folder / "model").glob("*.tar.gz"))
             evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
-            # The run's verdict, registered with the model (the instance only knew the threshold's).
-            evaluation["gate"] = {
-                **evaluation.get("gate", {}), "passed": True, "outcome": row.outcome, "reason": row.reason,
-                "final": True,
-            }  # fmt: skip
-            evaluation["significance"] = significance_record(
-                row, self_contained=nulls.self_contained, competitive=nulls.competitive
-            )
             registration = register_model(
                 sm,
                 s3,
                 artifact=artifact,
-                evaluation=evaluation,
+                evaluation=final_evaluation(evaluation, result, nulls),
                 package_prefix=package_prefix,
                 serving_image=serving_image,
                 approval_status=approval_status,
             )
-            row.version, row.package_arn = registration.version, registration.package_arn
-            row.approval_status = registration.approval_status
-            row.registered = "registered" if registration.created else "unchanged"
+            deployed = ""
             if mme_prefix and registration.approval_status == "Approved":
-                row.deployed = deploy_package(sm, s3, registration.package_arn, mme_prefix).key
+                deployed = deploy_package(sm, s3, registration.package_arn, mme_prefix).key
+            return replace(
+                result, version=registration.version, package_arn=registration.package_arn,
+                approval_status=registration.approval_status, deployed=deployed,
+                registered="registered" if registration.created else "unchanged",
+            )  # fmt: skip
         except (GenesigError, ValueError) as exc:
             message = exc.message if isinstance(exc, GenesigError) else str(exc)
-            row.outcome, row.reason = ERROR, f"registration failed: {message}"
-            logger.warning("%s: %s", row.signature, row.reason)
+            logger.warning("%s: registration failed: %s", result.signature, message)
+            return result.failed(f"registration failed: {message}")
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        list(pool.map(one, [r for r in rows if r.outcome == PASSED]))
-
-
-def write_report(rows: list[ReportRow], out_dir: Path, run: dict[str, Any]) -> dict[str, Any]:
-    """report.json (counts, settings, one row per signature) and report.csv (the rows)."""
-    import csv
-
-    counts: dict[str, int] = {}
-    for row in rows:
-        counts[row.outcome] = counts.get(row.outcome, 0) + 1
-    report = {
-        "run": {**run, "counts": counts, "registered": sum(r.registered == "registered" for r in rows)},
-        "signatures": [asdict(r) for r in rows],
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=1) + "\n")
-    with open(out_dir / REPORT_CSV, "w", newline="") as handle:
-        writer = csv.DictWriter(
-            handle, lineterminator="\n", fieldnames=list(asdict(rows[0]).keys()) if rows else ["signature"]
-        )
-        writer.writeheader()
-        writer.writerows(asdict(r) for r in rows)
-    return report
+        return list(pool.map(one, results))
 
 
 def host_name(config_dir: Path) -> str:

@@ -49,9 +49,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from scipy.stats import false_discovery_control, genpareto, hypergeom, norm
@@ -523,7 +524,7 @@ def draw_competitive(
     """The random-set nulls a run's evaluated signatures need, drawn or read from ``cache_dir``, and the number of
     genes they were drawn from. ``random_sets`` are spread over the sizes of the run's ``trainable`` signatures (their
     gene counts), as the set run deals them before any is evaluated, so that both draw the same sets."""
-    if not any(r.status == "done" and r.cv_pooled is not None for r in rows):
+    if not any(r.evaluated for r in rows):
         return {}, 0  # nothing to compare: no reading every column of a cohort whose signatures all failed
     usable = numeric_genes(cohort)
     planned = {null_size(k) for k in trainable if competitive_applicable(k, len(usable))}
@@ -614,13 +615,27 @@ def numeric_genes(cohort: Cohort) -> list[str]:
 
 # --- the verdict ---------------------------------------------------------------------------------------------------
 
-Outcome = Literal["passed", "below threshold", "not significant", "not above random", "skipped", "error"]
+
+class Outcome(StrEnum):
+    """What became of a signature, in the words of every report (run-local's summary, the set run's report, the
+    registered package): passed; below threshold; not significant (it cleared the threshold but not the run's
+    false-discovery control); not above random (the competitive test, when gated on); skipped (too few of its genes in
+    the data); error (its evaluation or registration failed)."""
+
+    PASSED = "passed"
+    BELOW_THRESHOLD = "below threshold"
+    NOT_SIGNIFICANT = "not significant"
+    NOT_ABOVE_RANDOM = "not above random"
+    SKIPPED = "skipped"
+    ERROR = "error"
 
 
 class Evaluated(Protocol):
-    """What the gate reads of a signature's evaluation (run-local's results, the set run's rows)."""
+    """What the gate reads of a signature's evaluation (a :class:`~genesig.pipeline.results.SignatureResult`)."""
 
-    status: str
+    @property
+    def evaluated(self) -> bool: ...
+
     metric: str
     genes: list[str]
     cv_pooled: float | None
@@ -659,7 +674,7 @@ def decide(rows: Sequence[Evaluated], gate: GateSettings) -> list[Verdict | None
     when it was evaluated) and, when the self-contained test is on, its Benjamini-Hochberg q over every signature of
     the run with a p is at most the FDR; with ``competitive="gate"``, its competitive q too (over the signatures it
     applies to). The reason names every part, passed or failed."""
-    done = [i for i, r in enumerate(rows) if r.status == "done"]
+    done = [i for i, r in enumerate(rows) if r.evaluated]
     tested = [i for i in done if rows[i].p_value is not None]
     q = dict(zip(tested, _qvalues([float(rows[i].p_value or 1.0) for i in tested]), strict=True))
     versus = [i for i in done if rows[i].competitive == "tested" and rows[i].competitive_p is not None]
@@ -667,7 +682,7 @@ def decide(rows: Sequence[Evaluated], gate: GateSettings) -> list[Verdict | None
     verdicts: list[Verdict | None] = [None] * len(rows)
     for i in done:
         r = rows[i]
-        parts: list[tuple[str, bool, Outcome]] = [(r.threshold_reason, r.threshold_passed, "below threshold")]
+        parts: list[tuple[str, bool, Outcome]] = [(r.threshold_reason, r.threshold_passed, Outcome.BELOW_THRESHOLD)]
         if i in q:
             held = q[i] <= gate.fdr
             parts.append(
@@ -675,7 +690,7 @@ def decide(rows: Sequence[Evaluated], gate: GateSettings) -> list[Verdict | None
                     f"q {q[i]:.3g} {'<=' if held else '>'} FDR {gate.fdr:g} (pooled out-of-fold {r.metric} "
                     f"{r.cv_pooled:.3f}, p {r.p_value:.2g} with the outcome permuted)",
                     held,
-                    "not significant",
+                    Outcome.NOT_SIGNIFICANT,
                 )
             )
         if gate.competitive == "gate":
@@ -686,18 +701,18 @@ def decide(rows: Sequence[Evaluated], gate: GateSettings) -> list[Verdict | None
                         f"against random {r.null_size}-gene sets q {cq[i]:.3g} {'<=' if held else '>'} FDR "
                         f"{gate.fdr:g} (p {r.competitive_p:.2g}, {r.random_sets} random sets in the run)",
                         held,
-                        "not above random",
+                        Outcome.NOT_ABOVE_RANDOM,
                     )
                 )
             elif r.competitive == "not applicable":
                 parts.append(("against random sets: not applicable (the signature holds most of the genes)", True,
-                              "passed"))  # fmt: skip
+                              Outcome.PASSED))  # fmt: skip
         if r.coverage is not None:
-            parts.append((f"coverage {r.coverage:.0%}", True, "passed"))
+            parts.append((f"coverage {r.coverage:.0%}", True, Outcome.PASSED))
         failed = [(text, outcome) for text, held, outcome in parts if not held]
         verdicts[i] = Verdict(
             passed=not failed,
-            outcome=failed[0][1] if failed else "passed",
+            outcome=failed[0][1] if failed else Outcome.PASSED,
             reason="; ".join(text for text, _ in failed) if failed else "; ".join(text for text, _, _ in parts),
             q_value=q.get(i),
             competitive_q=cq.get(i),
@@ -713,7 +728,7 @@ def competitive_p_values(
     they share are learned from all of them); rows not evaluated get ("", None)."""
     tail = StratifiedNull(nulls) if nulls else None
     unfitted = tail.unfitted() if tail else []
-    compared = sum(r.status == "done" and r.cv_pooled is not None for r in rows)
+    compared = sum(r.evaluated for r in rows)
     if unfitted and compared:
         smallest = min(t.draws for t in unfitted)
         # Info, not a warning: a small run (one signature, a few sizes) always has strata this small by default.
@@ -723,23 +738,19 @@ def competitive_p_values(
         )  # fmt: skip
     out: list[tuple[str, float | None]] = []
     for r in rows:
-        if r.status != "done" or r.cv_pooled is None:
+        if not r.evaluated:
             out.append(("", None))
         elif not competitive_applicable(len(r.genes), genes):
             out.append(("not applicable", None))
         elif tail is None or not nulls.get(null_size(len(r.genes)), EMPTY_SIZE_NULL).replicates:
             out.append(("", None))  # not tested: no random set of the size was fitted
         else:
-            out.append(("tested", tail.p_value(r.cv_pooled, null_size(len(r.genes)))))
+            out.append(("tested", tail.p_value(r.cv_pooled or 0.0, null_size(len(r.genes)))))
     return out
 
 
 def competitive_sizes(rows: Sequence[Evaluated], genes: int) -> list[int]:
     """The competitive null sizes a run needs (signatures evaluated, the test applicable)."""
     return sorted(
-        {
-            null_size(len(r.genes))
-            for r in rows
-            if r.status == "done" and r.cv_pooled is not None and competitive_applicable(len(r.genes), genes)
-        }
+        {null_size(len(r.genes)) for r in rows if r.evaluated and competitive_applicable(len(r.genes), genes)}
     )

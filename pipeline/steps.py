@@ -37,7 +37,7 @@ from genesig.errors import DataError
 from genesig.pipeline.cohort import Cohort
 from genesig.pipeline.metrics import discrimination
 from genesig.pipeline.model import fit_preprocessing, train
-from genesig.pipeline.results import SignatureResult
+from genesig.pipeline.results import Outcome, SignatureResult
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import MatchedSignature
 from genesig.pipeline.significance import PermutationNull, decide, permutation_rows
@@ -403,10 +403,10 @@ def lone_verdict(evaluation: dict[str, Any], settings: GateSettings) -> tuple[Ga
     contained = significance.get("self_contained") or {}
     row = SignatureResult(
         signature=str(evaluation.get("signature", evaluation.get("name", ""))),
-        name=str(evaluation.get("name", "")),
+        artifact_name=str(evaluation.get("name", "")),
         genes=list(evaluation.get("genes", [])),
         missing_genes=[],
-        status="done",
+        outcome=Outcome.PASSED if threshold.passed else Outcome.BELOW_THRESHOLD,
         metric=evaluation["metric"],
         cv_pooled=evaluation["cross_validation"].get("pooled"),
         threshold_passed=threshold.passed,
@@ -414,13 +414,13 @@ def lone_verdict(evaluation: dict[str, Any], settings: GateSettings) -> tuple[Ga
         p_value=contained.get("p_value") if settings.permutations else None,
         coverage=evaluation.get("model", {}).get("coverage"),
     )
-    verdict = decide([row], settings)[0]
-    assert verdict is not None
-    row.apply(verdict)
+    [verdict] = decide([row], settings)
+    assert verdict is not None, "an evaluated row always has a verdict"
+    outcome = {"passed": verdict.passed, "outcome": str(verdict.outcome), "reason": verdict.reason}
     if significance:
         contained["q_value"] = verdict.q_value
-        significance["verdict"] = {"passed": row.passed, "outcome": row.outcome, "reason": row.reason}
-    block = {**asdict(threshold), "passed": row.passed, "outcome": row.outcome, "reason": row.reason, "final": True}
+        significance["verdict"] = outcome
+    block = {**asdict(threshold), **outcome, "final": True}
     return threshold, block
 
 

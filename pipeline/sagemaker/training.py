@@ -110,7 +110,7 @@ def run_set_training(paths: TrainingPaths) -> list[Any]:
     with tempfile.TemporaryDirectory(prefix="genesig-shard-") as tmp:
         results = train_shard(paths.input("cohort"), paths.input("shards"), Path(tmp), options, host=host)
         uploaded = upload_results(client("s3"), Path(tmp), results, str(hp["output_uri"]), host)
-    counts = {status: sum(r.status == status for r in results) for status in ("done", "failed")}
+    counts = {"done": sum(r.evaluated for r in results), "failed": sum(not r.evaluated for r in results)}
     paths.model.mkdir(parents=True, exist_ok=True)
     (paths.model / f"shard-{host}.json").write_text(json.dumps({"host": host, **counts, "files": uploaded}) + "\n")
     logger.info(

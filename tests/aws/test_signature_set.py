@@ -132,7 +132,7 @@ def test_the_gates_settings_are_parameters_of_the_set_run(aws: dict[str, Any], c
         )
     )
     fields = ("p_value", "q_value", "competitive_p", "competitive_q")
-    here = {r.signature: [getattr(r, f) for f in fields] for r in local.results if r.status == "done"}
+    here = {r.signature: [getattr(r, f) for f in fields] for r in local.results if r.evaluated}
     there = {r["signature"]: [r[f] for f in fields] for r in evaluated}
     assert there.keys() == here.keys()
     for name, values in there.items():

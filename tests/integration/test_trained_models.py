@@ -46,7 +46,7 @@ def test_served_predictions_equal_evaluation_predictions_exactly(start_server: S
         model_dir = extract_artifact(archive, tmp_path / "cache" / name / "model")
         assert client.load(name, str(model_dir)).status == 200
         expected = pd.read_csv(
-            tmp_path / "w" / "signatures" / result.name / "evaluation" / "predictions.csv",
+            tmp_path / "w" / "signatures" / result.artifact_name / "evaluation" / "predictions.csv",
             dtype={"Case_ID": str},
             float_precision="round_trip",
         )

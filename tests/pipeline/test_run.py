@@ -12,6 +12,7 @@ import pytest
 
 from genesig.artifact import read_artifact
 from genesig.errors import DataError
+from genesig.pipeline.results import ROW_COLUMNS, Outcome
 from genesig.pipeline.run import RunOptions, run_local
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
@@ -88,10 +89,10 @@ def test_parallel_jobs_give_the_same_models_verdicts_and_order_as_one_job(synthe
     assert [r.signature for r in parallel.results] == [r.signature for r in serial.results], "input order kept"
     assert sorted(seen) == sorted(r.signature for r in serial.results), "progress reported once per signature"
     for a, b in zip(serial.results, parallel.results, strict=True):
-        assert (a.status, a.cv_mean, a.test_value, a.passed, a.deployed) == (
-            b.status,
+        assert (a.outcome, a.cv_mean, a.test, a.passed, a.deployed) == (
+            b.outcome,
             b.cv_mean,
-            b.test_value,
+            b.test,
             b.passed,
             b.deployed,
         )
@@ -114,9 +115,9 @@ def test_a_worker_that_dies_fails_only_its_signature(synthetic_csv: Path, tmp_pa
     reported: list[str] = []
     results = _run_parallel(options, cohort, matched, 2, lambda r: reported.append(r.signature), worker=run_or_die)
     by_name = {r.signature: r for r in results}
-    assert by_name[VICTIM].status == "failed"
+    assert by_name[VICTIM].outcome == "error"
     assert f"died {WORKER_ATTEMPTS} times" in by_name[VICTIM].reason
-    assert all(r.status == "done" for name, r in by_name.items() if name != VICTIM), "the others were run again"
+    assert all(r.evaluated for name, r in by_name.items() if name != VICTIM), "the others were run again"
     assert sorted(reported) == sorted(by_name), "each signature reported once"
 
 
@@ -136,23 +137,28 @@ def test_without_approval_nothing_is_deployed(synthetic_csv: Path, tmp_path: Pat
         )
     )
     [result] = summary.results
-    assert (result.passed, result.approval_status, result.deployed) == (True, "PendingManualApproval", None)
+    assert (result.passed, result.approval_status, result.deployed) == (True, "PendingManualApproval", "")
     assert not (tmp_path / "w" / "mme-prefix").exists()
 
 
 def test_summary_json_has_each_signatures_verdict_and_reason(synthetic_csv: Path, tmp_path: Path) -> None:
     run_local(RunOptions(data=synthetic_csv, workdir=tmp_path / "w", train=TrainSettings(cv_repeats=2)))
     doc = json.loads((tmp_path / "w" / "summary.json").read_text())
-    assert len(doc["results"]) == 7
-    gate = (doc["threshold"], doc["fdr"], doc["permutations"], doc["competitive"], doc["random_sets"])
+    assert len(doc["signatures"]) == 7
+    run = doc["run"]
+    gate = (run["threshold"], run["fdr"], run["permutations"], run["competitive"], run["random_sets"])
     assert gate == (0.6, 0.1, 200, "report", 200), "the gate it was run with"
-    assert "permuted" in doc["self_contained_null"] and "random gene sets" in doc["competitive_null"]
+    assert "permuted" in run["self_contained_null"] and "random gene sets" in run["competitive_null"]
+    assert sum(run["counts"].values()) == 7 and run["data"] == str(synthetic_csv)
     header = (tmp_path / "w" / "summary.csv").read_text().splitlines()[0].split(",")
+    assert tuple(header) == ROW_COLUMNS and [list(r) for r in doc["signatures"]] == [list(ROW_COLUMNS)] * 7, (
+        "the JSON rows and the CSV have the same columns, in the same order (as the set run's report)"
+    )
     both = {"p_value", "q_value", "competitive", "competitive_p", "competitive_q"}
     assert {"cv_mean", "cv_lower", "cv_upper", "cv_pooled", "coverage", *both} <= set(header)
-    for row in doc["results"]:
-        assert {"signature", "genes", "metric", "cv_mean", "cv_interval", "passed", "outcome", "reason"} <= set(row)
-        assert isinstance(row["passed"], bool) and row["reason"]
+    for row in doc["signatures"]:
+        assert {"signature", "genes", "metric", "cv_mean", "cv_lower", "outcome", "reason"} <= set(row)
+        assert row["outcome"] in {o.value for o in Outcome} and row["reason"]
         assert "permuted" not in row, "the run's null draws are not a result"
         # The seed's 21 genes: ALL holds every one of them, so random sets of its size would be ALL itself.
         assert row["competitive"] == ("not applicable" if row["signature"] == "ALL" else "tested"), row
@@ -172,11 +178,11 @@ def test_small_signatures_are_skipped_with_a_reason_and_failures_stay_isolated(t
     )
     tiny, fine = summary.results
     assert (
-        tiny.status == "skipped"
+        tiny.outcome == "skipped"
         and tiny.reason.startswith("only 1 of 3 genes")
         and tiny.missing_genes == ["NOPE1", "NOPE2"]
     )
-    assert fine.status == "done"
+    assert fine.evaluated
     assert len(text) == 121
 
 

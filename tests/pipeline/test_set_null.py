@@ -4,14 +4,13 @@ drawn by one instance, and RegisterSignatures decides over all of them as run-lo
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from genesig.errors import GenesigError
-from genesig.pipeline.results import SignatureResult
+from genesig.pipeline.results import ROW_COLUMNS, Outcome, RunReport, SignatureResult, judge
 from genesig.pipeline.settings import CohortSettings, GateSettings
 from genesig.pipeline.signature_set import NULLS, OUTCOMES, PLAN_FILE, SKIPPED_FILE, collect, prepare_set, read_shards
 from genesig.pipeline.signatures import GeneSignature
@@ -49,7 +48,8 @@ def test_each_competitive_size_is_drawn_by_one_instance_and_every_signature_gets
 
 def done(name: str, genes: int, value: float, permuted: list[float]) -> SignatureResult:
     return SignatureResult(
-        signature=name, name=name, genes=[f"G{j}" for j in range(genes)], missing_genes=[], status="done",
+        signature=name, artifact_name=name, genes=[f"G{j}" for j in range(genes)], missing_genes=[],
+        outcome=Outcome.PASSED,
         metric="auc", cv_mean=value, cv_pooled=value, threshold_passed=True,
         threshold_reason=f"cross-validated mean auc {value:.3f} >= threshold 0.600", permuted=permuted,
     )  # fmt: skip
@@ -64,7 +64,7 @@ def a_run(tmp_path: Path, outcomes: list[list[SignatureResult]], nulls: dict[str
     count = sum(len(o) for o in outcomes)
     (set_dir / PLAN_FILE).write_text(json.dumps({"signatures": count, "genes": 400}))
     for i, instance in enumerate(outcomes):
-        (results / OUTCOMES / f"algo-{i + 1}.json").write_text(json.dumps([asdict(r) for r in instance]))
+        (results / OUTCOMES / f"algo-{i + 1}.json").write_text(json.dumps([r.to_json() for r in instance]))
     if nulls is not None:
         (results / NULLS).mkdir()
         (results / NULLS / "algo-1.json").write_text(json.dumps(nulls))
@@ -118,3 +118,17 @@ def test_register_signatures_names_a_file_it_cannot_read(tmp_path: Path) -> None
     (results / OUTCOMES / "algo-1.json").write_text(json.dumps(doc))
     with pytest.raises(GenesigError, match="not an outcome this version reads.*rerun the pipeline with this image"):
         collect(results, set_dir, GateSettings(competitive="off"))
+
+
+def test_the_verdict_is_returned_and_the_set_runs_report_has_run_locals_columns(tmp_path: Path) -> None:
+    """``judge`` returns the decided results and leaves the ones given as they were; RegisterSignatures' report is
+    written by run-local's writer: the same document, the same columns."""
+    rows = [done(f"s{i}", 3 + i, 0.5 + 0.03 * i, NOISE[i::6]) for i in range(6)]
+    before = [r.to_json() for r in rows]
+    decided, nulls = judge(rows, GateSettings(competitive="off"))
+    assert [r.to_json() for r in rows] == before, "the results given are not changed"
+    assert all(r.p_value is not None for r in decided) and all(r.p_value is None for r in rows)
+    doc = RunReport(GateSettings(), decided, nulls, context={"approval_status": "Approved"}).write(tmp_path, "report")
+    header = (tmp_path / "report.csv").read_text().splitlines()[0].split(",")
+    assert tuple(header) == ROW_COLUMNS == tuple(doc["signatures"][0])
+    assert doc["run"]["approval_status"] == "Approved" and sum(doc["run"]["counts"].values()) == 6

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from genesig.pipeline.cohort import read_cohort
-from genesig.pipeline.results import SignatureResult
+from genesig.pipeline.results import Outcome, SignatureResult
 from genesig.pipeline.run import RunOptions, run_local
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.significance import (
@@ -113,7 +113,8 @@ def result(
 ) -> SignatureResult:
     verdict = f"cross-validated mean auc {value:.3f} {'>=' if passed else '<'} threshold 0.600"
     return SignatureResult(
-        signature=name, name=name, genes=["A", "B", "C"], missing_genes=[], status="done", metric="auc",
+        signature=name, artifact_name=name, genes=["A", "B", "C"], missing_genes=[], metric="auc",
+        outcome=Outcome.PASSED if passed else Outcome.BELOW_THRESHOLD,
         cv_mean=value, cv_pooled=value, threshold_passed=passed, threshold_reason=verdict, p_value=p,
         competitive="tested" if versus is not None else "", competitive_p=versus, null_size=3, random_sets=40,
         coverage=1.0,
@@ -121,9 +122,10 @@ def result(
 
 
 def apply(rows: list[SignatureResult], gate: GateSettings) -> None:
-    for row, verdict in zip(rows, decide(rows, gate), strict=True):
+    """The verdicts in place (the tests read the rows they made)."""
+    for i, verdict in enumerate(decide(rows, gate)):
         assert verdict is not None
-        row.apply(verdict)
+        rows[i].__dict__.update(rows[i].decided(verdict).__dict__)
 
 
 def test_the_gate_needs_the_threshold_and_the_fdr_and_names_every_part_that_failed() -> None:
@@ -580,7 +582,7 @@ def test_no_random_sets_are_drawn_when_no_signature_was_evaluated(tmp_path: Path
     from genesig.pipeline.significance import draw_competitive
 
     failed = [result("a", passed=False, p=None)]
-    failed[0].status = "error"
+    failed[0].outcome = Outcome.ERROR
     cohort: Any = None  # any use of the cohort would fail
     assert draw_competitive(cohort, TrainSettings(), None, failed, [3], 200, tmp_path) == ({}, 0)
     assert not (tmp_path / "null").exists()

@@ -150,10 +150,11 @@ def test_all_is_a_signature_name_and_every_signature_is_the_default(tmp_path: Pa
     base = ("run-local", "--data", str(data), "--cv-repeats", "1", "--l2", "0.1", "--quiet")
     alone = genesig(*base, "--signature", "ALL", "--workdir", "one", cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr
-    assert [r["signature"] for r in json.loads((tmp_path / "one" / "summary.json").read_text())["results"]] == ["ALL"]
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())["signatures"]
+    assert [r["signature"] for r in one] == ["ALL"]
     every = genesig(*base, "--workdir", "every", cwd=tmp_path)
     assert every.returncode == 0, every.stderr
-    names = [r["signature"] for r in json.loads((tmp_path / "every" / "summary.json").read_text())["results"]]
+    names = [r["signature"] for r in json.loads((tmp_path / "every" / "summary.json").read_text())["signatures"]]
     assert names == [s.name for s in default_signatures()]
     unknown = one_line_error(genesig(*base, "--signature", "EVERY", cwd=tmp_path))
     assert "no signature named 'EVERY'" in unknown
@@ -162,7 +163,7 @@ def test_all_is_a_signature_name_and_every_signature_is_the_default(tmp_path: Pa
     elsewhere.write_text("OTHER\tnone\tNOT_A_GENE_1\tNOT_A_GENE_2\tNOT_A_GENE_3\n")
     skipped = genesig(*base, "--signatures", str(elsewhere), "--workdir", "skipped", cwd=tmp_path)
     assert skipped.returncode == 1, skipped.stderr
-    assert json.loads((tmp_path / "skipped" / "summary.json").read_text())["results"][0]["status"] == "skipped"
+    assert json.loads((tmp_path / "skipped" / "summary.json").read_text())["signatures"][0]["outcome"] == "skipped"
 
 
 def test_help_opens_with_what_the_tool_does_and_demo_output_is_ignored_by_git(tmp_path: Path) -> None:
@@ -218,11 +219,11 @@ def test_bad_arguments_are_one_line_naming_the_problem_and_the_help(
 def test_the_table_title_names_every_part_of_the_gate_that_decides(
     permutations: int, competitive: str, expected: str
 ) -> None:
-    from genesig.pipeline.results import RunSummary
+    from genesig.pipeline.settings import GateSettings
     from genesig.presentation import gate_text
 
-    summary = RunSummary("d.csv", "w", 0.6, "cv_mean", 0.1, permutations, competitive, 100, [])
-    assert gate_text(summary) == expected
+    gate = GateSettings(threshold=0.6, gate_on="cv_mean", fdr=0.1, permutations=permutations, competitive=competitive)
+    assert gate_text(gate) == expected
 
 
 def test_help_lists_every_command_once_under_its_group_with_the_exit_codes(tmp_path: Path) -> None:

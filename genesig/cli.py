@@ -10,12 +10,15 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from genesig.errors import GenesigError
 from genesig.logs import configure_logging
 from genesig.pipeline.aws_commands import add_aws_arguments, add_aws_parsers
 from genesig.pipeline.entrypoints import add_step_parsers
+
+if TYPE_CHECKING:
+    from genesig.pipeline.registry import Registry
 
 logger = logging.getLogger("genesig")
 
@@ -79,18 +82,25 @@ def _cmd_run_local(args: argparse.Namespace) -> int:
     return 0 if any(r.evaluated for r in summary.results) else 1
 
 
-def _cmd_sync(args: argparse.Namespace) -> int:
-    from genesig.pipeline.deploy import sync
+def open_registry(args: argparse.Namespace) -> Registry:
+    """The registry a command works on, chosen here only: SageMaker's with ``--aws`` (or ``sync --prefix s3://``),
+    else the local one in ``--workdir``."""
+    if getattr(args, "aws", False) or getattr(args, "prefix", None):
+        from genesig.pipeline.aws_commands import sagemaker_registry
 
-    if args.prefix:
-        from genesig.pipeline.aws_commands import sync_s3
-
-        return sync_s3(args)
+        return sagemaker_registry(args)
     from genesig.pipeline.registry import LocalRegistry
 
-    for deployment in sync(LocalRegistry(args.workdir / "registry"), args.workdir / "mme-prefix"):
-        logger.info("%s v%d: %s (%s)", deployment.group, deployment.version, deployment.name, deployment.action)
-    return 0
+    return LocalRegistry(args.workdir / "registry")
+
+
+def _cmd_sync(args: argparse.Namespace) -> int:
+    from genesig.presentation import render_deployments
+
+    prefix = args.prefix or str(args.workdir / "mme-prefix")
+    deployments = open_registry(args).sync(prefix)
+    render_deployments(deployments)
+    return 1 if any(d.action == "failed" for d in deployments) else 0
 
 
 def _cmd_registry(args: argparse.Namespace) -> int:
@@ -98,6 +108,12 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         raise GenesigError("--from-report approves in the SageMaker Model Registry: add --aws")
     if args.registry_command == "approve" and not getattr(args, "from_report", None) and args.version is None:
         raise GenesigError("registry approve takes GROUP VERSION, or --from-report REPORT --where RULE with --aws")
+    if args.registry_command in ("approve", "reject") and not getattr(args, "from_report", None):
+        registry = open_registry(args)
+        status = "Rejected" if args.registry_command == "reject" else "Approved"
+        package = registry.approve(args.group, args.version, status, args.reason)
+        logger.info("%s v%d is now %s", package.group, package.version, package.approval_status)
+        return 0
     if args.aws:
         from genesig.pipeline.aws_commands import registry_aws
 
@@ -105,16 +121,12 @@ def _cmd_registry(args: argparse.Namespace) -> int:
     from genesig.pipeline.registry import LocalRegistry
     from genesig.presentation import render_packages
 
-    registry = LocalRegistry(args.workdir / "registry")
+    local = LocalRegistry(args.workdir / "registry")
     if args.registry_command == "list":
-        groups = [args.group] if args.group else registry.list_model_package_groups()
-        render_packages([p for g in groups for p in registry.list_model_packages(g)])
-    elif args.registry_command == "describe":
-        render_packages([registry.describe_model_package(args.group, args.version)], detailed=True)
+        groups = [args.group] if args.group else local.groups()
+        render_packages([p for g in groups for p in local.list_model_packages(g)])
     else:
-        status = "Rejected" if args.registry_command == "reject" else "Approved"
-        package = registry.update_approval_status(args.group, args.version, status, args.reason)  # type: ignore[arg-type]
-        logger.info("%s v%d is now %s", package.group, package.version, package.approval_status)
+        render_packages([local.describe_model_package(args.group, args.version)], detailed=True)
     return 0
 
 

@@ -333,7 +333,7 @@ def render_deployments(deployments: list[Any]) -> None:
     for d in sorted(deployments, key=lambda d: (d.action != "failed", d.group))[:MAX_ROWS]:
         colour = {"failed": "red", "deployed": "green"}.get(d.action, "")
         table.add_row(
-            d.group, str(d.version or "-"), f"[{colour}]{d.action}[/]" if colour else d.action, d.reason or d.key
+            d.group, str(d.version or "-"), f"[{colour}]{d.action}[/]" if colour else d.action, d.reason or d.name
         )
     console.print(table)
 

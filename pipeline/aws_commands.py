@@ -242,18 +242,16 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def sync_s3(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker.registry import sync
-    from genesig.presentation import render_deployments
+def sagemaker_registry(args: argparse.Namespace) -> Any:
+    """The SageMaker Model Registry, with the command's endpoints and ``--jobs`` (what sync copies at once)."""
+    from genesig.pipeline.sagemaker.registry import SYNC_WORKERS, SageMakerRegistry
 
     sm, s3 = _clients(args, "sagemaker", "s3")
-    deployments = sync(sm, s3, args.prefix, workers=args.jobs)
-    render_deployments(deployments)
-    return 1 if any(d.action == "failed" for d in deployments) else 0
+    return SageMakerRegistry(sm, s3, jobs=getattr(args, "jobs", SYNC_WORKERS))
 
 
 def registry_aws(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker.registry import describe, group_of, groups, package_arn, packages, set_approval
+    from genesig.pipeline.sagemaker.registry import describe, group_of, groups, package_arn, packages
     from genesig.presentation import console, render_aws_packages
 
     if getattr(args, "from_report", None):
@@ -262,14 +260,9 @@ def registry_aws(args: argparse.Namespace) -> int:
     group = group_of(args.group) if args.group else None
     if args.registry_command == "list":
         render_aws_packages([p for g in ([group] if group else groups(sm)) for p in packages(sm, g)])
-    elif args.registry_command == "describe":
-        assert group is not None
-        console.print_json(data=describe(sm, package_arn(sm, group, args.version)), default=str)
     else:
         assert group is not None
-        status = "Rejected" if args.registry_command == "reject" else "Approved"
-        described = set_approval(sm, group, args.version, status, args.reason)
-        logger.info("%s v%d is now %s", group, args.version, described["ModelApprovalStatus"])
+        console.print_json(data=describe(sm, package_arn(sm, group, args.version)), default=str)
     return 0
 
 
@@ -340,7 +333,7 @@ def _local_target_model(workdir: Path, signature: str, version: int | None) -> s
             f"signature {signature!r} has no Approved version in {root}; approve one "
             f"(genesig registry approve {group} VERSION --workdir {workdir})"
         )
-    return package.artifact_name
+    return package.artifact_file
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -109,29 +109,27 @@ def _gate(args: argparse.Namespace) -> int:
 
 
 def _register(args: argparse.Namespace) -> int:
-    from genesig.artifact import read_artifact
     from genesig.pipeline.registry import LocalRegistry
 
     artifact = _model_file(args.model)
     evaluation = _read_evaluation(args.evaluation)
-    group = args.group or read_artifact(artifact).manifest.name
-    package, created = LocalRegistry(args.registry).register(group, artifact, evaluation, approve=args.approve)
-    if created:
-        logger.info("registered %s version %d (%s)", group, package.version, package.approval_status)
+    approval = "Approved" if args.approve else "PendingManualApproval"
+    package = LocalRegistry(args.registry).register(artifact, evaluation, approval_status=approval, group=args.group)
+    if package.created:
+        logger.info("registered %s version %d (%s)", package.group, package.version, package.approval_status)
     else:
-        logger.info("%s is unchanged since version %d; not registered again", group, package.version)
+        logger.info("%s is unchanged since version %d; not registered again", package.group, package.version)
     return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    from genesig.pipeline.deploy import deploy_package
     from genesig.pipeline.registry import LocalRegistry
 
     registry = LocalRegistry(args.registry)
     if not args.registry.is_dir():
         raise DataError(registry.missing_message())
     package = (
-        registry.describe_model_package(args.group, args.version)
+        registry.describe_model_package(args.group, args.version).registration()
         if args.version
         else registry.latest_approved(args.group)
     )
@@ -142,7 +140,7 @@ def _deploy(args: argparse.Namespace) -> int:
             else "genesig step register ... --approve"
         )
         raise DataError(f"group {args.group} has no Approved package in {args.registry}: approve one first ({how})")
-    deployment = deploy_package(package, args.prefix)
+    deployment = registry.deploy(package, args.prefix)
     logger.info("%s (%s)", deployment.name, deployment.action)
     return 0
 
@@ -156,7 +154,7 @@ def _deploy_sagemaker(args: argparse.Namespace) -> int:
         "%s: %s %s%s",
         args.model_package_arn,
         deployment.action,
-        deployment.key,
+        deployment.name,
         f" ({deployment.reason})" * bool(deployment.reason),
     )
     return 0
@@ -167,22 +165,17 @@ def _register_sagemaker(args: argparse.Namespace) -> int:
     import tempfile
 
     from genesig.pipeline.sagemaker import aws
-    from genesig.pipeline.sagemaker.registry import register_model
+    from genesig.pipeline.sagemaker.registry import SageMakerRegistry
 
     evaluation = _read_evaluation(args.evaluation)
     s3 = aws.client("s3")
+    registry = SageMakerRegistry(
+        aws.client("sagemaker"), s3, package_prefix=args.package_prefix, serving_image=args.serving_image_uri
+    )
     with tempfile.TemporaryDirectory() as tmp:
         artifact = Path(tmp) / "model.tar.gz"
         artifact.write_bytes(aws.read_object(s3, args.model_uri))
-        registration = register_model(
-            aws.client("sagemaker"),
-            s3,
-            artifact=artifact,
-            evaluation=evaluation,
-            package_prefix=args.package_prefix,
-            serving_image=args.serving_image_uri,
-            approval_status=args.approval_status,
-        )
+        registration = registry.register(artifact, evaluation, approval_status=args.approval_status)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "registration.json").write_text(json.dumps(registration.to_json(), indent=2) + "\n")
     logger.info(

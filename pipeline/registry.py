@@ -1,33 +1,133 @@
-"""A local model registry with the SageMaker Model Registry's shape, on a folder.
+"""The model registry a run registers into, and register-and-deploy written once on top of it.
 
-One model package group per signature (the artifact name); packages are numbered from 1;
-each holds its artifact (copied in, verified), the evaluation metrics and an approval status
-(``PendingManualApproval``, ``Approved``, ``Rejected``). Writes are atomic and a per-group
-lock makes version numbers unique across concurrent runs.
+:class:`Registry` is what every run needs of a registry: register a gated model as its signature's next version
+(unless unchanged), approve or reject a version, the latest Approved one, deploy into an MME prefix, sync a prefix
+with the latest Approved versions. Two implementations, chosen where a command starts: :class:`LocalRegistry` here
+(a folder with the SageMaker Model Registry's shape) and ``genesig.pipeline.sagemaker.registry.SageMakerRegistry``.
+
+The local registry: one model package group per signature (the artifact name); packages are numbered from 1; each
+holds its artifact (copied in, verified), the evaluation metrics and an approval status (``PendingManualApproval``,
+``Approved``, ``Rejected``). Writes are atomic and a per-group lock makes version numbers unique across concurrent
+runs. Deploying never overwrites: SageMaker may keep serving a cached model whose object was replaced, so a name,
+once published, always means the same bytes; publishing is atomic and idempotent.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from genesig.artifact import Manifest, read_artifact
 from genesig.artifact.manifest import model_identity
-from genesig.artifact.package import publish_bytes, sha256_file, with_version
-from genesig.errors import Conflict, DataError, ModelNotFound
+from genesig.artifact.package import publish_bytes, remove_stale_partials, sha256_file, with_version
+from genesig.errors import Conflict, DataError, GenesigError, ModelNotFound
+from genesig.pipeline.results import SignatureResult
+
+logger = logging.getLogger(__name__)
 
 ApprovalStatus = Literal["PendingManualApproval", "Approved", "Rejected"]
 # The parts of evaluation.json a package records as its metrics.
 REGISTERED_METRICS = ("metric", "cross_validation", "test", "risk_groups", "significance")
 APPROVAL_STATUSES: tuple[str, ...] = ("PendingManualApproval", "Approved", "Rejected")
+DeployAction = Literal["deployed", "already there", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class Registration:
+    """A registered model package, as either registry names it: its group and version, its approval, the versioned
+    artifact file it is deployed as, whether this call created it, and (SageMaker) its ARN."""
+
+    group: str
+    version: int
+    approval_status: str
+    artifact_file: str
+    created: bool = False
+    package_arn: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One package into an MME prefix: what it is deployed as (the object's name: a file name locally, the S3 key on
+    AWS), and what happened (deployed; already there, the same bytes; skipped, not Approved; failed, with why)."""
+
+    group: str
+    version: int | None
+    name: str
+    action: DeployAction
+    reason: str = ""
+
+
+class Registry(Protocol):
+    """What a run needs of a model registry (local: :class:`LocalRegistry`; SageMaker: ``SageMakerRegistry``)."""
+
+    def register(self, artifact: Path, evaluation: dict[str, Any], *, approval_status: str) -> Registration:
+        """The gated model as its signature's next version, unless the latest version is the same model (then that
+        one, ``created`` False)."""
+        ...
+
+    def approve(self, group: str, version: int, status: str, reason: str = "") -> Registration:
+        """Set a version's approval status (Approved, Rejected, PendingManualApproval)."""
+        ...
+
+    def latest_approved(self, group: str) -> Registration | None: ...
+
+    def groups(self) -> list[str]: ...
+
+    def deploy(self, package: Registration, prefix: str) -> Deployment:
+        """An Approved package's artifact into the MME ``prefix`` under its versioned name, never over other bytes."""
+        ...
+
+    def sync(self, prefix: str) -> list[Deployment]:
+        """The latest Approved version of every group into ``prefix``; running it again changes nothing."""
+        ...
+
+
+def register_and_deploy(
+    registry: Registry,
+    result: SignatureResult,
+    artifact: Path,
+    evaluation: dict[str, Any],
+    *,
+    approval_status: str,
+    prefix: str | None,
+) -> SignatureResult:
+    """A signature that passed the gate into ``registry`` (its next version, unless unchanged) and, when Approved,
+    into the MME ``prefix``: run-local and the signature-set run both register here. Returns the result with its
+    registration; a failure is this signature's ("error"), never the run's."""
+    try:
+        package = registry.register(artifact, evaluation, approval_status=approval_status)
+        deployed = registry.deploy(package, prefix) if prefix and package.approval_status == "Approved" else None
+    except GenesigError as exc:
+        logger.warning("signature %s: registration failed: %s", result.signature, exc.message)
+        return result.failed(f"registration failed: {exc.message}")
+    unchanged = f"; unchanged since version {package.version}, not registered again"
+    return replace(
+        result,
+        reason=result.reason + ("" if package.created else unchanged),
+        group=package.group,
+        version=package.version,
+        approval_status=package.approval_status,
+        package_arn=package.package_arn,
+        registered="registered" if package.created else "unchanged",
+        deployed=deployed.name if deployed else "",
+    )
+
+
+class DeployRefused(GenesigError):
+    status = 409
+    code = "deploy_refused"
 
 
 @dataclass(frozen=True)
@@ -42,6 +142,9 @@ class ModelPackage:
     metrics: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     status_history: list[dict[str, str]] = field(default_factory=list)
+
+    def registration(self) -> Registration:
+        return Registration(self.group, self.version, self.approval_status, self.artifact_name)
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
@@ -92,11 +195,6 @@ class LocalRegistry:
                     },
                 )
 
-    def list_model_package_groups(self) -> list[str]:
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if (p / "group.json").is_file())
-
     def next_version(self, group: str) -> int:
         return max((p.version for p in self.list_model_packages(group)), default=0) + 1
 
@@ -140,31 +238,33 @@ class LocalRegistry:
             return package
 
     def register(
-        self,
-        group: str,
-        artifact: Path,
-        evaluation: dict[str, Any],
-        *,
-        approve: bool,
-        description: str = "",
-    ) -> tuple[ModelPackage, bool]:
-        """Register a gated model as the group's next version, unless it is the model of the latest version (same
-        weights, genes, preprocessing and training data): then that version is returned and nothing is written.
-        The second value says whether a package was created. ``run-local`` and ``genesig step register`` both
-        register through here."""
+        self, artifact: Path, evaluation: dict[str, Any], *, approval_status: str, group: str | None = None
+    ) -> Registration:
+        """A gated model as its group's next version (the group: its artifact name, unless ``group`` names another),
+        unless it is the model of the latest version (same weights, genes, preprocessing and training data): then
+        that version, and nothing is written."""
+        manifest = read_artifact(artifact).manifest
+        group = group or manifest.name
         packages = self.list_model_packages(group)
         latest = packages[-1] if packages else None
-        new = read_artifact(artifact).manifest
-        if latest is not None and same_model(read_artifact(Path(latest.artifact)).manifest, new):
-            return latest, False
+        if latest is not None and same_model(read_artifact(Path(latest.artifact)).manifest, manifest):
+            return latest.registration()
         package = self.create_model_package(
             group,
             artifact,
             metrics={k: evaluation[k] for k in REGISTERED_METRICS if k in evaluation},
-            approval_status="Approved" if approve else "PendingManualApproval",
-            description=description,
+            approval_status=approval_status,  # type: ignore[arg-type]  # checked there
+            description=f"signature {manifest.signature.name}; {evaluation.get('gate', {}).get('reason', '')}",
         )
-        return package, True
+        return replace(package.registration(), created=True)
+
+    def approve(self, group: str, version: int, status: str, reason: str = "") -> Registration:
+        return self.update_approval_status(group, version, status, reason).registration()  # type: ignore[arg-type]
+
+    def groups(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if (p / "group.json").is_file())
 
     def list_model_packages(self, group: str, approval_status: str | None = None) -> list[ModelPackage]:
         folder = self._group_dir(group) / "packages"
@@ -197,9 +297,51 @@ class LocalRegistry:
             _write_json(folder / "packages" / f"{version}.json", asdict(updated))
             return updated
 
-    def latest_approved(self, group: str) -> ModelPackage | None:
+    def latest_approved(self, group: str) -> Registration | None:
         approved = self.list_model_packages(group, "Approved")
-        return approved[-1] if approved else None
+        return approved[-1].registration() if approved else None
+
+    def deploy(self, package: Registration, prefix: str | Path) -> Deployment:
+        stored = self.describe_model_package(package.group, package.version)
+        if stored.approval_status != "Approved":
+            raise DeployRefused(
+                f"model package {stored.group}/{stored.version} is {stored.approval_status}; only Approved "
+                "packages are deployed (approve it, then run `genesig sync`)"
+            )
+        source = Path(stored.artifact)
+        if sha256_file(source) != stored.sha256:
+            raise DeployRefused(f"{source} no longer matches the sha256 recorded at registration")
+        read_artifact(source)  # full verification before anything is published
+        folder = Path(prefix)
+        target = folder / stored.artifact_name
+        folder.mkdir(parents=True, exist_ok=True)
+        there = Deployment(stored.group, stored.version, stored.artifact_name, "already there")
+        if target.exists():
+            if sha256_file(target) == stored.sha256:
+                return there
+            raise Conflict(f"{target} exists with different content; deployed names are never overwritten")
+        try:
+            publish_bytes(source.read_bytes(), target)
+        except FileExistsError:  # another deployer won the race; accept it only if the bytes are ours
+            if sha256_file(target) != stored.sha256:
+                raise Conflict(f"{target} was published concurrently with different content") from None
+            return there
+        logger.debug("deployed %s/%d as %s", stored.group, stored.version, stored.artifact_name)
+        return Deployment(stored.group, stored.version, stored.artifact_name, "deployed")
+
+    def sync(self, prefix: str | Path) -> list[Deployment]:
+        """Also removes what killed deploys left behind: hidden partial files an hour old (never under a model
+        name)."""
+        folder = Path(prefix)
+        if folder.is_dir():
+            for name in remove_stale_partials(folder):
+                logger.info("removed %s, left by a deploy that never finished", name)
+        deployments = []
+        for group in self.groups():
+            package = self.latest_approved(group)
+            if package is not None:
+                deployments.append(self.deploy(package, folder))
+        return deployments
 
 
 def same_model(a: Manifest, b: Manifest) -> bool:

@@ -25,8 +25,7 @@ import pandas as pd
 
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import Cohort, columns_of, read_cohort
-from genesig.pipeline.deploy import deploy_package
-from genesig.pipeline.registry import LocalRegistry
+from genesig.pipeline.registry import LocalRegistry, register_and_deploy
 from genesig.pipeline.report import RUN_PLOT_FILE, write_null_plot, write_report
 from genesig.pipeline.results import Outcome, RunNulls, RunReport, SignatureResult, final_evaluation, judge
 from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
@@ -160,25 +159,6 @@ def record_verdicts(results: list[SignatureResult], nulls: RunNulls, jobs: int) 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("forkserver")) as pool:
         pairs = [(r, nulls) for r in results]
         list(pool.map(_record_verdict, pairs, chunksize=max(1, len(results) // (8 * jobs))))
-
-
-def register_and_deploy(options: RunOptions, registry: LocalRegistry, result: SignatureResult) -> None:
-    """A model that passed the gate into the local registry (the next version, unless unchanged), and into the MME
-    prefix when its package is Approved."""
-    evaluation = json.loads((Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE).read_text())
-    package, created = registry.register(
-        result.artifact_name,
-        Path(result.artifact),
-        evaluation,
-        approve=options.approve,
-        description=f"signature {result.signature}; {result.reason}",
-    )
-    if not created:
-        result.reason += f"; unchanged since version {package.version}, not registered again"
-    result.group, result.version, result.approval_status = package.group, package.version, package.approval_status
-    result.registered = "registered" if created else "unchanged"
-    if package.approval_status == "Approved":
-        result.deployed = deploy_package(package, options.workdir / "mme-prefix").name
 
 
 def _worker_init(
@@ -349,13 +329,14 @@ def run_local(
     plot = options.workdir / RUN_PLOT_FILE
     if write_null_plot(results, nulls, competitive or {}, plot) is None:
         plot.unlink(missing_ok=True)  # an earlier run's plot must not sit beside this run's summary
+    approval = "Approved" if options.approve else "PendingManualApproval"
     for i, result in enumerate(results):
         if result.passed:
-            try:
-                register_and_deploy(options, registry, result)
-            except GenesigError as exc:
-                results[i] = result.failed(f"registration failed: {exc.message}")
-                logger.warning("signature %s: %s", result.signature, results[i].reason)
+            evaluation = json.loads((Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE).read_text())
+            results[i] = register_and_deploy(
+                registry, result, Path(result.artifact), evaluation, approval_status=approval,
+                prefix=str(options.workdir / "mme-prefix"),
+            )  # fmt: skip
     report = RunReport(
         options.gate, results, nulls, context={"data": str(options.data), "workdir": str(options.workdir)}
     )

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
+from genesig.pipeline.registry import register_and_deploy
 from genesig.pipeline.results import Outcome, RunNulls, SignatureResult, final_evaluation, judge
 from genesig.pipeline.run import RunOptions, evaluate_all, load_signatures
 from genesig.pipeline.sagemaker.names import names_for
@@ -325,38 +326,28 @@ def register_passing(
     nulls: RunNulls,
     workers: int = REGISTER_WORKERS,
 ) -> list[SignatureResult]:
-    """RegisterSignatures: each passing signature registered (and, when Approved, deployed); a failure is that
-    signature's ("error"), never the run's. Returns the results with their registrations."""
-    from genesig.pipeline.sagemaker.registry import deploy_package, register_model
+    """RegisterSignatures: each passing signature registered (and, when Approved, deployed) through
+    :func:`~genesig.pipeline.registry.register_and_deploy`, as run-local registers; a failure is that signature's
+    ("error"), never the run's. Returns the results with their registrations."""
+    from genesig.pipeline.sagemaker.registry import SageMakerRegistry
+
+    registry = SageMakerRegistry(sm, s3, package_prefix=package_prefix, serving_image=serving_image)
 
     def one(result: SignatureResult) -> SignatureResult:
         if not result.passed:
             return result
         folder = results_dir / SIGNATURES / result.artifact_name
+        artifacts = sorted((folder / "model").glob("*.tar.gz"))
+        if len(artifacts) != 1:
+            return result.failed(f"registration failed: {len(artifacts)} artifacts in {folder / 'model'}, not one")
         try:
-            [artifact] = sorted((folder / "model").glob("*.tar.gz"))
             evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
-            registration = register_model(
-                sm,
-                s3,
-                artifact=artifact,
-                evaluation=final_evaluation(evaluation, result, nulls),
-                package_prefix=package_prefix,
-                serving_image=serving_image,
-                approval_status=approval_status,
-            )
-            deployed = ""
-            if mme_prefix and registration.approval_status == "Approved":
-                deployed = deploy_package(sm, s3, registration.package_arn, mme_prefix).key
-            return replace(
-                result, version=registration.version, package_arn=registration.package_arn,
-                approval_status=registration.approval_status, deployed=deployed,
-                registered="registered" if registration.created else "unchanged",
-            )  # fmt: skip
-        except (GenesigError, ValueError) as exc:
-            message = exc.message if isinstance(exc, GenesigError) else str(exc)
-            logger.warning("%s: registration failed: %s", result.signature, message)
-            return result.failed(f"registration failed: {message}")
+        except (OSError, ValueError) as exc:
+            return result.failed(f"registration failed: its evaluation cannot be read ({exc})")
+        return register_and_deploy(
+            registry, result, artifacts[0], final_evaluation(evaluation, result, nulls),
+            approval_status=approval_status, prefix=mme_prefix,
+        )  # fmt: skip
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(one, results))

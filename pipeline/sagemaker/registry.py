@@ -16,14 +16,14 @@ import logging
 import tempfile
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from genesig.artifact import read_artifact
 from genesig.artifact.manifest import model_identity
 from genesig.artifact.package import with_version
 from genesig.errors import Conflict, DataError, GenesigError, ModelNotFound
+from genesig.pipeline.registry import Deployment, Registration
 from genesig.pipeline.sagemaker.aws import (
     AwsNotFound,
     call,
@@ -46,26 +46,6 @@ APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 CONTENT_TYPES = ["application/json", "text/csv"]
 REGISTER_ATTEMPTS = 5
 SYNC_WORKERS = 8
-
-
-@dataclass(frozen=True)
-class Registration:
-    group: str
-    version: int
-    package_arn: str
-    artifact_file: str
-    created: bool
-    approval_status: str
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "version": self.version,
-            "package_arn": self.package_arn,
-            "artifact_file": self.artifact_file,
-            "created": self.created,
-            "approval_status": self.approval_status,
-        }
 
 
 def ensure_group(sm: Any, names: SignatureNames) -> None:
@@ -205,14 +185,7 @@ def register_model(
             logger.info(
                 "%s: unchanged since version %d, not registered again", names.group, latest["ModelPackageVersion"]
             )
-            return Registration(
-                names.group,
-                int(latest["ModelPackageVersion"]),
-                str(latest["ModelPackageArn"]),
-                metadata.get(ARTIFACT_FILE_KEY, names.artifact_file(int(latest["ModelPackageVersion"]))),
-                False,
-                str(latest["ModelApprovalStatus"]),
-            )
+            return _registration(latest)
     folder = s3_join(package_prefix, names.group, uuid.uuid4().hex)
     model_uri, evaluation_uri = s3_join(folder, "model.tar.gz"), s3_join(folder, "evaluation.json")
     write_object(s3, evaluation_uri, json.dumps(evaluation, indent=2).encode())
@@ -249,7 +222,7 @@ def register_model(
             CustomerMetadataProperties=_metadata(names.artifact_file(version), body, identity),
         )
     logger.info("registered %s version %d (%s)", names.group, version, approval_status)
-    return Registration(names.group, version, arn, names.artifact_file(version), True, approval_status)
+    return Registration(names.group, version, approval_status, names.artifact_file(version), True, arn)
 
 
 def _publish_version(s3: Any, artifact: Path, version: int, uri: str) -> bytes:
@@ -267,17 +240,6 @@ def _metadata(artifact_file: str, body: bytes, identity: str) -> dict[str, str]:
 
 
 # --- deployment into the MME prefix ---------------------------------------------------------------------------
-
-Action = Literal["deployed", "already there", "skipped", "failed"]
-
-
-@dataclass(frozen=True)
-class Deployment:
-    group: str
-    version: int | None
-    key: str
-    action: Action
-    reason: str = ""
 
 
 def deploy_package(sm: Any, s3: Any, package_arn: str, prefix: str) -> Deployment:
@@ -351,3 +313,50 @@ def resolve_target_model(sm: Any, signature: str, version: int | None = None) ->
             or names.artifact_file(int(package["ModelPackageVersion"]))
         )
     return names.artifact_file(version)
+
+
+def _registration(package: dict[str, Any]) -> Registration:
+    """A described package as a :class:`~genesig.pipeline.registry.Registration`."""
+    return Registration(
+        group=str(package["ModelPackageGroupName"]),
+        version=int(package["ModelPackageVersion"]),
+        approval_status=str(package["ModelApprovalStatus"]),
+        artifact_file=str(package.get("CustomerMetadataProperties", {}).get(ARTIFACT_FILE_KEY, "")),
+        package_arn=str(package["ModelPackageArn"]),
+    )
+
+
+class SageMakerRegistry:
+    """The SageMaker Model Registry behind :class:`~genesig.pipeline.registry.Registry`: ``package_prefix`` is where
+    registered artifacts and evaluations are written (S3), ``serving_image`` the image their packages name."""
+
+    def __init__(
+        self, sm: Any, s3: Any, *, package_prefix: str = "", serving_image: str = "", jobs: int = SYNC_WORKERS
+    ) -> None:
+        self.sm, self.s3, self.jobs = sm, s3, jobs
+        self.package_prefix, self.serving_image = package_prefix, serving_image
+
+    def register(self, artifact: Path, evaluation: dict[str, Any], *, approval_status: str) -> Registration:
+        if not self.package_prefix or not self.serving_image:
+            raise DataError("registering in SageMaker needs the package prefix and the serving image")
+        return register_model(
+            self.sm, self.s3, artifact=artifact, evaluation=evaluation, package_prefix=self.package_prefix,
+            serving_image=self.serving_image, approval_status=approval_status,
+        )  # fmt: skip
+
+    def approve(self, group: str, version: int, status: str, reason: str = "") -> Registration:
+        """``group``: a group name, a signature's name or its artifact name."""
+        return _registration(set_approval(self.sm, group_of(group), version, status, reason))
+
+    def latest_approved(self, group: str) -> Registration | None:
+        package = latest_approved(self.sm, group)
+        return None if package is None else _registration(package)
+
+    def groups(self) -> list[str]:
+        return groups(self.sm)
+
+    def deploy(self, package: Registration, prefix: str) -> Deployment:
+        return deploy_package(self.sm, self.s3, package.package_arn, prefix)
+
+    def sync(self, prefix: str) -> list[Deployment]:
+        return sync(self.sm, self.s3, prefix, workers=self.jobs)

@@ -92,7 +92,7 @@ def test_approval_resolution_and_deploy(aws: dict[str, Any], make_archive: Calla
     registry.set_approval(sm, registry.group_of(name), 1, "Approved", "reviewed")
     assert registry.resolve_target_model(sm, name) == f"{name}-v1.tar.gz"
     deployed = registry.deploy_package(sm, s3, first.package_arn, f"s3://{bucket}/mme/")
-    assert (deployed.action, deployed.key) == ("deployed", f"mme/{name}-v1.tar.gz")
+    assert (deployed.action, deployed.name) == ("deployed", f"mme/{name}-v1.tar.gz")
     assert registry.deploy_package(sm, s3, first.package_arn, f"s3://{bucket}/mme/").action == "already there"
 
 

@@ -10,8 +10,7 @@ import pytest
 
 from genesig.artifact import read_artifact
 from genesig.errors import Conflict, ModelNotFound
-from genesig.pipeline.deploy import DeployRefused, deploy_package, sync
-from genesig.pipeline.registry import LocalRegistry
+from genesig.pipeline.registry import DeployRefused, LocalRegistry
 
 
 @pytest.fixture
@@ -29,12 +28,12 @@ def test_versions_approval_and_history(registry: LocalRegistry, make_archive: Ca
     first = register(registry, make_archive)
     second = register(registry, make_archive, approval_status="Approved")
     assert (first.version, first.approval_status, second.version) == (1, "PendingManualApproval", 2)
-    assert registry.latest_approved("metagene_19") == second
+    assert registry.latest_approved("metagene_19") == second.registration()
     approved = registry.update_approval_status("metagene_19", 1, "Approved", "reviewed by A")
     assert [h["status"] for h in approved.status_history] == ["PendingManualApproval", "Approved"]
     assert registry.latest_approved("metagene_19").version == 2  # type: ignore[union-attr]
     assert [p.version for p in registry.list_model_packages("metagene_19", "Approved")] == [1, 2]
-    assert registry.list_model_package_groups() == ["metagene_19"]
+    assert registry.groups() == ["metagene_19"]
     with pytest.raises(ModelNotFound):
         registry.describe_model_package("metagene_19", 9)
 
@@ -73,10 +72,10 @@ def test_only_approved_packages_are_deployed(
 ) -> None:
     package = register(registry, make_archive)
     with pytest.raises(DeployRefused, match="is PendingManualApproval; only Approved"):
-        deploy_package(package, tmp_path / "mme")
+        registry.deploy(package.registration(), tmp_path / "mme")
     rejected = registry.update_approval_status("metagene_19", 1, "Rejected")
     with pytest.raises(DeployRefused):
-        deploy_package(rejected, tmp_path / "mme")
+        registry.deploy(rejected.registration(), tmp_path / "mme")
     assert not (tmp_path / "mme").exists() or not list((tmp_path / "mme").iterdir())
 
 
@@ -85,11 +84,11 @@ def test_deploy_is_idempotent_and_never_overwrites(
 ) -> None:
     package = register(registry, make_archive, approval_status="Approved")
     prefix = tmp_path / "mme"
-    assert deploy_package(package, prefix).action == "copied"
-    assert deploy_package(package, prefix).action == "already deployed"
+    assert registry.deploy(package.registration(), prefix).action == "deployed"
+    assert registry.deploy(package.registration(), prefix).action == "already there"
     (prefix / package.artifact_name).write_bytes(b"someone else's bytes")
     with pytest.raises(Conflict, match="never overwritten"):
-        deploy_package(package, prefix)
+        registry.deploy(package.registration(), prefix)
     assert (prefix / package.artifact_name).read_bytes() == b"someone else's bytes"
 
 
@@ -99,7 +98,7 @@ def test_tampered_registry_artifact_is_not_deployed(
     package = register(registry, make_archive, approval_status="Approved")
     Path(package.artifact).write_bytes(b"tampered")
     with pytest.raises(DeployRefused, match="no longer matches"):
-        deploy_package(package, tmp_path / "mme")
+        registry.deploy(package.registration(), tmp_path / "mme")
     assert not (tmp_path / "mme" / package.artifact_name).exists()
 
 
@@ -111,9 +110,9 @@ def test_sync_deploys_the_latest_approved_of_each_group(
     register(registry, make_archive, "metagene_19")  # pending: not deployed
     register(registry, make_archive, "metagene_3")  # no approved version
     prefix = tmp_path / "mme"
-    first = sync(registry, prefix)
-    assert [(d.name, d.action) for d in first] == [("metagene_19-v2.tar.gz", "copied")]
-    assert [d.action for d in sync(registry, prefix)] == ["already deployed"]
+    first = registry.sync(prefix)
+    assert [(d.name, d.action) for d in first] == [("metagene_19-v2.tar.gz", "deployed")]
+    assert [d.action for d in registry.sync(prefix)] == ["already there"]
     assert sorted(p.name for p in prefix.iterdir()) == ["metagene_19-v2.tar.gz"]
 
 
@@ -121,14 +120,14 @@ KILLED_DEPLOY = """
 import os, sys, time
 from pathlib import Path
 from genesig.pipeline.registry import LocalRegistry
-from genesig.pipeline.deploy import deploy_package
 
 def stall(fd):  # the bytes are written, not yet published: the worst moment to die
     Path(sys.argv[3]).touch()
     time.sleep(60)
 
 os.fsync = stall
-deploy_package(LocalRegistry(Path(sys.argv[1])).describe_model_package("metagene_19", 1), Path(sys.argv[2]))
+registry = LocalRegistry(Path(sys.argv[1]))
+registry.deploy(registry.describe_model_package("metagene_19", 1).registration(), Path(sys.argv[2]))
 """
 
 
@@ -153,14 +152,14 @@ def test_a_deploy_killed_halfway_leaves_no_object_under_the_model_name(
     assert not (prefix / package.artifact_name).exists(), "a reader could have seen a partial artifact"
     # Only a hidden temporary file can remain; the next deploy publishes the whole artifact.
     assert all(p.name.startswith(".") for p in prefix.iterdir())
-    assert deploy_package(package, prefix).action == "copied"
+    assert registry.deploy(package.registration(), prefix).action == "deployed"
     assert (prefix / package.artifact_name).read_bytes() == Path(package.artifact).read_bytes()
     # The next sync removes the killed deploy's partial file once it is an hour old, never a live one.
     (partial,) = [p for p in prefix.iterdir() if p.name.startswith(".")]
-    assert sync(registry, prefix) and partial.exists(), "a fresh partial may belong to a deploy in progress"
+    assert registry.sync(prefix) and partial.exists(), "a fresh partial may belong to a deploy in progress"
     hour_ago = time.time() - 3601
     os.utime(partial, (hour_ago, hour_ago))
-    sync(registry, prefix)
+    registry.sync(prefix)
     assert sorted(p.name for p in prefix.iterdir()) == [package.artifact_name]
 
 
@@ -179,3 +178,26 @@ def test_approving_a_version_that_does_not_exist_leaves_the_registry_as_it_was(
     with pytest.raises(ModelNotFound, match="model package other/1 does not exist in"):
         registry.update_approval_status("other", 1, "Approved")
     assert sorted(p.name for p in registry.root.rglob("*")) == before
+
+
+def test_register_and_deploy_records_the_registration_on_the_result(
+    registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The one register-and-deploy of run-local and the set run: the next version, deployed when Approved; the same
+    model again is not registered again (and says so); a failure is the signature's outcome, not an exception."""
+    from genesig.pipeline.registry import register_and_deploy
+    from genesig.pipeline.results import Outcome, SignatureResult
+
+    passed = SignatureResult("metagene_19", "metagene_19", ["A"], [], Outcome.PASSED, reason="q 0.01 <= FDR 0.1")
+    archive, prefix = make_archive("metagene_19"), str(tmp_path / "mme")
+    evaluation = {"metric": "auc", "gate": {"reason": "q 0.01 <= FDR 0.1"}}
+    first = register_and_deploy(registry, passed, archive, evaluation, approval_status="Approved", prefix=prefix)
+    assert (first.version, first.registered, first.deployed) == (1, "registered", "metagene_19-v1.tar.gz")
+    assert (first.group, first.approval_status, first.outcome) == ("metagene_19", "Approved", "passed")
+    again = register_and_deploy(registry, passed, archive, evaluation, approval_status="Approved", prefix=prefix)
+    assert (again.version, again.registered) == (1, "unchanged") and "not registered again" in again.reason
+    broken = tmp_path / "broken.tar.gz"
+    broken.write_bytes(b"not an artifact")
+    failed = register_and_deploy(registry, passed, broken, evaluation, approval_status="Approved", prefix=prefix)
+    assert failed.outcome == "error" and failed.reason.startswith("registration failed: ")
+    assert passed.outcome == "passed" and passed.version is None, "the result given is not changed"

@@ -237,7 +237,7 @@ def test_cli_run_local_and_registry(synthetic_csv: Path, tmp_path: Path) -> None
         text=True,
         timeout=60,
     )
-    assert sync.returncode == 0 and "metagene_19-v1.tar.gz (copied)" in sync.stderr
+    assert sync.returncode == 0 and "1 deployed" in sync.stdout and "metagene_19-v1.tar.gz" in sync.stdout
     assert (work / "mme-prefix" / "metagene_19-v1.tar.gz").is_file()
 
 

@@ -27,13 +27,6 @@ class Response:
         return self.headers.get("content-type", "")
 
 
-class ModelServerError(Exception):
-    def __init__(self, response: Response, what: str) -> None:
-        detail = response.body.decode(errors="replace")[:500]
-        super().__init__(f"{what} answered {response.status}: {detail}")
-        self.response = response
-
-
 class ModelServerClient:
     """Keep-alive HTTP client; reconnects once when the server closed the connection (MMS does after errors)."""
 

@@ -23,6 +23,10 @@ import pandas as pd
 from genesig.client import ModelServerClient
 from genesig.container_server import CONTAINER_MODELS_DIR, ContainerServer
 from genesig.local_endpoint import runtime_client, start_local_endpoint
+from genesig.pipeline.run import RunOptions, run_local
+from genesig.pipeline.settings import TrainSettings
+from genesig.pipeline.signatures import default_signatures
+from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 from genesig.server_process import ServerProcess
 
 logger = logging.getLogger(__name__)
@@ -100,10 +104,6 @@ def run_demo(
     on_result: Any = None,
     image: str | None = None,
 ) -> DemoResult:
-    from genesig.pipeline.run import RunOptions, run_local
-    from genesig.pipeline.settings import TrainSettings
-    from genesig.pipeline.signatures import default_signatures
-    from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
 
     workdir.mkdir(parents=True, exist_ok=True)
     if data is None:

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 
 from genesig.errors import DataError, GenesigError
+from genesig.logs import configure_logging
 from genesig.pipeline.cohort import Cohort, columns_of, read_cohort
 from genesig.pipeline.registry import LocalRegistry, register_and_deploy
 from genesig.pipeline.report import RUN_PLOT_FILE, write_null_plot, write_report
@@ -166,8 +167,6 @@ def _worker_init(
 ) -> None:
     """One BLAS/torch thread per worker: the workers are the parallelism, more threads only contend."""
     from threadpoolctl import threadpool_limits
-
-    from genesig.logs import configure_logging
 
     configure_logging(log_level)
     threadpool_limits(1)

@@ -1,6 +1,7 @@
 """Typed settings of the pipeline, one default per field: how a cohort is read, how models are trained and
-evaluated, and the gate. The command line, ``run-local``, the step entry points, the training job's
-hyperparameters and the SageMaker Pipeline definition all read them from here.
+evaluated, and the gate. The command line (its options made from these: ``genesig.cli.options``), ``run-local``,
+the step entry points, the training job's hyperparameters and the SageMaker Pipeline definition all read them from
+here.
 
 msgspec structs, like the serving settings: every field has a description (the command line's help) and its
 constraints, and a bad value is refused with the option's name.
@@ -8,7 +9,6 @@ constraints, and a bad value is refused with the option's name.
 
 from __future__ import annotations
 
-import argparse
 import math
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
@@ -138,39 +138,6 @@ def sets_per_size(sizes: int, random_sets: int) -> int:
 
 
 Settings = TypeVar("Settings", CohortSettings, TrainSettings, GateSettings)
-
-
-def add_arguments(
-    parser: argparse.ArgumentParser, settings_type: type[msgspec.Struct], *, only: tuple[str, ...] = ()
-) -> None:
-    """One ``--field-name`` option per field (or per field in ``only``), typed, with its default in the help."""
-    schema = msgspec.json.schema(settings_type)
-    properties = schema["$defs"][settings_type.__name__]["properties"]
-    for field in msgspec.structs.fields(settings_type):
-        if only and field.name not in only:
-            continue
-        spec = properties[field.name]
-        options = [s for s in spec.get("anyOf", [spec]) if s.get("type") != "null"]
-        kind = options[0]
-        kwargs: dict[str, Any] = {"default": None, "dest": field.name}
-        if "enum" in kind:
-            kwargs["choices"] = kind["enum"]
-        else:
-            kwargs["type"] = {"integer": int, "number": float}.get(kind.get("type", "string"), str)
-        default = "none" if field.default is None else field.default
-        parser.add_argument(
-            "--" + field.name.replace("_", "-"), help=f"{spec.get('description', '')} (default {default})", **kwargs
-        )
-
-
-def from_arguments(args: argparse.Namespace, settings_type: type[Settings]) -> Settings:
-    """The settings given on the command line, the defaults for the rest; a bad value names its option."""
-    given = {
-        f.name: getattr(args, f.name)
-        for f in msgspec.structs.fields(settings_type)
-        if getattr(args, f.name, None) is not None
-    }
-    return convert(given, settings_type, label=lambda field: "--" + field.replace("_", "-"))
 
 
 # msgspec's words for types, as a user reads them.

@@ -415,7 +415,7 @@ def cross_validate_rows(
     return out
 
 
-def cross_validate(
+def cross_validate_design(
     raw: np.ndarray,
     event: np.ndarray,
     time: np.ndarray | None,

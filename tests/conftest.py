@@ -14,7 +14,7 @@ from genesig.artifact.synthetic import write_synthetic_artifact
 GENES = ["LRIG1", "HPGD", "GDF15"]
 REPO = Path(__file__).resolve().parents[1]
 # Each test folder's marker; the ones that start servers, emulators or Docker are also ``slow``, so that
-# ``pytest -m "not slow"`` (unit and pipeline) is the fast path and CI runs everything.
+# ``pytest -m "not slow"`` (the folders that mirror the packages) is the fast path and CI runs everything.
 FOLDER_MARKERS = {
     "integration": ("integration", "slow"),
     "aws": ("aws", "slow"),

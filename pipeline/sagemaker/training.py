@@ -23,6 +23,11 @@ from typing import Any
 
 from genesig.artifact import extract_artifact
 from genesig.errors import GenesigError
+from genesig.pipeline.run import RunOptions
+from genesig.pipeline.sagemaker.aws import client
+from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, convert
+from genesig.pipeline.signature_set import host_name, train_shard, upload_results
+from genesig.pipeline.steps import PROVISIONAL_VERSION, cross_validate, load_prepared, train_model
 
 logger = logging.getLogger(__name__)
 CHANNEL = "prepared"
@@ -70,8 +75,6 @@ def run_training(paths: TrainingPaths) -> Path:
 
     The artifact is written as version 1: the RegisterModel job renumbers it to the version its model package gets
     (SageMaker assigns it when the package is created, the only moment it can be done without a race)."""
-    from genesig.pipeline.settings import TrainSettings, convert
-    from genesig.pipeline.steps import PROVISIONAL_VERSION, cross_validate, load_prepared, train_model
 
     config = convert(_hyperparameters(paths.hyperparameters), TrainSettings, label=lambda f: f"hyperparameter {f}")
     prepared = load_prepared(paths.channel)
@@ -87,10 +90,6 @@ def run_training(paths: TrainingPaths) -> Path:
 
 def run_set_training(paths: TrainingPaths) -> list[Any]:
     """This instance's shard of a signature-set run: trained, evaluated, gated and uploaded."""
-    from genesig.pipeline.run import RunOptions
-    from genesig.pipeline.sagemaker.aws import client
-    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, convert
-    from genesig.pipeline.signature_set import host_name, train_shard, upload_results
 
     hp = _hyperparameters(paths.hyperparameters)
     if not str(hp.get("output_uri", "")).startswith("s3://"):

@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from genesig.cli.options import add_arguments, from_arguments
 from genesig.errors import DataError
-from genesig.pipeline.settings import (
-    CohortSettings,
-    GateSettings,
-    TrainSettings,
-    add_arguments,
-    as_strings,
-    convert,
-    from_arguments,
-)
+from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, as_strings, convert
 
 
 def parser() -> argparse.ArgumentParser:

@@ -199,7 +199,7 @@ def test_a_permutation_is_cross_validated_exactly_as_the_run_cross_validates_per
     """The self-contained null is the metric with the outcome permuted and everything else as the real run does it:
     the permuted rows ride in the signature's own batch, on its folds, with the fold-fitted preprocessing and the
     nested penalty; each gives what the run's own cross-validation gives on the permuted data."""
-    from genesig.pipeline.validation import cross_validate, cross_validate_designs
+    from genesig.pipeline.validation import cross_validate_design, cross_validate_designs
 
     rng = np.random.default_rng(2)
     raw = rng.gamma(1.0, 5.0, size=(70, 4))
@@ -209,9 +209,9 @@ def test_a_permutation_is_cross_validated_exactly_as_the_run_cross_validates_per
     orders = permutation_rows(70, 3, seed=0, key="s")
     for target, t in (("binary", None), ("time_to_event", time)):
         batch = cross_validate_designs(np.stack([raw] + [raw[o] for o in orders]), event, t, target, config, 0)
-        assert batch[0] == cross_validate(raw, event, t, target, config, 0), "the signature itself: unchanged"
+        assert batch[0] == cross_validate_design(raw, event, t, target, config, 0), "the signature itself: unchanged"
         for order, permuted in zip(orders, batch[1:], strict=True):
-            alone = cross_validate(raw[order], event, t, target, config, 0)
+            alone = cross_validate_design(raw[order], event, t, target, config, 0)
             assert permuted == alone, "the same folds, preprocessing, penalties and metric as a run of its own"
             assert permuted.penalties == alone.penalties and len(set(permuted.penalties)) >= 1
 

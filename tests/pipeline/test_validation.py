@@ -8,7 +8,7 @@ from sklearn.model_selection import RepeatedStratifiedKFold
 
 from genesig.pipeline import validation
 from genesig.pipeline.settings import L2_GRID, TrainSettings
-from genesig.pipeline.validation import choose_penalty, cross_validate, plan_folds
+from genesig.pipeline.validation import choose_penalty, cross_validate_design, plan_folds
 
 
 def cohort(seed: int, n: int, genes: int, effect: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
@@ -53,7 +53,7 @@ def test_the_penalty_of_each_outer_fold_is_chosen_from_that_folds_fitting_rows_o
         assert np.array_equal(fit, fit_rows) and np.array_equal(score, score_rows)
         for inner_fit, inner_score in inner:
             assert set(inner_fit) | set(inner_score) == set(fit_rows) and not set(inner_score) & set(inner_fit)
-    result = cross_validate(raw, event, time, "time_to_event", config, seed=5)
+    result = cross_validate_design(raw, event, time, "time_to_event", config, seed=5)
     assert len(result.values) == len(result.penalties) == len(splits)
     for f, (fit_rows, _) in enumerate(splits):
         alone = choose_penalty(raw[fit_rows], event[fit_rows], time[fit_rows], "time_to_event", config, seed=5 + f)
@@ -63,8 +63,8 @@ def test_the_penalty_of_each_outer_fold_is_chosen_from_that_folds_fitting_rows_o
 
 def test_tuning_is_deterministic() -> None:
     raw, event, time, genes = cohort(4, 70, 8, 0.5)
-    a = cross_validate(raw, event, time, "time_to_event", TrainSettings(cv_repeats=2), seed=1)
-    b = cross_validate(raw, event, time, "time_to_event", TrainSettings(cv_repeats=2), seed=1)
+    a = cross_validate_design(raw, event, time, "time_to_event", TrainSettings(cv_repeats=2), seed=1)
+    b = cross_validate_design(raw, event, time, "time_to_event", TrainSettings(cv_repeats=2), seed=1)
     assert (a.values, a.penalties) == (b.values, b.penalties)
 
 
@@ -80,7 +80,7 @@ def test_the_pooled_metric_scores_each_repeats_out_of_fold_predictions_once(targ
     raw, event, time, genes = cohort(6, 90, 4, 0.6)
     times = time if target == "time_to_event" else None
     config = TrainSettings(cv_folds=3, cv_repeats=2, l2=1.0)
-    result = cross_validate(raw, event, times, target, config, seed=9)  # type: ignore[arg-type]
+    result = cross_validate_design(raw, event, times, target, config, seed=9)  # type: ignore[arg-type]
     assert len(result.pooled) == 2 and result.pooled_mean == pytest.approx(np.mean(result.pooled))
 
     expected = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from genesig.pipeline.entrypoints import GATE_FAILED_EXIT
+from genesig.cli.steps import GATE_FAILED_EXIT
 
 
 def step(*args: str | Path) -> subprocess.CompletedProcess[str]:

@@ -1,35 +1,23 @@
-"""The ``genesig`` command line: parse, dispatch, map errors to exit codes. Logic lives in the modules it calls."""
+"""The commands that run on this machine: the demo, run-local, the local registry and sync, the local multi-model
+endpoint, a synthetic cohort, the model server's self-check."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import re
 import shutil
-import sys
-import textwrap
-from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
+from genesig.cli.aws import add_aws_arguments
+from genesig.cli.options import add_arguments, from_arguments
 from genesig.errors import GenesigError
-from genesig.logs import configure_logging
-from genesig.pipeline.aws_commands import add_aws_arguments, add_aws_parsers
-from genesig.pipeline.entrypoints import add_step_parsers
+from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
 
 if TYPE_CHECKING:
     from genesig.pipeline.registry import Registry
 
 logger = logging.getLogger("genesig")
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from genesig.container.server import serve
-    from genesig.container.settings import read_settings
-
-    settings = read_settings(port=args.port, state_dir=args.state_dir, host=args.host)
-    configure_logging(settings.log_level)
-    return serve(settings)
 
 
 def _cmd_selfcheck(args: argparse.Namespace) -> int:
@@ -54,7 +42,6 @@ def _cmd_selfcheck(args: argparse.Namespace) -> int:
 
 def _run_options(args: argparse.Namespace) -> Any:
     from genesig.pipeline.run import RunOptions
-    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, from_arguments
 
     return RunOptions(
         data=args.data,
@@ -86,7 +73,7 @@ def open_registry(args: argparse.Namespace) -> Registry:
     """The registry a command works on, chosen here only: SageMaker's with ``--aws`` (or ``sync --prefix s3://``),
     else the local one in ``--workdir``."""
     if getattr(args, "aws", False) or getattr(args, "prefix", None):
-        from genesig.pipeline.aws_commands import sagemaker_registry
+        from genesig.cli.aws import sagemaker_registry
 
         return sagemaker_registry(args)
     from genesig.pipeline.registry import LocalRegistry
@@ -115,7 +102,7 @@ def _cmd_registry(args: argparse.Namespace) -> int:
         logger.info("%s v%d is now %s", package.group, package.version, package.approval_status)
         return 0
     if args.aws:
-        from genesig.pipeline.aws_commands import registry_aws
+        from genesig.cli.aws import registry_aws
 
         return registry_aws(args)
     from genesig.pipeline.registry import LocalRegistry
@@ -249,14 +236,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0 if result.predictions else 1
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
-    from genesig.pipeline.sagemaker.training import TrainingPaths, main
-
-    return main(TrainingPaths(args.root))
-
-
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, add_arguments
 
     parser.add_argument("--data", type=Path, required=True, help="cohort CSV/TSV/Parquet: id, genes, event [, time]")
     parser.add_argument("--signatures", type=Path, help="gene sets (.gmt or .json); default: the built-in metagenes")
@@ -281,41 +261,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that answers bad arguments with one line naming the problem and where to look (argparse's own
-    answer opens with the whole usage text, which buries the problem); subcommands inherit it."""
-
-    # The innermost parser that started parsing: argparse reports unrecognized arguments from the top parser, yet
-    # their help is the subcommand's.
-    innermost: OneLineParser | None = None
-
-    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
-        OneLineParser.innermost = self
-        return super().parse_known_args(args, namespace)
-
-    def error(self, message: str) -> NoReturn:
-        prog = self.prog
-        if message.startswith("unrecognized arguments") and OneLineParser.innermost is not None:
-            prog = OneLineParser.innermost.prog
-        self.exit(2, f"{prog}: {message}; see `{prog} --help`\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
-        prog="genesig",
-        description="Train, gate, register and serve one cancer-survival model per gene signature, every signature "
-        "behind one SageMaker multi-model endpoint. Start with `genesig demo`; `genesig COMMAND --help` for each "
-        "command.",
-    )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = sub.add_parser("serve", help="run the MME model server (the image's entry point)")
-    serve.add_argument("--port", type=int, help="public port (default: SAGEMAKER_BIND_TO_PORT or 8080)")
-    serve.add_argument("--host", help="bind address (default 0.0.0.0)")
-    serve.add_argument("--state-dir", help="folder for config, logs and sockets (default /tmp/genesig-serve)")
-    serve.set_defaults(func=_cmd_serve)
-
+def add_local_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """The commands that run on this machine, into ``sub``."""
     check = sub.add_parser("selfcheck", help="check a model server end to end (starts one unless --url is given)")
     check.add_argument("--url", help="a running server, e.g. http://127.0.0.1:8080")
     check.add_argument(
@@ -341,30 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_aws_arguments(sync_cmd)
     sync_cmd.set_defaults(func=_cmd_sync)
 
-    registry = sub.add_parser("registry", help="the local model registry: list, describe, approve, reject")
-    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
-    listing = registry_sub.add_parser("list")
-    listing.add_argument("--group", help="one signature's package group")
-    for verb in ("describe", "approve", "reject"):
-        cmd = registry_sub.add_parser(verb)
-        cmd.add_argument("group", nargs="?" if verb == "approve" else None, help="a signature, or its package group")
-        cmd.add_argument("version", type=int, nargs="?" if verb == "approve" else None)
-        if verb != "describe":
-            cmd.add_argument("--reason", default="", help="recorded in the package's status history")
-        if verb == "approve":
-            cmd.add_argument(
-                "--from-report",
-                metavar="REPORT",
-                help="with --aws: a signature-set run's report.json (a file or s3:// URI); approves the registered "
-                "signatures that --where selects",
-            )
-            cmd.add_argument("--where", help='the rule, e.g. "cv_lower >= 0.6 and test >= 0.6" (fields of the report)')
-            cmd.add_argument("--dry-run", action="store_true", help="with --from-report: list what would be approved")
-    for cmd in (listing, *(registry_sub.choices[v] for v in ("describe", "approve", "reject"))):
-        cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"))
-        cmd.add_argument("--aws", action="store_true", help="the SageMaker Model Registry instead of the local one")
-        add_aws_arguments(cmd)
-    registry.set_defaults(func=_cmd_registry)
+    _add_registry_parser(sub)
 
     synth = sub.add_parser("synth", help="write a seeded synthetic cohort with planted effects")
     synth.add_argument("--out", type=Path, required=True)
@@ -415,86 +339,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     local.set_defaults(func=_cmd_local_endpoint)
 
-    train = sub.add_parser("train", help="SageMaker training-job entry (the image runs `train`): /opt/ml in, out")
-    train.add_argument("--root", type=Path, default=Path("/opt/ml"), help=argparse.SUPPRESS)
-    train.set_defaults(func=_cmd_train)
 
-    add_aws_parsers(sub)
-    add_step_parsers(sub)
-    _group_commands(parser, sub)
-    return parser
-
-
-# `genesig --help` lists the commands by what they are for, each once.
-COMMAND_GROUPS = {
-    "getting started": ("demo", "synth"),
-    "on this machine": ("run-local", "registry", "sync", "local-endpoint", "selfcheck"),
-    "on AWS": ("pipeline", "endpoint", "predict"),
-    "image and job entry points": ("serve", "train", "step"),
-}
-
-
-def _group_commands(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """The commands under ``COMMAND_GROUPS``' headings in the epilog, instead of argparse's one flat list."""
-    helps = {action.dest: action.help or "" for action in sub._choices_actions}
-    grouped = [name for names in COMMAND_GROUPS.values() for name in names]
-    if sorted(grouped) != sorted(helps):
-        raise AssertionError(f"COMMAND_GROUPS must list every command once: {sorted(set(helps) ^ set(grouped))}")
-    width = max(map(len, helps)) + 2
-    lines = []
-    for heading, names in COMMAND_GROUPS.items():
-        lines.append(f"{heading}:")
-        lines += [f"  {name.ljust(width)}{helps[name]}" for name in names]
-    lines += [
-        "",
-        "exit codes: 0 done (a gate miss included), 1 failed, 2 usage or input error, 3 `step gate`: not passed,",
-        "130 interrupted",
-    ]
-    parser.epilog = "\n".join(lines)
-    parser.description = textwrap.fill(parser.description or "", 100)
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    sub.help = "one of the commands below"
-    sub._choices_actions.clear()  # listed by group in the epilog instead
-
-
-# Which set-up provides a module a command imports late (scripts/bootstrap.sh's modes, pyproject's extras).
-EXTRA_OF_MODULE = {
-    "sagemaker": "pipeline",
-    "boto3": "pipeline",
-    "botocore": "pipeline",
-    **dict.fromkeys(("torch", "pandas", "pyarrow", "sklearn", "scipy", "matplotlib", "rich", "threadpoolctl"), "train"),
-    **dict.fromkeys(("mms", "sagemaker_inference", "aiohttp", "uvloop", "psutil"), "serve"),
-}
-
-
-def missing_extra_message(exc: ImportError) -> str:
-    """One line for a command whose extra is not installed (or broken): which one, and how to install it."""
-    named = exc.name or (re.findall(r"No module named '([^']+)'", str(exc)) or [""])[0]
-    module = named.split(".")[0]
-    extra = EXTRA_OF_MODULE.get(module)
-    if extra is None:
-        return f"{exc}: the installation is incomplete; run scripts/bootstrap.sh dev (or reinstall genesig-mme)"
-    return (
-        f"this command needs the `{extra}` set-up ({module} is not installed): run scripts/bootstrap.sh {extra}, "
-        f"or pip install 'genesig-mme[{extra}]'"
-    )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level.upper())
-    try:
-        return int(args.func(args))
-    except GenesigError as exc:
-        logger.error("%s", exc.message)
-        return 2
-    except ImportError as exc:
-        logger.error("%s", missing_extra_message(exc))
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def _add_registry_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """``registry``: list, describe, approve, reject (local, or SageMaker's with --aws)."""
+    registry = sub.add_parser("registry", help="the local model registry: list, describe, approve, reject")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
+    listing = registry_sub.add_parser("list")
+    listing.add_argument("--group", help="one signature's package group")
+    for verb in ("describe", "approve", "reject"):
+        cmd = registry_sub.add_parser(verb)
+        cmd.add_argument("group", nargs="?" if verb == "approve" else None, help="a signature, or its package group")
+        cmd.add_argument("version", type=int, nargs="?" if verb == "approve" else None)
+        if verb != "describe":
+            cmd.add_argument("--reason", default="", help="recorded in the package's status history")
+        if verb == "approve":
+            cmd.add_argument(
+                "--from-report",
+                metavar="REPORT",
+                help="with --aws: a signature-set run's report.json (a file or s3:// URI); approves the registered "
+                "signatures that --where selects",
+            )
+            cmd.add_argument("--where", help='the rule, e.g. "cv_lower >= 0.6 and test >= 0.6" (fields of the report)')
+            cmd.add_argument("--dry-run", action="store_true", help="with --from-report: list what would be approved")
+    for cmd in (listing, *(registry_sub.choices[v] for v in ("describe", "approve", "reject"))):
+        cmd.add_argument("--workdir", type=Path, default=Path("genesig-work"))
+        cmd.add_argument("--aws", action="store_true", help="the SageMaker Model Registry instead of the local one")
+        add_aws_arguments(cmd)
+    registry.set_defaults(func=_cmd_registry)

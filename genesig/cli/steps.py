@@ -12,7 +12,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from genesig.cli.options import add_arguments, from_arguments
 from genesig.errors import DataError
+from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
 GATE_FAILED_EXIT = 3
@@ -39,7 +41,6 @@ def _model_file(path: Path) -> Path:
 def _preprocess(args: argparse.Namespace) -> int:
     from genesig.pipeline.cohort import columns_of, read_cohort
     from genesig.pipeline.run import load_signatures
-    from genesig.pipeline.settings import CohortSettings, TrainSettings, from_arguments
     from genesig.pipeline.signatures import match, select
     from genesig.pipeline.steps import preprocess, save_prepared
 
@@ -61,7 +62,6 @@ def _preprocess(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from genesig.pipeline.settings import TrainSettings, from_arguments
     from genesig.pipeline.steps import PROVISIONAL_VERSION, cross_validate, load_prepared, train_model
 
     prepared = load_prepared(args.prepared)
@@ -73,7 +73,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from genesig.pipeline.settings import GateSettings, from_arguments
     from genesig.pipeline.steps import evaluate, load_prepared
 
     evaluation = evaluate(
@@ -92,7 +91,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _gate(args: argparse.Namespace) -> int:
-    from genesig.pipeline.settings import GateSettings, from_arguments
     from genesig.pipeline.steps import lone_verdict, write_gate
 
     evaluation = _read_evaluation(args.evaluation)
@@ -189,7 +187,6 @@ def _register_sagemaker(args: argparse.Namespace) -> int:
 
 
 def _prepare_set(args: argparse.Namespace) -> int:
-    from genesig.pipeline.settings import CohortSettings, GateSettings, from_arguments
     from genesig.pipeline.signature_set import prepare_set
 
     prepare_set(
@@ -203,7 +200,6 @@ def _register_set(args: argparse.Namespace) -> int:
     """The signature-set run's RegisterSignatures job: the report, registrations and (when Approved) deployments."""
     from genesig.pipeline.results import RunReport
     from genesig.pipeline.sagemaker import aws
-    from genesig.pipeline.settings import GateSettings, from_arguments
     from genesig.pipeline.signature_set import REPORT_STEM, collect, register_passing
 
     gate = from_arguments(args, GateSettings)
@@ -247,7 +243,6 @@ def _read_evaluation(path: Path) -> dict[str, Any]:
 
 
 def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings, add_arguments
 
     step = sub.add_parser("step", help="run one pipeline step with explicit folders")
     steps = step.add_subparsers(dest="step", required=True, metavar="STEP")

@@ -387,8 +387,13 @@ def add_aws_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from genesig.pipeline.sagemaker.plan import Assumptions
+    """The AWS commands, into ``sub``: ``pipeline`` (its verbs), ``endpoint`` and ``predict``."""
+    _add_pipeline_parsers(sub)
+    _add_endpoint_parser(sub)
+    _add_predict_parser(sub)
 
+
+def _add_pipeline_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     pipeline = sub.add_parser("pipeline", help="the SageMaker Pipeline: definition, upsert, start, start-all, status")
     verbs = pipeline.add_subparsers(dest="pipeline_command", required=True)
     for verb, func, text in (
@@ -426,50 +431,9 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
         if verb in ("start-set", "plan", "run-here"):
             cmd.add_argument("--shards", type=int, default=4, help="training instances of the signature-set run (4)")
         if verb == "plan":
-            cmd.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json); default: built-in metagenes")
-            cmd.add_argument("--json", action="store_true", help="print the estimate as JSON, one object per design")
-            a = Assumptions()
-            cmd.add_argument("--processing-startup-minutes", type=float, default=a.processing_startup_minutes)
-            cmd.add_argument("--training-startup-minutes", type=float, default=a.training_startup_minutes)
-            cmd.add_argument("--seconds-per-signature", type=float, default=a.seconds_per_signature)
-            cmd.add_argument("--pass-rate", type=float, default=a.pass_rate, help="share of signatures that pass")
-            cmd.add_argument(
-                "--permutations", type=int, default=a.permutations, help="the gate's outcome permutations (0: off)"
-            )
-            cmd.add_argument("--seconds-per-permutation", type=float, default=a.seconds_per_permutation)
-            cmd.add_argument(
-                "--competitive", choices=("report", "gate", "off"), default="report",
-                help="the competitive test (random gene sets): report, gate or off",
-            )  # fmt: skip
-            cmd.add_argument(
-                "--random-sets", type=int, default=a.random_sets, help="random sets in the run (at least 20 per size)"
-            )
-            cmd.add_argument(
-                "--price-per-hour",
-                type=float,
-                default=a.price_per_instance_hour,
-                help="USD per instance-hour (default: ml.m5.large on demand, us-east-1)",
-            )
-            cmd.add_argument(
-                "--max-parallel",
-                type=int,
-                default=a.max_parallel,
-                help="one execution per signature: executions at once",
-            )
+            _add_plan_arguments(cmd)
         if verb == "run-here":
-            cmd.add_argument("--execution-arn", help="an execution already started (default: start one here)")
-            cmd.add_argument(
-                "--signature", help="start the one-signature pipeline for this signature instead of a set run"
-            )
-            cmd.add_argument(
-                "--docker",
-                action=argparse.BooleanOptionalAction,
-                default=True,
-                help="run jobs in their image with Docker (default), or in this Python environment",
-            )
-            cmd.add_argument(
-                "--workdir", type=Path, default=Path("genesig-pipeline-runs"), help="jobs' /opt/ml folders"
-            )
+            _add_run_here_arguments(cmd)
         if verb in ("start", "start-all", "start-set", "run-here"):
             cmd.add_argument(
                 "--param",
@@ -490,6 +454,56 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             cmd.add_argument("--watch", action="store_true", help="keep the table up to date until all have finished")
         cmd.set_defaults(func=func)
 
+
+def _add_plan_arguments(cmd: argparse.ArgumentParser) -> None:
+    """``pipeline plan``'s assumptions, each with its default."""
+    from genesig.pipeline.sagemaker.plan import Assumptions
+
+    cmd.add_argument("--signatures", type=Path, help="gene sets (.gmt/.json); default: built-in metagenes")
+    cmd.add_argument("--json", action="store_true", help="print the estimate as JSON, one object per design")
+    a = Assumptions()
+    cmd.add_argument("--processing-startup-minutes", type=float, default=a.processing_startup_minutes)
+    cmd.add_argument("--training-startup-minutes", type=float, default=a.training_startup_minutes)
+    cmd.add_argument("--seconds-per-signature", type=float, default=a.seconds_per_signature)
+    cmd.add_argument("--pass-rate", type=float, default=a.pass_rate, help="share of signatures that pass")
+    cmd.add_argument(
+        "--permutations", type=int, default=a.permutations, help="the gate's outcome permutations (0: off)"
+    )
+    cmd.add_argument("--seconds-per-permutation", type=float, default=a.seconds_per_permutation)
+    cmd.add_argument(
+        "--competitive", choices=("report", "gate", "off"), default="report",
+        help="the competitive test (random gene sets): report, gate or off",
+    )  # fmt: skip
+    cmd.add_argument(
+        "--random-sets", type=int, default=a.random_sets, help="random sets in the run (at least 20 per size)"
+    )
+    cmd.add_argument(
+        "--price-per-hour",
+        type=float,
+        default=a.price_per_instance_hour,
+        help="USD per instance-hour (default: ml.m5.large on demand, us-east-1)",
+    )
+    cmd.add_argument(
+        "--max-parallel",
+        type=int,
+        default=a.max_parallel,
+        help="one execution per signature: executions at once",
+    )
+
+
+def _add_run_here_arguments(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--execution-arn", help="an execution already started (default: start one here)")
+    cmd.add_argument("--signature", help="start the one-signature pipeline for this signature instead of a set run")
+    cmd.add_argument(
+        "--docker",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run jobs in their image with Docker (default), or in this Python environment",
+    )
+    cmd.add_argument("--workdir", type=Path, default=Path("genesig-pipeline-runs"), help="jobs' /opt/ml folders")
+
+
+def _add_endpoint_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     endpoint = sub.add_parser("endpoint", help="the multi-model endpoint: create, update, delete")
     endpoint_verbs = endpoint.add_subparsers(dest="endpoint_command", required=True)
     for verb in ("create", "update", "delete"):
@@ -505,6 +519,8 @@ def add_aws_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
             cmd.add_argument("--poll-seconds", type=float, default=30.0)
         cmd.set_defaults(func=_endpoint)
 
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     predict = sub.add_parser("predict", help="invoke the endpoint with TargetModel for one signature")
     predict.add_argument("--signature", help="resolved to its latest Approved artifact name")
     predict.add_argument("--version", type=int, help="an explicit model version instead of the latest Approved")

@@ -66,8 +66,8 @@ def test_models_unloaded_to_make_room_leave_the_disk_at_once(tmp_path: Path) -> 
             for target in targets:
                 response = await endpoint.invoke(target, b"", "text/csv", None)
                 assert response.status == 200, target
-            extracted = {p.parent.name for p in endpoint.cache_dir.glob("*/model")}
-            return list(endpoint.loaded), extracted, dict(endpoint.on_disk)
+            extracted = {p.parent.name for p in endpoint.cache.folder.glob("*/model")}
+            return list(endpoint.loader.loaded), extracted, dict(endpoint.cache.on_disk)
         finally:
             await endpoint.close()
             await runner.cleanup()

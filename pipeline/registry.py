@@ -31,6 +31,7 @@ from genesig.artifact.manifest import model_identity
 from genesig.artifact.package import publish_bytes, remove_stale_partials, sha256_file, with_version
 from genesig.errors import Conflict, DataError, GenesigError, ModelNotFound
 from genesig.pipeline.results import SignatureResult
+from genesig.pipeline.sagemaker.names import artifact_name
 
 logger = logging.getLogger(__name__)
 
@@ -108,12 +109,12 @@ def register_and_deploy(
     registration; a failure is this signature's ("error"), never the run's."""
     try:
         package = registry.register(artifact, evaluation, approval_status=approval_status)
-        deployed = registry.deploy(package, prefix) if prefix and package.approval_status == "Approved" else None
-    except GenesigError as exc:
-        logger.warning("signature %s: registration failed: %s", result.signature, exc.message)
-        return result.failed(f"registration failed: {exc.message}")
+    except (GenesigError, OSError, ValueError) as exc:
+        message = exc.message if isinstance(exc, GenesigError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("signature %s: registration failed: %s", result.signature, message)
+        return result.failed(f"registration failed: {message}")
     unchanged = f"; unchanged since version {package.version}, not registered again"
-    return replace(
+    registered = replace(
         result,
         reason=result.reason + ("" if package.created else unchanged),
         group=package.group,
@@ -121,8 +122,19 @@ def register_and_deploy(
         approval_status=package.approval_status,
         package_arn=package.package_arn,
         registered="registered" if package.created else "unchanged",
-        deployed=deployed.name if deployed else "",
     )
+    if not prefix or package.approval_status != "Approved":
+        return registered
+    try:
+        deployment = registry.deploy(package, prefix)
+    except (GenesigError, OSError) as exc:
+        message = exc.message if isinstance(exc, GenesigError) else f"{type(exc).__name__}: {exc}"
+        logger.warning("signature %s: registered, deploy failed: %s", result.signature, message)
+        # Registered all the same: the registration stays on the row, `genesig sync` deploys it once fixed.
+        return registered.failed(f"registered as version {package.version}, deploy failed: {message}")
+    if deployment.action == "failed":
+        return registered.failed(f"registered as version {package.version}, deploy failed: {deployment.reason}")
+    return replace(registered, deployed=deployment.name)
 
 
 class DeployRefused(GenesigError):
@@ -259,7 +271,8 @@ class LocalRegistry:
         return replace(package.registration(), created=True)
 
     def approve(self, group: str, version: int, status: str, reason: str = "") -> Registration:
-        return self.update_approval_status(group, version, status, reason).registration()  # type: ignore[arg-type]
+        """``group``: a group, or the signature whose artifact name names it."""
+        return self.update_approval_status(artifact_name(group), version, status, reason).registration()  # type: ignore[arg-type]
 
     def groups(self) -> list[str]:
         if not self.root.is_dir():
@@ -339,8 +352,13 @@ class LocalRegistry:
         deployments = []
         for group in self.groups():
             package = self.latest_approved(group)
-            if package is not None:
+            if package is None:
+                continue
+            try:
                 deployments.append(self.deploy(package, folder))
+            except GenesigError as exc:  # one group's failure is that group's; the others go on
+                logger.warning("sync of %s failed: %s", group, exc.message)
+                deployments.append(Deployment(group, package.version, "", "failed", exc.message))
         return deployments
 
 

@@ -152,6 +152,7 @@ class SignatureResult:
             "registered": self.registered,
             "deployed": self.deployed,
             "report": self.report,
+            "seconds": round(self.seconds, 2),
         }
 
     def to_json(self) -> dict[str, Any]:
@@ -201,9 +202,12 @@ def judge(
     null: PermutationNull | None = None
     contained = "off: the threshold alone decides (--permutations 0)"
     if gate.permutations:
-        null = PermutationNull((len(r.genes), v) for r in results if r.evaluated for v in r.permuted)
-        contained = null.describe(sum(evaluated))
-        for r, done in zip(tested, evaluated, strict=True):
+        pooled = [r.evaluated and r.cv_pooled is not None for r in results]
+        null = PermutationNull(
+            (len(r.genes), v) for r, ok in zip(results, pooled, strict=True) if ok for v in r.permuted
+        )
+        contained = null.describe(sum(pooled))
+        for r, done in zip(tested, pooled, strict=True):
             if done:
                 r.p_value, r.permutations = null.p_value(r.cv_pooled or 0.0, len(r.genes)), null.draws
     competitive = "off (--competitive off)"
@@ -271,6 +275,9 @@ class RunReport:
     results: list[SignatureResult]
     nulls: RunNulls
     context: dict[str, str] = field(default_factory=dict)
+    # The gate's settings this run was given (all of them, unless named: the set run's RegisterSignatures is given
+    # only the run-wide ones; the threshold was applied by the training instances).
+    gate_fields: tuple[str, ...] = ()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -280,7 +287,7 @@ class RunReport:
     def to_json(self) -> dict[str, Any]:
         run = {
             **self.context,
-            **msgspec.structs.asdict(self.gate),
+            **{k: v for k, v in msgspec.structs.asdict(self.gate).items() if k in (self.gate_fields or (k,))},
             "self_contained_null": self.nulls.self_contained,
             "competitive_null": self.nulls.competitive,
             "counts": self.counts,

@@ -331,7 +331,13 @@ def run_local(
     approval = "Approved" if options.approve else "PendingManualApproval"
     for i, result in enumerate(results):
         if result.passed:
-            evaluation = json.loads((Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE).read_text())
+            try:
+                evaluation = json.loads(
+                    (Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE).read_text()
+                )
+            except (OSError, ValueError) as exc:
+                results[i] = result.failed(f"registration failed: its evaluation cannot be read ({exc})")
+                continue
             results[i] = register_and_deploy(
                 registry, result, Path(result.artifact), evaluation, approval_status=approval,
                 prefix=str(options.workdir / "mme-prefix"),

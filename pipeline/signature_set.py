@@ -222,6 +222,14 @@ def train_shard(
     options = RunOptions(**{**options.__dict__, "workdir": work})
     # Reports are drawn here, with the threshold's verdict (RegisterSignatures registers, it does not draw).
     results = evaluate_all(options, cohort, shard.signatures, permutations=shard.permutations, draw=True)
+    # Where the report and the artifact are under the run's results prefix (this instance's folder goes with it).
+    results = [
+        replace(
+            r, report=str(Path(r.report).relative_to(work)) if r.report else "",
+            artifact=str(Path(r.artifact).relative_to(work)) if r.artifact else "",
+        )
+        for r in results
+    ]  # fmt: skip
     if options.gate.competitive != "off" and shard.competitive_sizes:
         # This instance's share of the run's competitive sizes (PrepareSignatureSet dealt them); RegisterSignatures
         # computes every signature's p over all of them, so a p does not depend on the shards.

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         "behind one SageMaker multi-model endpoint. Start with `genesig demo`; `genesig COMMAND --help` for each "
         "command.",
     )
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument(
+        "--log-level", default="INFO", type=str.upper, choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="DEBUG, INFO, WARNING or ERROR (default INFO)",
+    )  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_local_parsers(sub)
     add_aws_parsers(sub)

@@ -271,7 +271,7 @@ def _approve_from_report(args: argparse.Namespace) -> int:
     from genesig.presentation import render_approvals
 
     if args.registry_command != "approve":
-        raise DataError("--from-report goes with `registry approve` (or `registry reject`)")
+        raise DataError("--from-report goes with `registry approve`")
     rule = parse_rule(args.where)
     sm, s3 = _clients(args, "sagemaker", "s3")
     decisions = approve_by_rule(sm, read_report(args.from_report, s3), rule, reason=args.reason, dry_run=args.dry_run)

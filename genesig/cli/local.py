@@ -342,7 +342,9 @@ def add_local_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def _add_registry_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """``registry``: list, describe, approve, reject (local, or SageMaker's with --aws)."""
-    registry = sub.add_parser("registry", help="the local model registry: list, describe, approve, reject")
+    registry = sub.add_parser(
+        "registry", help="the model registry (local, or SageMaker's with --aws): list, describe, approve, reject"
+    )
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
     listing = registry_sub.add_parser("list")
     listing.add_argument("--group", help="one signature's package group")

@@ -215,7 +215,9 @@ def _register_set(args: argparse.Namespace) -> int:
         mme_prefix=args.mme_prefix,
         nulls=nulls,
     )
-    report = RunReport(gate, results, nulls, context={"approval_status": args.approval_status})
+    report = RunReport(
+        gate, results, nulls, context={"approval_status": args.approval_status}, gate_fields=("fdr", *SET_GATE)
+    )
     report.write(args.out, REPORT_STEM)
     counts = report.counts
     held = sorted(((n, k) for k, n in counts.items() if k != "passed"), reverse=True)

@@ -33,7 +33,7 @@ class EndpointError(GenesigError):
 
 def unreachable(exc: GenesigError) -> EndpointError:
     """The model server did not answer: SageMaker's 503."""
-    return EndpointError(503, "ServiceUnavailable", f"model server unreachable: {exc.message}")
+    return EndpointError(503, "ServiceUnavailable", exc.message)
 
 
 def error_message(body: bytes) -> str:

@@ -23,7 +23,7 @@ from genesig.artifact import read_artifact
 from genesig.artifact.manifest import model_identity
 from genesig.artifact.package import with_version
 from genesig.errors import Conflict, DataError, GenesigError, ModelNotFound
-from genesig.pipeline.registry import Deployment, Registration
+from genesig.pipeline.registry import APPROVAL_STATUSES, Deployment, Registration
 from genesig.pipeline.sagemaker.aws import (
     AwsNotFound,
     call,
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 ARTIFACT_FILE_KEY = "genesig:artifact-file"
 ARTIFACT_SHA256_KEY = "genesig:artifact-sha256"
 MODEL_IDENTITY_KEY = "genesig:model-identity"
-APPROVAL_STATUSES = ("PendingManualApproval", "Approved", "Rejected")
 CONTENT_TYPES = ["application/json", "text/csv"]
 REGISTER_ATTEMPTS = 5
 SYNC_WORKERS = 8

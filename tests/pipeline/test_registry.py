@@ -201,3 +201,22 @@ def test_register_and_deploy_records_the_registration_on_the_result(
     failed = register_and_deploy(registry, passed, broken, evaluation, approval_status="Approved", prefix=prefix)
     assert failed.outcome == "error" and failed.reason.startswith("registration failed: ")
     assert passed.outcome == "passed" and passed.version is None, "the result given is not changed"
+    # Registered, but its name in the prefix holds other bytes: an error that keeps the registration on the row.
+    other = make_archive("metagene_19", version=2, seed=7)
+    (tmp_path / "mme" / "metagene_19-v2.tar.gz").write_bytes(b"someone else's bytes")
+    clash = register_and_deploy(registry, passed, other, evaluation, approval_status="Approved", prefix=prefix)
+    assert (clash.outcome, clash.version, clash.registered, clash.deployed) == ("error", 2, "registered", "")
+    assert clash.reason.startswith("registered as version 2, deploy failed: ") and "never overwritten" in clash.reason
+
+
+def test_sync_reports_a_group_that_fails_and_deploys_the_others(
+    registry: LocalRegistry, make_archive: Callable[..., Path], tmp_path: Path
+) -> None:
+    register(registry, make_archive, "metagene_19", approval_status="Approved")
+    register(registry, make_archive, "metagene_3", approval_status="Approved")
+    prefix = tmp_path / "mme"
+    prefix.mkdir()
+    (prefix / "metagene_19-v1.tar.gz").write_bytes(b"someone else's bytes")
+    deployments = {d.group: d for d in registry.sync(prefix)}
+    assert deployments["metagene_19"].action == "failed" and "never overwritten" in deployments["metagene_19"].reason
+    assert deployments["metagene_3"].action == "deployed"

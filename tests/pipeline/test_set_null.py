@@ -128,7 +128,11 @@ def test_the_verdict_is_returned_and_the_set_runs_report_has_run_locals_columns(
     decided, nulls = judge(rows, GateSettings(competitive="off"))
     assert [r.to_json() for r in rows] == before, "the results given are not changed"
     assert all(r.p_value is not None for r in decided) and all(r.p_value is None for r in rows)
-    doc = RunReport(GateSettings(), decided, nulls, context={"approval_status": "Approved"}).write(tmp_path, "report")
+    set_run = ("fdr", "permutations", "competitive", "random_sets")  # what RegisterSignatures is given
+    doc = RunReport(GateSettings(), decided, nulls, context={"approval_status": "Approved"}, gate_fields=set_run).write(
+        tmp_path, "report"
+    )
+    assert set(set_run) <= doc["run"].keys() and "threshold" not in doc["run"], "no setting the run was not given"
     header = (tmp_path / "report.csv").read_text().splitlines()[0].split(",")
     assert tuple(header) == ROW_COLUMNS == tuple(doc["signatures"][0])
     assert doc["run"]["approval_status"] == "Approved" and sum(doc["run"]["counts"].values()) == 6

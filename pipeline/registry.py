@@ -30,6 +30,7 @@ from genesig.artifact import Manifest, read_artifact
 from genesig.artifact.manifest import model_identity
 from genesig.artifact.package import publish_bytes, remove_stale_partials, sha256_file, with_version
 from genesig.errors import Conflict, DataError, GenesigError, ModelNotFound
+from genesig.pipeline.evaluation import Evaluation
 from genesig.pipeline.results import SignatureResult
 from genesig.pipeline.sagemaker.names import artifact_name
 
@@ -37,7 +38,6 @@ logger = logging.getLogger(__name__)
 
 ApprovalStatus = Literal["PendingManualApproval", "Approved", "Rejected"]
 # The parts of evaluation.json a package records as its metrics.
-REGISTERED_METRICS = ("metric", "cross_validation", "test", "risk_groups", "significance")
 APPROVAL_STATUSES: tuple[str, ...] = ("PendingManualApproval", "Approved", "Rejected")
 DeployAction = Literal["deployed", "already there", "skipped", "failed"]
 
@@ -73,7 +73,7 @@ class Deployment:
 class Registry(Protocol):
     """What a run needs of a model registry (local: :class:`LocalRegistry`; SageMaker: ``SageMakerRegistry``)."""
 
-    def register(self, artifact: Path, evaluation: dict[str, Any], *, approval_status: str) -> Registration:
+    def register(self, artifact: Path, evaluation: Evaluation, *, approval_status: str) -> Registration:
         """The gated model as its signature's next version, unless the latest version is the same model (then that
         one, ``created`` False)."""
         ...
@@ -99,7 +99,7 @@ def register_and_deploy(
     registry: Registry,
     result: SignatureResult,
     artifact: Path,
-    evaluation: dict[str, Any],
+    evaluation: Evaluation,
     *,
     approval_status: str,
     prefix: str | None,
@@ -250,7 +250,7 @@ class LocalRegistry:
             return package
 
     def register(
-        self, artifact: Path, evaluation: dict[str, Any], *, approval_status: str, group: str | None = None
+        self, artifact: Path, evaluation: Evaluation, *, approval_status: str, group: str | None = None
     ) -> Registration:
         """A gated model as its group's next version (the group: its artifact name, unless ``group`` names another),
         unless it is the model of the latest version (same weights, genes, preprocessing and training data): then
@@ -264,9 +264,9 @@ class LocalRegistry:
         package = self.create_model_package(
             group,
             artifact,
-            metrics={k: evaluation[k] for k in REGISTERED_METRICS if k in evaluation},
+            metrics=evaluation.registered_metrics(),
             approval_status=approval_status,  # type: ignore[arg-type]  # checked there
-            description=f"signature {manifest.signature.name}; {evaluation.get('gate', {}).get('reason', '')}",
+            description=f"signature {manifest.signature.name}; {evaluation.decided.reason}",
         )
         return replace(package.registration(), created=True)
 

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import scipy.stats
+
+from genesig.pipeline.evaluation import REPORT_FILE, Evaluation
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -30,7 +32,6 @@ if TYPE_CHECKING:
     from genesig.pipeline.results import RunNulls, SignatureResult
     from genesig.pipeline.significance import SizeNull
 
-REPORT_FILE = "report.png"
 RUN_PLOT_FILE = "significance.png"
 GROUP_COLOURS = {"low": "#1b7837", "high": "#b2182b"}
 # significance.png names this many passing signatures (the best first), each cut to LABEL_CHARS characters.
@@ -138,57 +139,50 @@ def _kaplan_meier_panel(fig: Figure, ax: Axes, table: pd.DataFrame, time_column:
     return "log-rank p = n/a" if p is None else f"log-rank p = {p:.2g}"
 
 
-def write_report(evaluation: dict[str, Any], table: pd.DataFrame, out_dir: Path) -> Path:
+def write_report(evaluation: Evaluation, table: pd.DataFrame, out_dir: Path) -> Path:
     """``report.png`` for one signature from its evaluation and held-out predictions (see the module's docstring)."""
     fig = _figure(11, 5.8)
     # Time-to-event leaves room under the axes for the numbers at risk.
-    ax = fig.add_axes((0.09, 0.12, 0.50, 0.77) if evaluation["target"] == "binary" else (0.09, 0.34, 0.50, 0.55))
-    metric = evaluation["metric"]
-    label = "AUC" if metric == "auc" else "C-index"
-    test = evaluation["test"]
-    event_column = evaluation.get("event_column", "SurvivalStatus")
-    if evaluation["target"] == "binary":
-        fpr, tpr = roc_points(table[event_column].to_numpy() == 1, table[evaluation["output"]].to_numpy(dtype=float))
-        ax.step(fpr, tpr, where="post", linewidth=2, label=f"model, AUC {test['value']:.3f}")
+    ax = fig.add_axes((0.09, 0.12, 0.50, 0.77) if evaluation.target == "binary" else (0.09, 0.34, 0.50, 0.55))
+    label = "AUC" if evaluation.metric == "auc" else "C-index"
+    event_column = evaluation.event_column
+    if evaluation.target == "binary":
+        fpr, tpr = roc_points(table[event_column].to_numpy() == 1, table[evaluation.output].to_numpy(dtype=float))
+        ax.step(fpr, tpr, where="post", linewidth=2, label=f"model, AUC {evaluation.test.value:.3f}")
         ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance, AUC 0.5")
         ax.set_xlabel("false positive rate")
         ax.set_ylabel("true positive rate")
         ax.set_title("ROC, held-out patients", fontsize=12)
     else:
-        logrank = _kaplan_meier_panel(fig, ax, table, evaluation["time_column"], event_column)
+        logrank = _kaplan_meier_panel(fig, ax, table, evaluation.time_column, event_column)
         ax.plot([], [], linestyle="none", label=logrank)
         ax.plot([], [], linestyle="none", marker="|", color="black", label="censored")
         ax.set_title("Kaplan-Meier by predicted risk group, held-out patients", fontsize=12)
     ax.legend(fontsize=10, loc="best")  # over the fewest points: it must not hide a curve
     ax.tick_params(labelsize=10)
-    fig.suptitle(_short(evaluation["signature"]), fontsize=14, weight="bold", x=0.09, ha="left")
+    fig.suptitle(_short(evaluation.signature), fontsize=14, weight="bold", x=0.09, ha="left")
     fig.text(0.64, 0.88, panel_text(evaluation, label), va="top", ha="left", fontsize=11, family="monospace")
     path = out_dir / REPORT_FILE
     fig.savefig(path)
     return path
 
 
-def panel_text(evaluation: dict[str, Any], label: str) -> str:
+def panel_text(evaluation: Evaluation, label: str) -> str:
     """The report's right-hand panel: what the gate saw, in the order a reader checks it."""
-    cv = evaluation["cross_validation"]
-    low, high = cv["interval"]
-    test = evaluation["test"]
-    model = evaluation.get("model", {})
-    significance = evaluation.get("significance") or {}
-    gate = evaluation["gate"]
-    genes = len(evaluation["genes"])
+    cv, test, model = evaluation.cross_validation, evaluation.test, evaluation.model
+    low, high = cv.interval
+    significance = evaluation.significance or {}
+    gate = evaluation.decided
+    genes = len(evaluation.genes)
     rows = [
-        (f"CV {label}", f"{cv['mean']:.3f}  [{low:.3f}, {high:.3f}]"),
-        (f"held-out {label}", f"{test['value']:.3f}"),
-        ("held-out n", f"{test['patients']}, {test['events']} events"),
-        (
-            "genes",
-            f"{genes}" + (f" ({model['coverage']:.0%} of the set)" if model.get("coverage") is not None else ""),
-        ),
+        (f"CV {label}", f"{cv.mean:.3f}  [{low:.3f}, {high:.3f}]"),
+        (f"held-out {label}", f"{test.value:.3f}"),
+        ("held-out n", f"{test.patients}, {test.events} events"),
+        ("genes", f"{genes}" + (f" ({model.coverage:.0%} of the set)" if model.coverage is not None else "")),
     ]
-    if model.get("l2") is not None:
-        how = "inner CV" if model["l2_chosen_by"] == "inner_cv" else "fixed"
-        rows.append(("ridge penalty", f"{model['l2']:g} ({how})"))
+    if model.l2 is not None:
+        how = "inner CV" if model.l2_chosen_by == "inner_cv" else "fixed"
+        rows.append(("ridge penalty", f"{model.l2:g} ({how})"))
     contained = significance.get("self_contained") or {}
     versus = significance.get("competitive") or {}
     if significance.get("observed") is not None:
@@ -203,14 +197,14 @@ def panel_text(evaluation: dict[str, Any], label: str) -> str:
     elif versus.get("status") == "not applicable":
         rows.append(("vs random sets", "not applicable"))
     lines = [f"{key + ' ':<18}{value}" for key, value in rows]
-    if not gate.get("final", True) and gate["passed"]:
+    if not gate.final and gate.passed:
         verdict = ["THRESHOLD PASSED: the run", "decides (see the run report)"]
-    elif not gate.get("final", True):
+    elif not gate.final:
         verdict = ["BELOW THRESHOLD"]  # fails whatever the run's test says
     else:
-        verdict = [str(gate.get("outcome") or ("passed" if gate["passed"] else "below threshold")).upper()]
+        verdict = [str(gate.outcome or ("passed" if gate.passed else "below threshold")).upper()]
     lines += ["", *verdict]
-    lines += _wrap(gate["reason"], 44)
+    lines += _wrap(gate.reason, 44)
     return "\n".join(lines)
 
 

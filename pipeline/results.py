@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 
 from genesig.errors import GenesigError
+from genesig.pipeline.evaluation import Evaluation
 from genesig.pipeline.settings import GateSettings
 from genesig.pipeline.signatures import MatchedSignature
 from genesig.pipeline.significance import (
@@ -256,14 +257,13 @@ def significance_record(result: SignatureResult, nulls: RunNulls) -> dict[str, A
     }
 
 
-def final_evaluation(evaluation: dict[str, Any], result: SignatureResult, nulls: RunNulls) -> dict[str, Any]:
+def final_evaluation(evaluation: Evaluation, result: SignatureResult, nulls: RunNulls) -> Evaluation:
     """A signature's evaluation with the run's verdict (what is registered with its model: at evaluation only the
     threshold's was known)."""
-    gate = {
-        **evaluation.get("gate", {}), "passed": result.passed, "outcome": str(result.outcome),
-        "reason": result.reason, "final": True,
-    }  # fmt: skip
-    return {**evaluation, "gate": gate, "significance": significance_record(result, nulls)}
+    gate = msgspec.structs.replace(
+        evaluation.decided, passed=result.passed, outcome=str(result.outcome), reason=result.reason, final=True
+    )
+    return msgspec.structs.replace(evaluation, gate=gate, significance=significance_record(result, nulls))
 
 
 @dataclass

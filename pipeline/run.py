@@ -26,6 +26,7 @@ import pandas as pd
 from genesig.errors import DataError, GenesigError
 from genesig.logs import configure_logging
 from genesig.pipeline.cohort import Cohort, columns_of, read_cohort
+from genesig.pipeline.evaluation import Evaluation
 from genesig.pipeline.registry import LocalRegistry, register_and_deploy
 from genesig.pipeline.report import RUN_PLOT_FILE, write_null_plot, write_report
 from genesig.pipeline.results import Outcome, RunNulls, RunReport, SignatureResult, final_evaluation, judge
@@ -44,7 +45,6 @@ from genesig.pipeline.significance import (
     permutations_per_signature,
 )
 from genesig.pipeline.steps import (
-    EVALUATION_FILE,
     GATE_FILE,
     PROVISIONAL_VERSION,
     cross_validate,
@@ -110,16 +110,16 @@ def evaluate_signature(
         shutil.rmtree(model_dir, ignore_errors=True)  # an earlier run's provisional artifact
         artifact = train_model(prepared, options.train, PROVISIONAL_VERSION, model_dir, cv=cv)
         evaluation = evaluate(prepared, artifact, folder / "evaluation", options.gate, run_decides=True, draw=draw)
-        result.metric = evaluation["metric"]
-        result.cv_mean = evaluation["cross_validation"]["mean"]
-        result.cv_lower, result.cv_upper = evaluation["cross_validation"]["interval"]
-        result.cv_pooled = evaluation["cross_validation"]["pooled"]
-        result.test = evaluation["test"]["value"]
-        result.l2 = evaluation["model"]["l2"]
-        result.report = str(folder / "evaluation" / evaluation["report"])
+        cross_validation = evaluation.cross_validation
+        result.metric = evaluation.metric
+        result.cv_mean, (result.cv_lower, result.cv_upper) = cross_validation.mean, cross_validation.interval
+        result.cv_pooled = cross_validation.pooled
+        result.test = evaluation.test.value
+        result.l2 = evaluation.model.l2
+        result.report = str(folder / "evaluation" / evaluation.report)
         result.artifact = str(artifact)
-        result.threshold_passed = bool(evaluation["gate"]["passed"])
-        result.reason = result.threshold_reason = str(evaluation["gate"]["reason"])
+        result.threshold_passed = evaluation.decided.passed
+        result.reason = result.threshold_reason = evaluation.decided.reason
         result.outcome = Outcome.PASSED if result.threshold_passed else Outcome.BELOW_THRESHOLD
     except GenesigError as exc:
         result = result.failed(exc.message)
@@ -131,19 +131,20 @@ def evaluate_signature(
 def record_verdict(result: SignatureResult, nulls: RunNulls) -> None:
     """The run's verdict into the signature's evaluation.json (what is registered with the model) and its gate.json;
     the report drawn again with them (at evaluation the run's verdict did not exist yet)."""
-    path = Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE
-    evaluation = final_evaluation(json.loads(path.read_text()), result, nulls)
-    path.write_text(json.dumps(evaluation, indent=2) + "\n")
-    gate_path = path.parent / GATE_FILE
+    folder = Path(result.artifact).parent.parent / "evaluation"
+    evaluation = final_evaluation(Evaluation.read(folder), result, nulls)
+    evaluation.write(folder)
+    gate_path = folder / GATE_FILE
     if gate_path.is_file():
+        decided = evaluation.decided
         verdict = json.loads(gate_path.read_text())
         verdict.update(
-            {k: evaluation["gate"][k] for k in ("passed", "outcome", "reason", "final")},
-            significance=evaluation["significance"],
-        )
+            passed=decided.passed, outcome=decided.outcome, reason=decided.reason, final=decided.final,
+            significance=evaluation.significance,
+        )  # fmt: skip
         gate_path.write_text(json.dumps(verdict, indent=2) + "\n")
-    table = pd.read_csv(path.parent / evaluation["predictions"], dtype={0: str})
-    write_report(evaluation, table, path.parent)
+    table = pd.read_csv(folder / evaluation.predictions, dtype={0: str})
+    write_report(evaluation, table, folder)
 
 
 def _record_verdict(pair: tuple[SignatureResult, RunNulls]) -> None:
@@ -332,11 +333,9 @@ def run_local(
     for i, result in enumerate(results):
         if result.passed:
             try:
-                evaluation = json.loads(
-                    (Path(result.artifact).parent.parent / "evaluation" / EVALUATION_FILE).read_text()
-                )
-            except (OSError, ValueError) as exc:
-                results[i] = result.failed(f"registration failed: its evaluation cannot be read ({exc})")
+                evaluation = Evaluation.read(Path(result.artifact).parent.parent / "evaluation")
+            except GenesigError as exc:
+                results[i] = result.failed(f"registration failed: {exc.message}")
                 continue
             results[i] = register_and_deploy(
                 registry, result, Path(result.artifact), evaluation, approval_status=approval,

@@ -37,6 +37,7 @@ from typing import Any, TypeVar
 
 from genesig.errors import DataError, GenesigError
 from genesig.pipeline.cohort import columns_of, read_cohort, single_file
+from genesig.pipeline.evaluation import Evaluation
 from genesig.pipeline.registry import register_and_deploy
 from genesig.pipeline.results import Outcome, RunNulls, SignatureResult, final_evaluation, judge
 from genesig.pipeline.run import RunOptions, evaluate_all, load_signatures
@@ -51,7 +52,6 @@ from genesig.pipeline.significance import (
     numeric_genes,
     permutations_per_signature,
 )
-from genesig.pipeline.steps import EVALUATION_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -349,9 +349,9 @@ def register_passing(
         if len(artifacts) != 1:
             return result.failed(f"registration failed: {len(artifacts)} artifacts in {folder / 'model'}, not one")
         try:
-            evaluation = json.loads((folder / "evaluation" / EVALUATION_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            return result.failed(f"registration failed: its evaluation cannot be read ({exc})")
+            evaluation = Evaluation.read(folder / "evaluation")
+        except GenesigError as exc:
+            return result.failed(f"registration failed: {exc.message}")
         return register_and_deploy(
             registry, result, artifacts[0], final_evaluation(evaluation, result, nulls),
             approval_status=approval_status, prefix=mme_prefix,

@@ -35,6 +35,16 @@ from genesig.artifact.model import apply_preprocessing
 from genesig.artifact.package import sha256_file
 from genesig.errors import DataError
 from genesig.pipeline.cohort import Cohort
+from genesig.pipeline.evaluation import (
+    PREDICTIONS_FILE,
+    ArtifactFile,
+    CrossValidated,
+    Evaluation,
+    Fit,
+    GateBlock,
+    HeldOut,
+    Trained,
+)
 from genesig.pipeline.metrics import discrimination
 from genesig.pipeline.model import fit_preprocessing, train
 from genesig.pipeline.results import Outcome, SignatureResult
@@ -54,8 +64,6 @@ from genesig.pipeline.validation import (
 logger = logging.getLogger(__name__)
 
 PREPARED_FILE = "prepared.json"
-EVALUATION_FILE = "evaluation.json"
-PREDICTIONS_FILE = "predictions.csv"
 GATE_FILE = "gate.json"
 # Models are trained as version 1; a registry gives a model its version when it registers it (renumbering it).
 PROVISIONAL_VERSION = 1
@@ -284,13 +292,13 @@ def evaluate(
     *,
     run_decides: bool = False,
     draw: bool = True,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Score the held-out split through the serving code path, gate the model, and write ``evaluation.json`` (the
     gate's verdict under ``gate``, the artifact's file and sha256 under ``artifact``), ``gate.json`` and the
     report. run-local and the pipeline's EvaluateModel job both come here. ``run_decides``: a run's false-discovery
     control decides later whether a model that clears the threshold passes (run-local and the signature-set run with
     the null on); one signature evaluated alone is gated on the threshold."""
-    from genesig.pipeline.report import REPORT_FILE, write_report
+    from genesig.pipeline.report import write_report  # matplotlib: imported when a report is drawn
 
     model = read_artifact(artifact)
     if model.genes != prepared.genes:
@@ -302,38 +310,35 @@ def evaluate(
     test_time = test.time if prepared.target == "time_to_event" else None
     test_value = discrimination(event=test.event, time=test_time, risk_score=risk)
     m = model.manifest.metrics
-    evaluation: dict[str, Any] = {
-        "signature": prepared.signature,
-        "name": prepared.name,
-        "version": model.manifest.version,
-        "target": prepared.target,
-        "metric": metric,
-        "genes": prepared.genes,
-        # The columns of predictions.csv (the report is drawn from it).
-        "output": model.manifest.output.name,
-        "event_column": prepared.event_column,
-        "time_column": prepared.time_column,
-        "cross_validation": {
-            "mean": m[f"cv_{metric}_mean"],
-            "interval": [m[f"cv_{metric}_lower"], m[f"cv_{metric}_upper"]],
-            # The out-of-fold scores pooled over each repeat's folds, scored once (what the null compares).
-            "pooled": m.get(f"cv_{metric}_pooled"),  # None in artifacts trained before it was recorded
-        },
-        "test": {"value": test_value, "patients": len(test.ids), "events": int(test.event.sum())},
-        "train": {"value": m[f"train_{metric}"]},
-        # How the model was fitted and how much of the signature the data had (also in the manifest).
-        "model": {
-            "l2": model.manifest.training.l2 if model.manifest.training else None,
-            "l2_chosen_by": model.manifest.training.l2_chosen_by if model.manifest.training else None,
-            "coverage": model.manifest.signature.coverage,
-        },
-        "risk_groups": risk_group_summary(predictions.groups, test.event, test.time, predictions.values),
-        # The shape SageMaker's model registry reads as model-quality statistics.
-        ("binary_classification_metrics" if prepared.target == "binary" else "survival_metrics"): {
-            metric: {"value": test_value},
-            f"cv_{metric}_mean": {"value": m[f"cv_{metric}_mean"]},
-        },
-    }
+    training = model.manifest.training
+    quality = {metric: {"value": test_value}, f"cv_{metric}_mean": {"value": m[f"cv_{metric}_mean"]}}
+    evaluation = Evaluation(
+        signature=prepared.signature,
+        name=prepared.name,
+        version=model.manifest.version,
+        target=prepared.target,
+        metric=metric,
+        genes=prepared.genes,
+        output=model.manifest.output.name,
+        event_column=prepared.event_column,
+        time_column=prepared.time_column,
+        cross_validation=CrossValidated(
+            mean=m[f"cv_{metric}_mean"],
+            interval=(m[f"cv_{metric}_lower"], m[f"cv_{metric}_upper"]),
+            pooled=m.get(f"cv_{metric}_pooled"),
+        ),
+        test=HeldOut(value=test_value, patients=len(test.ids), events=int(test.event.sum())),
+        train=Trained(value=m[f"train_{metric}"]),
+        model=Fit(
+            l2=training.l2 if training else None,
+            l2_chosen_by=training.l2_chosen_by if training else None,
+            coverage=model.manifest.signature.coverage,
+        ),
+        risk_groups=risk_group_summary(predictions.groups, test.event, test.time, predictions.values),
+        artifact=ArtifactFile(file=artifact.name, sha256=sha256_file(artifact)),
+        binary_classification_metrics=quality if prepared.target == "binary" else None,
+        survival_metrics=quality if prepared.target != "binary" else None,
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     columns = {
         prepared.id_column: test.ids,
@@ -345,21 +350,20 @@ def evaluate(
         columns[prepared.time_column] = test.time
     table = pd.DataFrame(columns)
     table.to_csv(out_dir / PREDICTIONS_FILE, index=False, float_format="%.17g")
-    evaluation["predictions"] = PREDICTIONS_FILE
-    evaluation["artifact"] = {"file": artifact.name, "sha256": sha256_file(artifact)}
     if run_decides:
         # The run decides (q over every signature), later: until then the verdict is the threshold's, not final.
         verdict = gate(evaluation, gate_settings)
-        evaluation["gate"] = {**asdict(verdict), "final": False}
+        evaluation.gate = GateBlock(**asdict(verdict), final=False)
     else:
         if gate_settings.permutations:
             draws = permutation_draws(prepared, settings_of(model.manifest), gate_settings.permutations)
-            evaluation["significance"] = lone_significance(evaluation, draws)
-        verdict, evaluation["gate"] = lone_verdict(evaluation, gate_settings)
+            evaluation.significance = lone_significance(evaluation, draws)
+        verdict, evaluation.gate = lone_verdict(evaluation, gate_settings)
     write_gate(verdict, out_dir, evaluation)
     # ``draw``: the report is drawn now (else by whoever decides the verdict: run-local draws it once, after the run).
-    evaluation["report"] = write_report(evaluation, table, out_dir).name if draw else REPORT_FILE
-    (out_dir / EVALUATION_FILE).write_text(json.dumps(evaluation, indent=2) + "\n")
+    if draw:
+        write_report(evaluation, table, out_dir)
+    evaluation.write(out_dir)
     return evaluation
 
 
@@ -370,14 +374,14 @@ def permutation_draws(prepared: Prepared, config: TrainSettings, count: int) -> 
     return [cv.pooled_mean for cv in _cross_validate_orders(prepared, config, rows)]
 
 
-def lone_significance(evaluation: dict[str, Any], draws: list[float]) -> dict[str, Any]:
+def lone_significance(evaluation: Evaluation, draws: list[float]) -> dict[str, Any]:
     """One signature's self-contained test against its own permutations (``genesig step evaluate``, the
     one-signature pipeline): the ``significance`` block, q and the verdict filled in by :func:`lone_verdict`."""
-    genes = len(evaluation["genes"])
+    genes = len(evaluation.genes)
     null = PermutationNull([(genes, v) for v in draws])
-    observed = evaluation["cross_validation"]["pooled"]
+    observed = evaluation.cross_validation.pooled
     return {
-        "statistic": f"pooled out-of-fold {evaluation['metric']}",
+        "statistic": f"pooled out-of-fold {evaluation.metric}",
         "observed": observed,
         "self_contained": {
             "p_value": null.p_value(observed, genes) if observed is not None else None,
@@ -386,7 +390,7 @@ def lone_significance(evaluation: dict[str, Any], draws: list[float]) -> dict[st
             "null": null.describe(1),
         },
         "competitive": {"status": "off", "null": LONE_COMPETITIVE},
-        "coverage": evaluation["model"].get("coverage"),
+        "coverage": evaluation.model.coverage,
     }
 
 
@@ -394,25 +398,25 @@ def lone_significance(evaluation: dict[str, Any], draws: list[float]) -> dict[st
 LONE_COMPETITIVE = "not computed for one signature alone (run-local or the signature-set run compute it)"
 
 
-def lone_verdict(evaluation: dict[str, Any], settings: GateSettings) -> tuple[GateResult, dict[str, Any]]:
+def lone_verdict(evaluation: Evaluation, settings: GateSettings) -> tuple[GateResult, GateBlock]:
     """The verdict on one signature alone: no run whose false discoveries could be controlled, so its self-contained
     p decides with the threshold (its q is its p: Benjamini-Hochberg over one); without a p (``--permutations 0``)
     the threshold alone. Returns the threshold's part (``gate.json``) and the ``gate`` block of the evaluation."""
     threshold = gate(evaluation, settings)
-    significance = evaluation.get("significance") or {}
+    significance = evaluation.significance or {}
     contained = significance.get("self_contained") or {}
     row = SignatureResult(
-        signature=str(evaluation.get("signature", evaluation.get("name", ""))),
-        artifact_name=str(evaluation.get("name", "")),
-        genes=list(evaluation.get("genes", [])),
+        signature=evaluation.signature,
+        artifact_name=evaluation.name,
+        genes=list(evaluation.genes),
         missing_genes=[],
         outcome=Outcome.PASSED if threshold.passed else Outcome.BELOW_THRESHOLD,
-        metric=evaluation["metric"],
-        cv_pooled=evaluation["cross_validation"].get("pooled"),
+        metric=evaluation.metric,
+        cv_pooled=evaluation.cross_validation.pooled,
         threshold_passed=threshold.passed,
         threshold_reason=threshold.reason,
         p_value=contained.get("p_value") if settings.permutations else None,
-        coverage=evaluation.get("model", {}).get("coverage"),
+        coverage=evaluation.model.coverage,
     )
     [verdict] = decide([row], settings)
     assert verdict is not None, "an evaluated row always has a verdict"
@@ -420,8 +424,7 @@ def lone_verdict(evaluation: dict[str, Any], settings: GateSettings) -> tuple[Ga
     if significance:
         contained["q_value"] = verdict.q_value
         significance["verdict"] = outcome
-    block = {**asdict(threshold), **outcome, "final": True}
-    return threshold, block
+    return threshold, GateBlock(**{**asdict(threshold), **outcome}, final=True)
 
 
 # --- gate ------------------------------------------------------------------------------------------------
@@ -437,14 +440,14 @@ class GateResult:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def gate(evaluation: dict[str, Any], settings: GateSettings) -> GateResult:
+def gate(evaluation: Evaluation, settings: GateSettings) -> GateResult:
     """Pass when the chosen metric clears the threshold; the reason says why either way."""
     threshold, on = settings.threshold, settings.gate_on
-    metric = evaluation["metric"]
+    metric = evaluation.metric
     values = {
-        "cv_mean": evaluation["cross_validation"]["mean"],
-        "cv_lower": evaluation["cross_validation"]["interval"][0],
-        "test": evaluation["test"]["value"],
+        "cv_mean": evaluation.cross_validation.mean,
+        "cv_lower": evaluation.cross_validation.interval[0],
+        "test": evaluation.test.value,
     }
     value = float(values[on])
     label = {
@@ -457,15 +460,19 @@ def gate(evaluation: dict[str, Any], settings: GateSettings) -> GateResult:
     return GateResult(passed, f"{on}:{metric}", value, threshold, reason, details={"all": values})
 
 
-def write_gate(threshold: GateResult, out_dir: Path, evaluation: dict[str, Any]) -> Path:
+def write_gate(threshold: GateResult, out_dir: Path, evaluation: Evaluation) -> Path:
     """``gate.json`` beside the evaluation: what the gate saw (the threshold's part, and the significance when there
     is one) and what it decided (run-local and ``genesig step gate``)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / GATE_FILE
-    decided = evaluation.get("gate", {})
-    doc = {**asdict(threshold), **{k: decided[k] for k in ("passed", "outcome", "reason", "final") if k in decided}}
-    if evaluation.get("significance"):
-        doc["significance"] = evaluation["significance"]
+    decided = evaluation.decided
+    doc: dict[str, Any] = {
+        **asdict(threshold), "passed": decided.passed, "reason": decided.reason, "final": decided.final,
+    }  # fmt: skip
+    if decided.outcome is not None:
+        doc["outcome"] = decided.outcome
+    if evaluation.significance:
+        doc["significance"] = evaluation.significance
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
 

@@ -10,10 +10,10 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 from genesig.cli.options import add_arguments, from_arguments
 from genesig.errors import DataError
+from genesig.pipeline.evaluation import Evaluation
 from genesig.pipeline.settings import CohortSettings, GateSettings, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -78,39 +78,37 @@ def _evaluate(args: argparse.Namespace) -> int:
     evaluation = evaluate(
         load_prepared(args.prepared), _model_file(args.model), args.out, from_arguments(args, GateSettings)
     )
+    decided = evaluation.decided
     logger.info(
         "%s: held-out %s %.3f; gate %s: %s; report %s",
-        evaluation["name"],
-        evaluation["metric"],
-        evaluation["test"]["value"],
-        evaluation["gate"].get("outcome", "passed" if evaluation["gate"]["passed"] else "not passed"),
-        evaluation["gate"]["reason"],
-        args.out / evaluation["report"],
+        evaluation.name,
+        evaluation.metric,
+        evaluation.test.value,
+        decided.outcome or ("passed" if decided.passed else "not passed"),
+        decided.reason,
+        args.out / evaluation.report,
     )
     return 0
 
 
 def _gate(args: argparse.Namespace) -> int:
+    import msgspec
+
     from genesig.pipeline.steps import lone_verdict, write_gate
 
-    evaluation = _read_evaluation(args.evaluation)
+    evaluation = Evaluation.read(args.evaluation, "--evaluation ")
     threshold, decided = lone_verdict(evaluation, from_arguments(args, GateSettings))
     if args.out:
-        write_gate(threshold, args.out, {**evaluation, "gate": decided})
-    logger.log(
-        logging.INFO if decided["passed"] else logging.WARNING,
-        "gate %s: %s",
-        decided["outcome"],
-        decided["reason"],
-    )
-    return 0 if decided["passed"] else GATE_FAILED_EXIT
+        write_gate(threshold, args.out, msgspec.structs.replace(evaluation, gate=decided))
+    logger.log(logging.INFO if decided.passed else logging.WARNING, "gate %s: %s", decided.outcome, decided.reason)
+    return 0 if decided.passed else GATE_FAILED_EXIT
 
 
 def _register(args: argparse.Namespace) -> int:
     from genesig.pipeline.registry import LocalRegistry
 
     artifact = _model_file(args.model)
-    evaluation = _read_evaluation(args.evaluation)
+    evaluation = Evaluation.read(args.evaluation, "--evaluation ")
     approval = "Approved" if args.approve else "PendingManualApproval"
     package = LocalRegistry(args.registry).register(artifact, evaluation, approval_status=approval, group=args.group)
     if package.created:
@@ -165,7 +163,7 @@ def _register_sagemaker(args: argparse.Namespace) -> int:
     from genesig.pipeline.sagemaker import aws
     from genesig.pipeline.sagemaker.registry import SageMakerRegistry
 
-    evaluation = _read_evaluation(args.evaluation)
+    evaluation = Evaluation.read(args.evaluation, "--evaluation ")
     s3 = aws.client("s3")
     registry = SageMakerRegistry(
         aws.client("sagemaker"), s3, package_prefix=args.package_prefix, serving_image=args.serving_image_uri
@@ -228,20 +226,6 @@ def _register_set(args: argparse.Namespace) -> int:
         f"; most held back: {held[0][0]} {held[0][1]}" if held else "",
     )
     return 0
-
-
-def _read_evaluation(path: Path) -> dict[str, Any]:
-    """evaluation.json (or the folder holding it), as the evaluate step wrote it; anything else is one line."""
-    file = path / "evaluation.json" if path.is_dir() else path
-    try:
-        evaluation = json.loads(file.read_text())
-    except FileNotFoundError:
-        raise DataError(f"--evaluation {file}: no such file (the evaluate step's evaluation.json)") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"--evaluation {file}: not valid JSON ({exc}); run the evaluate step again") from None
-    if not isinstance(evaluation, dict) or not {"metric", "cross_validation"} <= evaluation.keys():
-        raise DataError(f"--evaluation {file}: not an evaluation written by the evaluate step (no metric)")
-    return evaluation
 
 
 def add_step_parsers(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

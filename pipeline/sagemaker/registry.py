@@ -11,7 +11,6 @@ prefix before downloading anything.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tempfile
 import uuid
@@ -23,6 +22,7 @@ from genesig.artifact import read_artifact
 from genesig.artifact.manifest import model_identity
 from genesig.artifact.package import with_version
 from genesig.errors import Conflict, DataError, GenesigError, ModelNotFound
+from genesig.pipeline.evaluation import Evaluation
 from genesig.pipeline.registry import APPROVAL_STATUSES, Deployment, Registration
 from genesig.pipeline.sagemaker.aws import (
     AwsNotFound,
@@ -161,7 +161,7 @@ def register_model(
     s3: Any,
     *,
     artifact: Path,
-    evaluation: dict[str, Any],
+    evaluation: Evaluation,
     package_prefix: str,
     serving_image: str,
     approval_status: str,
@@ -187,16 +187,14 @@ def register_model(
             return _registration(latest)
     folder = s3_join(package_prefix, names.group, uuid.uuid4().hex)
     model_uri, evaluation_uri = s3_join(folder, "model.tar.gz"), s3_join(folder, "evaluation.json")
-    write_object(s3, evaluation_uri, json.dumps(evaluation, indent=2).encode())
+    write_object(s3, evaluation_uri, evaluation.to_json())
     predicted = (max((p.get("ModelPackageVersion", 0) for p in existing), default=0)) + 1
     body = _publish_version(s3, artifact, predicted, model_uri)
     response = call(
         f"register {names.group}",
         sm.create_model_package,
         ModelPackageGroupName=names.group,
-        ModelPackageDescription=description(
-            f"signature {names.signature}; {evaluation.get('gate', {}).get('reason', '')}"
-        ),
+        ModelPackageDescription=description(f"signature {names.signature}; {evaluation.decided.reason}"),
         ModelApprovalStatus=approval_status,
         InferenceSpecification={
             "Containers": [{"Image": serving_image, "ModelDataUrl": model_uri}],
@@ -335,7 +333,7 @@ class SageMakerRegistry:
         self.sm, self.s3, self.jobs = sm, s3, jobs
         self.package_prefix, self.serving_image = package_prefix, serving_image
 
-    def register(self, artifact: Path, evaluation: dict[str, Any], *, approval_status: str) -> Registration:
+    def register(self, artifact: Path, evaluation: Evaluation, *, approval_status: str) -> Registration:
         if not self.package_prefix or not self.serving_image:
             raise DataError("registering in SageMaker needs the package prefix and the serving image")
         return register_model(

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from genesig.pipeline.sagemaker.registry import Registration, register_model
+from tests.evaluations import an_evaluation
 
 SERVING_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/genesig-mme:1"
 
@@ -22,7 +23,7 @@ def register(aws: dict[str, Any], archive: Path, bucket: str, status: str = "App
         aws["sagemaker"],
         aws["s3"],
         artifact=archive,
-        evaluation={"metric": "auc", "gate": {"passed": True, "reason": "registered by a test"}},
+        evaluation=an_evaluation(gate={"passed": True, "reason": "registered by a test", "final": True}),
         package_prefix=f"s3://{bucket}/packages/",
         serving_image=SERVING_IMAGE,
         approval_status=status,

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from genesig.cli.steps import GATE_FAILED_EXIT
+from tests.evaluations import an_evaluation
 
 
 def step(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -65,10 +66,8 @@ def test_the_one_signature_steps_test_it_alone() -> None:
 
 def test_gate_failure_has_its_own_exit_status(tmp_path: Path) -> None:
     evaluation = tmp_path / "evaluation.json"
-    evaluation.write_text(
-        json.dumps(
-            {"metric": "auc", "cross_validation": {"mean": 0.52, "interval": [0.4, 0.6]}, "test": {"value": 0.5}}
-        )
+    evaluation.write_bytes(
+        an_evaluation(metric="auc", target="binary", cross_validation={"mean": 0.52, "interval": [0.4, 0.6]}).to_json()
     )
     result = step("gate", "--evaluation", evaluation, "--threshold", "0.6")
     assert result.returncode == GATE_FAILED_EXIT and "cross-validated mean auc 0.520 < threshold 0.600" in result.stderr

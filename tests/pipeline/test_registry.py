@@ -11,6 +11,7 @@ import pytest
 from genesig.artifact import read_artifact
 from genesig.errors import Conflict, ModelNotFound
 from genesig.pipeline.registry import DeployRefused, LocalRegistry
+from tests.evaluations import an_evaluation
 
 
 @pytest.fixture
@@ -190,7 +191,7 @@ def test_register_and_deploy_records_the_registration_on_the_result(
 
     passed = SignatureResult("metagene_19", "metagene_19", ["A"], [], Outcome.PASSED, reason="q 0.01 <= FDR 0.1")
     archive, prefix = make_archive("metagene_19"), str(tmp_path / "mme")
-    evaluation = {"metric": "auc", "gate": {"reason": "q 0.01 <= FDR 0.1"}}
+    evaluation = an_evaluation(gate={"passed": True, "reason": "q 0.01 <= FDR 0.1", "final": True})
     first = register_and_deploy(registry, passed, archive, evaluation, approval_status="Approved", prefix=prefix)
     assert (first.version, first.registered, first.deployed) == (1, "registered", "metagene_19-v1.tar.gz")
     assert (first.group, first.approval_status, first.outcome) == ("metagene_19", "Approved", "passed")

@@ -6,16 +6,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import msgspec
 import numpy as np
 import pandas as pd
 import pytest
 from lifelines.statistics import logrank_test, multivariate_logrank_test
 
+from genesig.pipeline.evaluation import Evaluation
 from genesig.pipeline.report import RUN_PLOT_FILE, logrank_p, write_report
 from genesig.pipeline.run import RunOptions, run_local
 from genesig.pipeline.settings import GateSettings, TrainSettings
 from genesig.pipeline.signatures import default_signatures
 from genesig.pipeline.synthetic import SyntheticSpec, write_synthetic_cohort
+from tests.evaluations import an_evaluation
 
 
 @pytest.mark.parametrize("groups", [2, 3])
@@ -39,21 +42,14 @@ def test_no_logrank_p_without_two_groups_or_an_event() -> None:
     assert logrank_p(time, np.zeros(6, dtype=bool), ["low", "high"] * 3) is None
 
 
-def evaluation(target: str, significance: dict[str, float] | None) -> dict[str, object]:
-    return {
-        "signature": "HALLMARK_HYPOXIA",
-        "target": target,
-        "metric": "auc" if target == "binary" else "c_index",
-        "genes": ["A", "B", "C"],
-        "output": "probability" if target == "binary" else "risk_score",
-        "event_column": "SurvivalStatus",
-        "time_column": None if target == "binary" else "Months",
-        "cross_validation": {"mean": 0.71, "interval": [0.6, 0.8]},
-        "test": {"value": 0.68, "patients": 40, "events": 18},
-        "model": {"l2": 1.0, "l2_chosen_by": "inner_cv", "coverage": 0.75},
-        "significance": significance,
-        "gate": {"passed": True, "reason": "cross-validated mean auc 0.710 >= threshold 0.600"},
-    }
+def evaluation(target: str, significance: dict[str, object] | None) -> Evaluation:
+    return an_evaluation(
+        target=target,
+        metric="auc" if target == "binary" else "c_index",
+        output="probability" if target == "binary" else "risk_score",
+        time_column=None if target == "binary" else "Months",
+        significance=significance,
+    )
 
 
 BOTH = {
@@ -112,7 +108,7 @@ def test_a_run_with_the_null_redraws_each_report_with_its_q_and_plots_the_run_ag
         assert report.stat().st_mtime_ns >= (folder / "evaluation.json").stat().st_mtime_ns, "drawn after the verdict"
 
 
-def panel_evaluation(cv_mean: float, passed: bool, q: float | None, outcome: str) -> dict[str, object]:
+def panel_evaluation(cv_mean: float, passed: bool, q: float | None, outcome: str) -> Evaluation:
     significance = (
         {
             "observed": 0.666,
@@ -122,23 +118,13 @@ def panel_evaluation(cv_mean: float, passed: bool, q: float | None, outcome: str
         if q is not None
         else {}
     )
-    return {
-        "metric": "c_index",
-        "target": "time_to_event",
-        "genes": ["A", "B", "C"],
-        "cross_validation": {"mean": cv_mean, "interval": [0.5, 0.8]},
-        "test": {"value": 0.7, "patients": 40, "events": 14},
-        "model": {"coverage": 1.0, "l2": 0.1, "l2_chosen_by": "inner_cv"},
-        "significance": significance,
-        "gate": {
-            "passed": passed,
-            "outcome": outcome,
-            "value": cv_mean,
-            "threshold": 0.6,
-            "reason": "r",
-            "final": True,
-        },  # fmt: skip
-    }
+    return an_evaluation(
+        cross_validation={"mean": cv_mean, "interval": [0.5, 0.8]},
+        test={"value": 0.7, "patients": 40, "events": 14},
+        model={"coverage": 1.0, "l2": 0.1, "l2_chosen_by": "inner_cv"},
+        significance=significance,
+        gate={"passed": passed, "outcome": outcome, "value": cv_mean, "threshold": 0.6, "reason": "r", "final": True},
+    )
 
 
 @pytest.mark.parametrize(
@@ -172,7 +158,7 @@ def test_a_pending_panel_says_threshold_passed_only_when_it_did(cv_mean: float, 
     from genesig.pipeline.report import panel_text
 
     evaluation = panel_evaluation(cv_mean, passed, None, "")
-    evaluation["gate"] = {**evaluation["gate"], "final": False}  # type: ignore[dict-item]
+    evaluation.gate = msgspec.structs.replace(evaluation.decided, final=False)
     lines = panel_text(evaluation, "C-index").splitlines()
     assert verdict in lines
     assert ("THRESHOLD PASSED: the run" in lines) is passed

@@ -14,10 +14,10 @@ from sklearn.metrics import roc_auc_score
 from genesig.artifact import read_artifact
 from genesig.errors import DataError
 from genesig.pipeline.cohort import read_cohort
+from genesig.pipeline.evaluation import EVALUATION_FILE, Evaluation
 from genesig.pipeline.settings import L2_GRID, GateSettings, TrainSettings
 from genesig.pipeline.signatures import default_signatures, match, select
 from genesig.pipeline.steps import (
-    EVALUATION_FILE,
     cross_validate,
     evaluate,
     gate,
@@ -26,6 +26,7 @@ from genesig.pipeline.steps import (
     save_prepared,
     train_model,
 )
+from tests.evaluations import an_evaluation
 
 FAST = TrainSettings(cv_repeats=2)
 
@@ -61,10 +62,10 @@ def test_evaluation_uses_the_signatures_own_genes_and_scikit_learn_agrees(seed_c
         evaluation = evaluate(prepared, artifact, tmp_path / name / "eval", GateSettings())
         model = read_artifact(artifact)
         expected_genes = list(next(s for s in default_signatures() if s.name == name).genes)
-        assert model.genes == expected_genes == evaluation["genes"]
+        assert model.genes == expected_genes == evaluation.genes
         # An independent computation on the same predictions of the artifact (the serving code path).
         reference = roc_auc_score(prepared.test.event, model.predict(prepared.test.raw).values)
-        assert evaluation["test"]["value"] == pytest.approx(reference, abs=1e-12)
+        assert evaluation.test.value == pytest.approx(reference, abs=1e-12)
         on_disk = json.loads((tmp_path / name / "eval" / EVALUATION_FILE).read_text())
         assert on_disk["cross_validation"]["mean"] == model.manifest.metrics["cv_auc_mean"]
         assert (tmp_path / name / "eval" / "report.png").stat().st_size > 5000
@@ -138,22 +139,22 @@ def test_time_to_event_target_from_a_time_column(tmp_path: Path) -> None:
     config = FAST
     artifact = train_model(prepared, config, 1, tmp_path, cv=cross_validate(prepared, config))
     evaluation = evaluate(prepared, artifact, tmp_path / "eval", GateSettings())
-    assert evaluation["gate"]["passed"] == (evaluation["cross_validation"]["mean"] >= 0.6), "the gate's verdict"
-    assert evaluation["artifact"] == {
-        "file": artifact.name,
-        "sha256": hashlib.sha256(artifact.read_bytes()).hexdigest(),
-    }
-    assert json.loads((tmp_path / "eval" / "gate.json").read_text())["reason"] == evaluation["gate"]["reason"]
-    assert evaluation["metric"] == "c_index" and evaluation["cross_validation"]["mean"] > 0.6
+    assert evaluation.decided.passed == (evaluation.cross_validation.mean >= 0.6), "the gate's verdict"
+    assert (evaluation.artifact.file, evaluation.artifact.sha256) == (
+        artifact.name,
+        hashlib.sha256(artifact.read_bytes()).hexdigest(),
+    )
+    assert json.loads((tmp_path / "eval" / "gate.json").read_text())["reason"] == evaluation.decided.reason
+    assert evaluation.metric == "c_index" and evaluation.cross_validation.mean > 0.6
+    assert Evaluation.read(tmp_path / "eval") == evaluation, "evaluation.json is what evaluate returned"
     assert read_artifact(artifact).manifest.output.name == "risk_score"
 
 
 def test_gate_reports_its_reason() -> None:
-    evaluation = {
-        "metric": "auc",
-        "cross_validation": {"mean": 0.64, "interval": [0.52, 0.77]},
-        "test": {"value": 0.58},
-    }
+    evaluation = an_evaluation(
+        metric="auc", target="binary", cross_validation={"mean": 0.64, "interval": [0.52, 0.77]},
+        test={"value": 0.58, "patients": 40, "events": 18},
+    )  # fmt: skip
     passed = gate(evaluation, GateSettings(threshold=0.6))
     assert passed.passed and passed.reason == "cross-validated mean auc 0.640 >= threshold 0.600"
     failed = gate(evaluation, GateSettings(threshold=0.6, gate_on="cv_lower"))

@@ -48,6 +48,7 @@ from genesig.pipeline.significance import (
     RandomSignatureNull,
     SizeNull,
     competitive_applicable,
+    competitive_sizes,
     null_size,
     numeric_genes,
     permutations_per_signature,
@@ -305,9 +306,7 @@ def collect(results_dir: Path, set_dir: Path, gate: GateSettings) -> tuple[list[
             ) from None
     competitive: dict[int, SizeNull] | None = None
     if gate.competitive != "off":
-        needed = {
-            null_size(len(r.genes)) for r in evaluated if r.evaluated and competitive_applicable(len(r.genes), genes)
-        }
+        needed = set(competitive_sizes(evaluated, genes))
         if needed - nulls.keys():
             raise GenesigError(
                 f"the run has no random-set null for signatures of {', '.join(map(str, sorted(needed - nulls.keys())))}"

@@ -506,8 +506,13 @@ def _add_run_here_arguments(cmd: argparse.ArgumentParser) -> None:
 def _add_endpoint_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     endpoint = sub.add_parser("endpoint", help="the multi-model endpoint: create, update, delete")
     endpoint_verbs = endpoint.add_subparsers(dest="endpoint_command", required=True)
-    for verb in ("create", "update", "delete"):
-        cmd = endpoint_verbs.add_parser(verb)
+    helps = {
+        "create": "create the model, its endpoint config and the endpoint; wait until InService",
+        "update": "point the endpoint at a new config (image, prefix, instance type); wait until InService",
+        "delete": "delete the endpoint, its config and its model",
+    }
+    for verb, text in helps.items():
+        cmd = endpoint_verbs.add_parser(verb, help=text)
         cmd.add_argument("--name", required=True, help="the endpoint's name")
         add_aws_arguments(cmd)
         if verb != "delete":

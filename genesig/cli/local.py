@@ -346,10 +346,15 @@ def _add_registry_parser(sub: argparse._SubParsersAction) -> None:  # type: igno
         "registry", help="the model registry (local, or SageMaker's with --aws): list, describe, approve, reject"
     )
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
-    listing = registry_sub.add_parser("list")
+    listing = registry_sub.add_parser("list", help="every package of every group (or of --group)")
     listing.add_argument("--group", help="one signature's package group")
-    for verb in ("describe", "approve", "reject"):
-        cmd = registry_sub.add_parser(verb)
+    helps = {
+        "describe": "one package: its metrics, status history and artifact",
+        "approve": "approve a version (then `genesig sync` deploys it), or by rule from a set run's report",
+        "reject": "reject a version (never deployed)",
+    }
+    for verb, text in helps.items():
+        cmd = registry_sub.add_parser(verb, help=text)
         cmd.add_argument("group", nargs="?" if verb == "approve" else None, help="a signature, or its package group")
         cmd.add_argument("version", type=int, nargs="?" if verb == "approve" else None)
         if verb != "describe":

@@ -13,3 +13,24 @@ def test_a_bad_log_level_is_one_line(capsys: pytest.CaptureFixture[str]) -> None
     err = capsys.readouterr().err
     assert exited.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert "--log-level" in err and "invalid choice: 'LOUD'" in err and "Traceback" not in err
+
+
+def test_every_command_and_subcommand_has_help() -> None:
+    """``genesig COMMAND --help`` lists each subcommand with a line saying what it does."""
+    import argparse
+
+    from genesig.cli import build_parser
+
+    missing = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                helps = {a.dest: a.help for a in action._choices_actions}
+                for name, child in action.choices.items():
+                    if path and not helps.get(name):
+                        missing.append(f"{path} {name}")
+                    walk(child, f"{path} {name}".strip())
+
+    walk(build_parser(), "")
+    assert not missing, missing

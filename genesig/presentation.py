@@ -191,8 +191,9 @@ def render_summary(summary: RunReport, *, quiet: bool = False) -> None:
                     markup=False,
                 )
     outcomes = ", ".join(f"{counts[o]} {o}" for o in OUTCOME_STYLES if counts[o])
+    many = f"{len(results)} signature" + ("" if len(results) == 1 else "s")
     console.print(
-        f"{len(results)} signatures: {outcomes}{held_back(results)}. Every signature with its reason: {where}; "
+        f"{many}: {outcomes}{held_back(results)}. Every signature with its reason: {where}; "
         f"reports and models: {workdir}/signatures/",
         highlight=False,
         markup=False,

@@ -30,6 +30,11 @@ class OneLineParser(argparse.ArgumentParser):
     # their help is the subcommand's.
     innermost: OneLineParser | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # No abbreviations: `--work` must not quietly mean `--workdir` (nor change meaning when an option is added).
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
     def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
         OneLineParser.innermost = self
         return super().parse_known_args(args, namespace)

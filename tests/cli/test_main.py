@@ -34,3 +34,10 @@ def test_every_command_and_subcommand_has_help() -> None:
 
     walk(build_parser(), "")
     assert not missing, missing
+
+
+def test_an_abbreviated_option_is_refused_not_guessed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["sync", "--work", "elsewhere"])
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "unrecognized arguments: --work elsewhere" in err, err

@@ -150,6 +150,7 @@ def test_all_is_a_signature_name_and_every_signature_is_the_default(tmp_path: Pa
     base = ("run-local", "--data", str(data), "--cv-repeats", "1", "--l2", "0.1", "--quiet")
     alone = genesig(*base, "--signature", "ALL", "--workdir", "one", cwd=tmp_path)
     assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.startswith("1 signature: "), alone.stdout  # not "1 signatures"
     one = json.loads((tmp_path / "one" / "summary.json").read_text())["signatures"]
     assert [r["signature"] for r in one] == ["ALL"]
     every = genesig(*base, "--workdir", "every", cwd=tmp_path)

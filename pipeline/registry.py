@@ -110,7 +110,7 @@ def register_and_deploy(
     try:
         package = registry.register(artifact, evaluation, approval_status=approval_status)
     except (GenesigError, OSError, ValueError) as exc:
-        message = exc.message if isinstance(exc, GenesigError) else f"{type(exc).__name__}: {exc}"
+        message = _said(exc)
         logger.warning("signature %s: registration failed: %s", result.signature, message)
         return result.failed(f"registration failed: {message}")
     unchanged = f"; unchanged since version {package.version}, not registered again"
@@ -128,13 +128,18 @@ def register_and_deploy(
     try:
         deployment = registry.deploy(package, prefix)
     except (GenesigError, OSError) as exc:
-        message = exc.message if isinstance(exc, GenesigError) else f"{type(exc).__name__}: {exc}"
+        message = _said(exc)
         logger.warning("signature %s: registered, deploy failed: %s", result.signature, message)
         # Registered all the same: the registration stays on the row, `genesig sync` deploys it once fixed.
         return registered.failed(f"registered as version {package.version}, deploy failed: {message}")
     if deployment.action == "failed":
         return registered.failed(f"registered as version {package.version}, deploy failed: {deployment.reason}")
     return replace(registered, deployed=deployment.name)
+
+
+def _said(exc: Exception) -> str:
+    """An error in one line: our own errors' message, anything else with its type."""
+    return exc.message if isinstance(exc, GenesigError) else f"{type(exc).__name__}: {exc}"
 
 
 class DeployRefused(GenesigError):

@@ -198,7 +198,6 @@ def judge(
     p against the random-set nulls of the sizes (``competitive_nulls``, drawn from the cohort's ``genes``), then
     :func:`~genesig.pipeline.significance.decide` over the whole run. Returns the results with their verdicts (new
     objects: the ones given are left as they were) and how the nulls were made."""
-    evaluated = [r.evaluated for r in results]
     tested = [replace(r) for r in results]
     null: PermutationNull | None = None
     contained = "off: the threshold alone decides (--permutations 0)"
@@ -213,8 +212,8 @@ def judge(
                 r.p_value, r.permutations = null.p_value(r.cv_pooled or 0.0, len(r.genes)), null.draws
     competitive = "off (--competitive off)"
     if gate.competitive == "off" or competitive_nulls is None:
-        for r, done in zip(tested, evaluated, strict=True):
-            r.competitive = "off" if done else ""
+        for r in tested:
+            r.competitive = "off" if r.evaluated else ""
     else:
         drawn = sum(n.replicates for n in competitive_nulls.values())
         for r, (status, p) in zip(tested, competitive_p_values(tested, competitive_nulls, genes), strict=True):
@@ -284,10 +283,14 @@ class RunReport:
         counted = Counter(str(r.outcome) for r in self.results)
         return {str(o): counted[str(o)] for o in Outcome if counted[str(o)]}
 
+    def _gate_given(self) -> dict[str, Any]:
+        settings = msgspec.structs.asdict(self.gate)
+        return {k: settings[k] for k in self.gate_fields} if self.gate_fields else settings
+
     def to_json(self) -> dict[str, Any]:
         run = {
             **self.context,
-            **{k: v for k, v in msgspec.structs.asdict(self.gate).items() if k in (self.gate_fields or (k,))},
+            **self._gate_given(),
             "self_contained_null": self.nulls.self_contained,
             "competitive_null": self.nulls.competitive,
             "counts": self.counts,
